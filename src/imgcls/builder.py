@@ -1,0 +1,70 @@
+"""The one place that turns a composed config into objects; shared by every entry point."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+from imgcls.data.base_datamodule import ImageDataModule
+from imgcls.models.classifier import ImageClassifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    """Everything a run needs, built from one config."""
+
+    datamodule: ImageDataModule
+    model: ImageClassifier | None
+    trainer: L.Trainer
+    callbacks: list[L.Callback] = field(default_factory=list)
+    loggers: list[Logger] = field(default_factory=list)
+
+
+def build_datamodule(cfg: DictConfig) -> ImageDataModule:
+    """Instantiate ``cfg.data`` and run its validation/loading once (before any training)."""
+    log.info("data: %s", cfg.data._target_)
+    dm: ImageDataModule = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
+    """Instantiate ``cfg.model`` with the sizes and class names taken from the data."""
+    log.info("model: %s (net %s)", cfg.model._target_, cfg.model.net._target_)
+    return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
+
+
+def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` of a callbacks/logger group."""
+    out: list[Any] = []
+    if not group:
+        return out
+    for name, conf in group.items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info("%s: %s (%s)", what, name, conf._target_)
+            out.append(instantiate(conf))
+    return out
+
+
+def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Logger]]:
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callback")
+    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return trainer, callbacks, loggers
+
+
+def build(cfg: DictConfig, with_model: bool = True) -> Built:
+    """Datamodule (validated), model sized from it, and the trainer with callbacks and loggers."""
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm) if with_model else None
+    trainer, callbacks, loggers = build_trainer(cfg)
+    return Built(dm, model, trainer, callbacks, loggers)

@@ -1,0 +1,152 @@
+"""What every image datamodule shares: in-memory uint8 splits, loaders, normalization, augmentation.
+
+A source subclass only says *which* images and labels make up each split (``load_splits``);
+how they become model input is decided here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from imgcls.data.spec import DataSpec
+from imgcls.data.tensor_dataset import TensorImageDataset, batch_loader
+from imgcls.data.transforms import normalize
+
+log = logging.getLogger(__name__)
+
+
+class Splits(dict[str, TensorImageDataset]):
+    """``train``/``val``/``test``/``predict`` datasets (any may be absent)."""
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base datamodule over in-memory uint8 tensors.
+
+    Args:
+        batch_size: training batch size (per device).
+        eval_batch_size: batch size for val/test/predict (defaults to ``batch_size``).
+        num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
+        pin_memory: pin host memory (useful with a GPU).
+        train_augment: batch transform applied to normalized training batches only.
+        mean: per-channel mean; ``None`` uses the subclass default.
+        std: per-channel std; ``None`` uses the subclass default.
+    """
+
+    default_mean: tuple[float, ...] = (0.5,)
+    default_std: tuple[float, ...] = (0.5,)
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        train_augment: Callable[[Tensor], Tensor] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.train_augment = train_augment
+        self._mean = tuple(mean) if mean is not None else None
+        self._std = tuple(std) if std is not None else None
+        self.splits: Splits | None = None
+        self.class_names: tuple[str, ...] = ()
+        self._spec: DataSpec | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def load_splits(self) -> Splits:
+        """Return the uint8 datasets for each split and set ``self.class_names``."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:  # idempotent: the builder calls it before the Trainer does
+            self.splits = self.load_splits()
+            for name, ds in self.splits.items():
+                log.info("%s: %d images %s", name, len(ds), tuple(ds.images.shape[1:]))
+
+    @property
+    def spec(self) -> DataSpec:
+        """Sizes, class names and normalization of the model input (after ``setup``)."""
+        if self._spec is None:
+            self._spec = self._make_spec()
+        return self._spec
+
+    def _make_spec(self) -> DataSpec:
+        if self.splits is None:
+            raise RuntimeError("call setup() before reading the data spec")
+        sample = next(iter(self.splits.values())).images
+        c, h, w = sample.shape[1:]
+        mean = self._mean or self.default_mean
+        std = self._std or self.default_std
+        if len(mean) == 1 and c > 1:
+            mean, std = mean * c, std * c
+        return DataSpec(
+            num_classes=len(self.class_names),
+            in_channels=int(c),
+            image_size=(int(h), int(w)),
+            class_names=self.class_names,
+            mean=tuple(float(m) for m in mean),
+            std=tuple(float(s) for s in std),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec.in_channels
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.spec.image_size
+
+    def _split(self, name: str) -> TensorImageDataset:
+        self.setup()
+        assert self.splits is not None
+        if name not in self.splits:
+            raise RuntimeError(f"{type(self).__name__} has no '{name}' split")
+        return self.splits[name]
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        return batch_loader(
+            self._split(name),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict" if self.splits and "predict" in self.splits else "test")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, targets = batch
+        if images.dtype != torch.uint8:  # e.g. cached features: nothing to decode
+            return batch
+        spec = self.spec
+        x = normalize(images, spec.mean, spec.std)
+        if self.train_augment is not None and self.trainer is not None and self.trainer.training:
+            x = self.train_augment(x)
+        return x, targets

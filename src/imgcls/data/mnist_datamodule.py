@@ -1,0 +1,134 @@
+"""MNIST from the bundled canonical raw files, decoded once into uint8 tensors."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torchvision.datasets import MNIST
+
+from imgcls.data.base_datamodule import ImageDataModule, Splits
+from imgcls.data.tensor_dataset import TensorImageDataset
+from imgcls.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# md5 of the *uncompressed* canonical files (the bundled .gz were recompressed, so their own
+# md5 differs from the download mirrors'; the content is what matters).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Path:
+    """Make ``<data_dir>/MNIST/raw/<name>`` exist uncompressed and verified; return the raw dir.
+
+    Decompresses bundled ``.gz`` files (verifying the canonical md5). Only when files are
+    missing and ``download`` is set does torchvision try the network.
+
+    Raises:
+        DataError: files missing (and no download), or a file with the wrong content.
+    """
+    raw = Path(data_dir) / "MNIST" / "raw"
+    missing = []
+    for name, md5 in MNIST_MD5.items():
+        target, gz = raw / name, raw / f"{name}.gz"
+        if target.is_file():
+            if _md5(target) != md5:
+                raise DataError(f"MNIST file {target} is corrupt (md5 {_md5(target)}, expected {md5}); delete it")
+            continue
+        if gz.is_file():
+            tmp = target.with_suffix(".part")
+            try:
+                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (OSError, EOFError) as e:
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"MNIST archive {gz} cannot be decompressed: {e}") from None
+            if _md5(tmp) != md5:
+                tmp.unlink()
+                raise DataError(f"MNIST archive {gz} does not hold the canonical {name} (md5 mismatch)")
+            os.replace(tmp, target)  # atomic: a crash never leaves a half-written raw file
+            continue
+        missing.append(f"{name}.gz")
+    if missing:
+        if download:
+            try:
+                MNIST(str(data_dir), train=True, download=True)
+                MNIST(str(data_dir), train=False, download=True)
+                return raw
+            except Exception as e:  # network errors come in many types
+                reason = f"download failed ({type(e).__name__}: {e})"
+        else:
+            reason = "download disabled (data.download=false)"
+        raise DataError(
+            f"MNIST raw files not found: {', '.join(missing)} missing in {raw}; {reason}. "
+            f"Put the four canonical files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in {raw}, "
+            f"or set data.download=true on a machine with internet access."
+        )
+    return raw
+
+
+class MNISTDataModule(ImageDataModule):
+    """MNIST: 60k train (split into train/val, seeded) and the official 10k test set.
+
+    Args:
+        data_dir: directory containing ``MNIST/raw``.
+        val_size: images held out from the 60k for validation.
+        split_seed: seed of the train/val split (independent of the training seed).
+        download: allow torchvision to download when the raw files are absent.
+        **kwargs: batch sizes, workers, augmentation, normalization (see ``ImageDataModule``).
+    """
+
+    default_mean = (0.1307,)
+    default_std = (0.3081,)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        val_size: int = 5000,
+        split_seed: int = 12345,
+        download: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.data_dir = str(data_dir)
+        self.val_size = int(val_size)
+        self.split_seed = int(split_seed)
+        self.download = bool(download)
+
+    def prepare_data(self) -> None:
+        ensure_mnist_raw(self.data_dir, self.download)
+
+    def load_splits(self) -> Splits:
+        ensure_mnist_raw(self.data_dir, self.download)
+        train = MNIST(self.data_dir, train=True, download=False)
+        test = MNIST(self.data_dir, train=False, download=False)
+        self.class_names = tuple(str(i) for i in range(10))
+        full = TensorImageDataset(train.data.unsqueeze(1), train.targets)
+        if not 0 < self.val_size < len(full):
+            raise DataError(f"data.val_size={self.val_size} must be in [0, {len(full)})")
+        perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.split_seed))
+        splits = Splits(
+            train=full.subset(perm[self.val_size :]),
+            test=TensorImageDataset(test.data.unsqueeze(1), test.targets),
+        )
+        splits["val"] = full.subset(perm[: self.val_size])
+        return splits

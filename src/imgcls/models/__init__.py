@@ -1,0 +1,1 @@
+"""LightningModules and the plain nets they wrap."""

@@ -1,0 +1,207 @@
+"""ImageClassifier: one LightningModule for every net — loss, metrics, optimizer from config.
+
+Everything it needs to rebuild itself (net config, data spec, optimizer config) is stored as
+plain containers in the checkpoint, so ``ImageClassifier.load_from_checkpoint(path)`` works
+alone and under ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from imgcls.data.spec import DataSpec
+from imgcls.errors import ConfigError
+from imgcls.utils.config import to_plain
+
+log = logging.getLogger(__name__)
+
+# Checkpoints name classes to build; only these packages may be named, so a checkpoint can
+# never make us import arbitrary code.
+ALLOWED_TARGET_PREFIXES = ("imgcls.", "torch.", "torchvision.")
+
+
+def check_target(cfg: Mapping[str, Any] | None, what: str) -> None:
+    """Raise ``ConfigError`` unless ``cfg['_target_']`` lives in an allowed package."""
+    if cfg is None:
+        return
+    target = str(cfg.get("_target_", ""))
+    if not target.startswith(ALLOWED_TARGET_PREFIXES):
+        raise ConfigError(f"{what}._target_={target!r} is not in an allowed package {ALLOWED_TARGET_PREFIXES}")
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, total
+
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy classifier around any net from ``imgcls.models.nets``.
+
+    Args:
+        net: net config with ``_target_``; sizes (``in_channels``, ``num_classes``,
+            ``image_size``) are filled in from ``spec``.
+        spec: the ``DataSpec`` (as a dict) of the data the model is trained on.
+        optimizer: partial optimizer config (``_partial_: true``), gets ``params``.
+        scheduler: optional partial LR-scheduler config; ``total_steps`` is filled in for
+            schedulers that take it (OneCycleLR) from the trainer's step estimate.
+        scheduler_interval: ``step`` or ``epoch``.
+        scheduler_monitor: metric for schedulers such as ReduceLROnPlateau.
+        label_smoothing: cross-entropy label smoothing.
+        compile: wrap the net with ``torch.compile`` for fit.
+    """
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        hparams = {
+            "net": to_plain(net),
+            "spec": to_plain(spec if not isinstance(spec, DataSpec) else spec.to_dict()),
+            "optimizer": to_plain(optimizer),
+            "scheduler": to_plain(scheduler),
+            "scheduler_interval": scheduler_interval,
+            "scheduler_monitor": scheduler_monitor,
+            "label_smoothing": float(label_smoothing),
+            "compile": bool(compile),
+        }
+        check_target(hparams["net"], "model.net")
+        check_target(hparams["optimizer"], "model.optimizer")
+        check_target(hparams["scheduler"], "model.scheduler")
+        self.save_hyperparameters(hparams)
+        self.spec = DataSpec.from_dict(hparams["spec"])
+        self.net: nn.Module = instantiate(
+            hparams["net"],
+            in_channels=self.spec.in_channels,
+            num_classes=self.spec.num_classes,
+            image_size=list(self.spec.image_size),
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+
+        k = self.spec.num_classes
+        def metrics(prefix: str) -> MetricCollection:
+            m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=k, average="micro")}
+            if k > 5:
+                m["acc_top5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+            return MetricCollection(m, prefix=prefix)
+
+        self.train_metrics = MetricCollection(
+            {"acc": MulticlassAccuracy(num_classes=k, average="micro")}, prefix="train/"
+        )
+        self.val_metrics = metrics("val/")
+        self.test_metrics = metrics("test/")
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        # Persistent so a resumed run keeps its best validation accuracy.
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
+
+    # -- forward / steps ---------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        x, y = batch
+        logits = self(x)
+        return self.criterion(logits, y), logits, y
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, logits, y = self._shared_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); lower the learning rate or "
+                f"enable gradient clipping (trainer.gradient_clip_val)"
+            )
+        self.train_metrics.update(logits.detach(), y)
+        self.train_loss.update(loss.detach(), weight=len(y))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        values = self.train_metrics.compute()
+        values["train/loss_epoch"] = self.train_loss.compute()
+        self.train_metrics.reset()
+        self.train_loss.reset()
+        self.log_dict(values, prog_bar=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits, y = self._shared_step(batch)
+        self.val_loss.update(loss, weight=len(y))
+        self.val_metrics.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        values["val/loss"] = self.val_loss.compute()
+        self.val_metrics.reset()
+        self.val_loss.reset()
+        if not self.trainer.sanity_checking:  # sanity batches must not set the best score
+            self.val_acc_best.update(values["val/acc"])
+            values["val/acc_best"] = self.val_acc_best.compute()
+        self.log_dict(values, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits, y = self._shared_step(batch)
+        self.test_loss.update(loss, weight=len(y))
+        self.test_metrics.update(logits, y)
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        values["test/loss"] = self.test_loss.compute()
+        self.test_metrics.reset()
+        self.test_loss.reset()
+        self.log_dict(values)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return torch.softmax(self(x), dim=1)
+
+    # -- set-up --------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        trainable, total = count_parameters(self)
+        log.info("parameters: %s trainable / %s total", f"{trainable:,}", f"{total:,}")
+        if self.hparams["compile"] and stage == "fit":
+            self.net = torch.compile(self.net)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no trainable parameters")
+        optimizer = instantiate(self.hparams["optimizer"], _partial_=True)(params)
+        sched_cfg = self.hparams["scheduler"]
+        if not sched_cfg:
+            return optimizer
+        extra: dict[str, Any] = {}
+        sched_cls = get_class(sched_cfg["_target_"])
+        if "total_steps" in inspect.signature(sched_cls).parameters and "total_steps" not in sched_cfg:
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(sched_cfg, _partial_=True)(optimizer, **extra)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams["scheduler_interval"],
+                "monitor": self.hparams["scheduler_monitor"],
+                "frequency": 1,
+            },
+        }

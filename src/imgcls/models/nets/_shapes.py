@@ -1,0 +1,26 @@
+"""Shape inference shared by the nets: sizes come from a dry run, never from literals."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from imgcls.errors import ConfigError
+
+
+def flat_features(body: nn.Module, in_channels: int, image_size: tuple[int, int], net: str) -> int:
+    """Number of features ``body`` produces for one ``in_channels x image_size`` image.
+
+    Raises:
+        ConfigError: the image is too small for the body's convolutions/pooling.
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    try:
+        with torch.no_grad():
+            was_training = body.training
+            body.eval()  # BatchNorm would complain about a batch of one in train mode
+            out = body(torch.zeros(1, in_channels, h, w))
+            body.train(was_training)
+    except RuntimeError as e:
+        raise ConfigError(f"{net}: input {in_channels}x{h}x{w} is too small for this net ({e})") from None
+    return int(out[0].numel())

@@ -1,0 +1,168 @@
+"""Train and evaluate tasks: what the thin entry points in ``src/`` run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from imgcls.builder import build, build_datamodule, build_trainer
+from imgcls.errors import ConfigError, UserError
+from imgcls.models.classifier import count_parameters
+from imgcls.utils.checkpoint import load_classifier
+from imgcls.utils.config import print_config_tree, to_plain
+
+log = logging.getLogger(__name__)
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """Warnings policy and config printing, done once before anything is built."""
+    # In-memory tensors are fastest with 0 workers; Lightning's hint says otherwise.
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("print_config") and _is_rank_zero():
+        out = Path(cfg.paths.output_dir) / "config_tree.log"
+        print_config_tree(cfg, save_to=out)
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, loggers: list) -> None:
+    """Send the run's config and parameter counts to every logger (TensorBoard hparams tab)."""
+    if not loggers:
+        return
+    trainable, total = count_parameters(model)
+    params = {
+        "model": to_plain(cfg.get("model")) or to_plain(dict(model.hparams)),
+        "data": to_plain(cfg.get("data")),
+        "trainer": to_plain(cfg.get("trainer")),
+        "seed": cfg.get("seed"),
+        "task_name": cfg.get("task_name"),
+        "tags": to_plain(cfg.get("tags")),
+        "ckpt_path": cfg.get("ckpt_path"),
+        "params/total": total,
+        "params/trainable": trainable,
+        "params/non_trainable": total - trainable,
+    }
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    path = getattr(cb, "best_model_path", "") if cb is not None else ""
+    return path or None
+
+
+def _write_summary(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> None:
+    if not _is_rank_zero():
+        return
+    out = Path(cfg.paths.output_dir) / "metrics.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"metrics": metrics, **extra}, indent=2, sort_keys=True))
+    log.info("summary written to %s", out)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model, then test the best checkpoint; returns all final metrics."""
+    apply_extras(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    built = build(cfg)
+    assert built.model is not None
+    log_hyperparameters(cfg, built.model, built.loggers)
+    trainer = built.trainer
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        log.info("starting training")
+        trainer.fit(built.model, datamodule=built.datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_floats(trainer.callback_metrics))
+    best = _best_checkpoint(trainer)
+    if cfg.get("test"):
+        ckpt = best if cfg.get("train") else cfg.get("ckpt_path")
+        if ckpt is None:
+            log.warning("no checkpoint to test (checkpointing off?): testing the current weights")
+        else:
+            log.info("testing checkpoint %s", ckpt)
+        trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt)
+        metrics.update(_floats(trainer.callback_metrics))
+    _write_summary(cfg, metrics, {"best_checkpoint": best, "output_dir": str(cfg.paths.output_dir)})
+    for name in sorted(metrics):
+        log.info("%s = %.5f", name, metrics[name])
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a checkpoint on the configured data; the model is rebuilt from the checkpoint alone."""
+    apply_extras(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ConfigError("eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>")
+    model = load_classifier(cfg.ckpt_path)
+    dm = build_datamodule(cfg)
+    mismatch = model.spec.incompatibilities(dm.spec)
+    if mismatch:
+        raise ConfigError(
+            f"checkpoint {cfg.ckpt_path} was trained on different data than data={cfg.data._target_}: "
+            + "; ".join(mismatch)
+        )
+    trainer, _, loggers = build_trainer(cfg)
+    log_hyperparameters(cfg, model, loggers)
+    trainer.test(model, datamodule=dm)
+    metrics = _floats(trainer.callback_metrics)
+    _write_summary(cfg, metrics, {"checkpoint": str(cfg.ckpt_path)})
+    for name in sorted(metrics):
+        log.info("%s = %.5f", name, metrics[name])
+    return metrics
+
+
+def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
+    """Run a task for an entry point; user errors print one message, not a traceback.
+
+    Returns the ``optimized_metric`` value for Hydra sweepers.
+    """
+    try:
+        metrics = task(cfg)
+    except UserError as e:
+        log.error("%s: %s", type(e).__name__, e)
+        if _in_multirun():
+            raise  # the launcher records the job as failed and continues with the others
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}")
+    return metrics[name]
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # no Hydra context (tests calling tasks directly)
+        return False
+
+
+__all__ = ["train", "evaluate", "run_task"]

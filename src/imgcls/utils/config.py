@@ -1,0 +1,78 @@
+"""Config helpers: project-root resolver, plain-container conversion, config tree printing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+def project_root() -> Path:
+    """The repository root (holds ``configs/``): ``$PROJECT_ROOT``, else found from this file or cwd."""
+    env = os.environ.get("PROJECT_ROOT")
+    if env:
+        return Path(env).resolve()
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (start, *start.parents):
+            if (parent / "configs" / "train.yaml").is_file():
+                return parent
+    return Path.cwd().resolve()
+
+
+def register_resolvers() -> None:
+    """Register ``${project_root:}`` once, so configs can locate the repo without sys.path hacks."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
+
+
+def to_plain(value: Any) -> Any:
+    """Convert OmegaConf containers/tuples into plain dicts and lists.
+
+    Checkpoints store hyper-parameters; plain containers keep them loadable under
+    ``torch.load(weights_only=True)`` (an OmegaConf object would need unpickling code).
+    """
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into ``a/b/c`` keys (for hparams tables)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
+    """Print the composed config as a rich tree (main groups first) and optionally save it."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    order = ["data", "model", "callbacks", "logger", "trainer", "paths", "extras"]
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        branch = tree.add(str(key), style="bold", guide_style="dim")
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=False) if isinstance(value, DictConfig) else str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    rich.print(tree)
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        with open(save_to, "w") as f:
+            rich.print(tree, file=f)

@@ -1,0 +1,15 @@
+"""Train a model: ``python src/train.py [group=option ...] [key=value ...]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from imgcls.pipeline import run_task, train
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(train, cfg)
+
+
+if __name__ == "__main__":
+    main()

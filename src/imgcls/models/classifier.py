@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.data.spec import DataSpec
@@ -46,6 +46,29 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+class RunningSum(Metric):
+    """Sums of per-batch totals and counts, synced across ranks.
+
+    The training step runs every batch; torchmetrics' general-purpose classes validate and
+    reformat inputs each update, which costs measurable throughput on small nets. Accuracy
+    and mean loss over an epoch need only two running sums.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, total: Tensor, count: int) -> None:
+        self.total += total.detach().double()
+        self.count += count
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
 class ImageClassifier(L.LightningModule):
     """Cross-entropy classifier around any net from ``imgcls.models.nets``.
 
@@ -59,6 +82,8 @@ class ImageClassifier(L.LightningModule):
         scheduler_interval: ``step`` or ``epoch``.
         scheduler_monitor: metric for schedulers such as ReduceLROnPlateau.
         label_smoothing: cross-entropy label smoothing.
+        channels_last: run convolutions in NHWC memory format (about 1.7x faster for small
+            CNNs on CPU here; also the fast path on GPUs with tensor cores).
         compile: wrap the net with ``torch.compile`` for fit.
     """
 
@@ -71,6 +96,7 @@ class ImageClassifier(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         label_smoothing: float = 0.0,
+        channels_last: bool = True,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -82,6 +108,7 @@ class ImageClassifier(L.LightningModule):
             "scheduler_interval": scheduler_interval,
             "scheduler_monitor": scheduler_monitor,
             "label_smoothing": float(label_smoothing),
+            "channels_last": bool(channels_last),
             "compile": bool(compile),
         }
         check_target(hparams["net"], "model.net")
@@ -96,6 +123,9 @@ class ImageClassifier(L.LightningModule):
             image_size=list(self.spec.image_size),
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
 
         k = self.spec.num_classes
         def metrics(prefix: str) -> MetricCollection:
@@ -104,12 +134,10 @@ class ImageClassifier(L.LightningModule):
                 m["acc_top5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
             return MetricCollection(m, prefix=prefix)
 
-        self.train_metrics = MetricCollection(
-            {"acc": MulticlassAccuracy(num_classes=k, average="micro")}, prefix="train/"
-        )
+        self.train_acc = RunningSum()
+        self.train_loss = RunningSum()
         self.val_metrics = metrics("val/")
         self.test_metrics = metrics("test/")
-        self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         # Persistent so a resumed run keeps its best validation accuracy.
@@ -118,6 +146,8 @@ class ImageClassifier(L.LightningModule):
 
     # -- forward / steps ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -133,15 +163,18 @@ class ImageClassifier(L.LightningModule):
                 f"(epoch {self.current_epoch}, batch {batch_idx}); lower the learning rate or "
                 f"enable gradient clipping (trainer.gradient_clip_val)"
             )
-        self.train_metrics.update(logits.detach(), y)
-        self.train_loss.update(loss.detach(), weight=len(y))
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        n = len(y)
+        self.train_acc.update((logits.detach().argmax(1) == y).sum(), n)
+        self.train_loss.update(loss.detach() * n, n)
+        # Lightning only writes step metrics every log_every_n_steps; logging on the other
+        # steps is pure overhead (a few % of a small net's step).
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        values = self.train_metrics.compute()
-        values["train/loss_epoch"] = self.train_loss.compute()
-        self.train_metrics.reset()
+        values = {"train/acc": self.train_acc.compute(), "train/loss_epoch": self.train_loss.compute()}
+        self.train_acc.reset()
         self.train_loss.reset()
         self.log_dict(values, prog_bar=True)
 

@@ -1,0 +1,1 @@
+"""Benchmark sections for scripts/benchmark.py (one module per section)."""

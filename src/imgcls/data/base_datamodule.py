@@ -69,6 +69,14 @@ class ImageDataModule(L.LightningDataModule):
         """Return the uint8 datasets for each split and set ``self.class_names``."""
         raise NotImplementedError
 
+    def fingerprint(self, split: str) -> str:
+        """A string that changes whenever the images or labels of ``split`` may change.
+
+        Caches derived from the data (decoded images, frozen-backbone features) key on it.
+        File-based sources hash their file list with sizes and mtimes.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not fingerprint its data")
+
     # -- shared ------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # idempotent: the builder calls it before the Trainer does

@@ -117,6 +117,10 @@ class MNISTDataModule(ImageDataModule):
     def prepare_data(self) -> None:
         ensure_mnist_raw(self.data_dir, self.download)
 
+    def fingerprint(self, split: str) -> str:
+        # The raw files are verified against fixed md5s; only the split can vary.
+        return f"mnist-canonical/{split}/val{self.val_size}/seed{self.split_seed}"
+
     def load_splits(self) -> Splits:
         ensure_mnist_raw(self.data_dir, self.download)
         train = MNIST(self.data_dir, train=True, download=False)

@@ -1,0 +1,62 @@
+"""Shared fixtures: configs composed once per session and copied per test with tmp output dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import imgcls  # noqa: F401  (registers ${project_root:})
+from imgcls.utils.config import project_root
+
+ROOT = project_root()
+CONFIGS = ROOT / "configs"
+MNIST_DATA = ROOT / "data"
+
+
+def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:
+    """Compose ``configs/<name>.yaml`` like ``@hydra.main`` does, writing into ``out``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.log_dir = str(out / "logs")
+        cfg.extras.print_config = False
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg("train", ["model=mlp", ...])`` -> a config writing into this test's tmp dir."""
+
+    def make(name: str = "train", overrides: list[str] | None = None, out: Path | None = None) -> DictConfig:
+        return compose_config(name, list(overrides or []), out or tmp_path)
+
+    return make
+
+
+def run_entry(script: str, *overrides: str, cwd: Path | None = None, timeout: int = 600,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python src/<script>.py overrides...`` as a user would; returns the completed process."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / f"{script}.py"), *overrides],
+        cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads() -> None:
+    torch.manual_seed(0)

@@ -19,3 +19,7 @@ class CheckpointError(UserError):
 
 class ConfigError(UserError):
     """A configuration value cannot work (e.g. an image too small for the chosen net)."""
+
+
+class ExportError(UserError):
+    """An exported model cannot be written or does not reproduce the checkpoint's outputs."""

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from imgcls.builder import build, build_datamodule, build_trainer
@@ -20,6 +21,7 @@ from imgcls.errors import ConfigError, UserError
 from imgcls.models.classifier import count_parameters
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import print_config_tree, to_plain
+from imgcls.utils.tensorboard import write_hparams_session
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,14 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, loggers: list
         "params/trainable": trainable,
         "params/non_trainable": total - trainable,
     }
+    # the HParams view compares runs on these (values come from the logged scalars)
+    metric_tags = ["val/acc_best", "test/acc"]
+    if cfg.get("optimized_metric") and cfg.optimized_metric not in metric_tags:
+        metric_tags.append(cfg.optimized_metric)
     for logger in loggers:
         logger.log_hyperparams(params)
+        if isinstance(logger, TensorBoardLogger):
+            write_hparams_session(logger, params, metric_tags)
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

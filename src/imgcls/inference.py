@@ -1,0 +1,301 @@
+"""Predict class names for images from a checkpoint alone: the task behind ``src/predict.py``.
+
+The checkpoint carries the net config, the class names and the ``DataSpec`` (channels, size,
+mean/std), so the user names only the checkpoint and the images. Images are decoded per batch
+by the same function the datamodules use (``imgcls.data.images.load_image``) and normalized on
+the device like every evaluation batch; the forward pass runs through ``Trainer.predict``, so
+``trainer.accelerator``/``precision`` mean what they mean for training, and Lightning runs it
+under ``torch.inference_mode``.
+
+A file that cannot be read never stops the others unless asked (``on_error=stop``): it gets a
+zero placeholder in its batch and a row with an ``error`` message in the output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from omegaconf import DictConfig
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from imgcls.builder import build_trainer
+from imgcls.data.images import IMAGE_EXTENSIONS, load_image
+from imgcls.data.spec import DataSpec
+from imgcls.data.tensor_dataset import batch_loader
+from imgcls.data.transforms import normalize
+from imgcls.errors import ConfigError, DataError
+from imgcls.pipeline import apply_extras
+from imgcls.utils.checkpoint import load_classifier
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("skip", "stop")
+
+
+# -- what to predict ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InputItem:
+    """One image to predict.
+
+    Attributes:
+        id: the key of its output row (path relative to the input folder, or the CSV id cell).
+        path: the file to decode.
+        where: location for messages, e.g. ``"test.csv row 7, column 'id'"``.
+    """
+
+    id: str
+    path: Path
+    where: str = ""
+
+
+@dataclass
+class InputList:
+    """The images to predict, in output order, and how the output names them."""
+
+    items: list[InputItem]
+    id_column: str
+    kind: str  # "file" | "folder" | "csv"
+    source: Path
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_folder(folder: Path) -> InputList:
+    """Every image file under ``folder`` (recursively), sorted by relative path.
+
+    Raises:
+        DataError: the folder holds no image file.
+    """
+    files = sorted(
+        (p for p in folder.rglob("*") if p.is_file() and is_image_file(p)),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+    if not files:
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
+    items = [InputItem(p.relative_to(folder).as_posix(), p) for p in files]
+    return InputList(items, "file", "folder", folder)
+
+
+def list_inputs(source: str | os.PathLike) -> InputList:
+    """Resolve ``input=``: one image file or a folder of images.
+
+    Raises:
+        DataError: the input does not exist or holds no image.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return list_folder(path)
+    if path.is_file():
+        return InputList([InputItem(str(source), path)], "file", "file", path)
+    raise DataError(f"input not found: {path}")
+
+
+# -- decoding per batch ------------------------------------------------------------------------
+class ImageFiles(Dataset):
+    """Decodes listed files a batch at a time; unreadable files become errors, not exceptions.
+
+    ``__getitems__`` returns ``(uint8 images, positions, errors)``: a failed file leaves a zero
+    image in its slot (batch shapes stay fixed) and its message in ``errors``.
+    """
+
+    def __init__(self, items: Sequence[InputItem], spec: DataSpec) -> None:
+        self.items = list(items)
+        self.channels = spec.in_channels
+        self.size = spec.image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, list[str]]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, list[str]]:
+        images = torch.zeros(len(indices), self.channels, *self.size, dtype=torch.uint8)
+        errors: list[str] = []
+        for slot, i in enumerate(indices):
+            item = self.items[i]
+            try:
+                images[slot] = load_image(
+                    item.path, channels=self.channels, size=self.size, where=item.where
+                )
+                errors.append("")
+            except DataError as e:
+                errors.append(str(e))
+        return images, torch.as_tensor(list(indices), dtype=torch.long), errors
+
+
+class PredictInputs(L.LightningDataModule):
+    """Feeds ``ImageFiles`` to ``Trainer.predict``; normalizes on the device like evaluation."""
+
+    def __init__(
+        self, items: Sequence[InputItem], spec: DataSpec, batch_size: int, num_workers: int = 0
+    ) -> None:
+        super().__init__()
+        self.dataset = ImageFiles(items, spec)
+        self.spec = spec
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        return batch_loader(
+            self.dataset, self.batch_size, shuffle=False, num_workers=self.num_workers
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, positions, errors = batch
+        return normalize(images, self.spec.mean, self.spec.std), positions, errors
+
+
+class TopKCollector(BasePredictionWriter):
+    """Keeps the top-k classes and probabilities of every batch (on the host, k per image).
+
+    Args:
+        k: classes kept per image.
+        stop_on_error: raise the first unreadable file's ``DataError`` instead of recording it.
+    """
+
+    def __init__(self, k: int, stop_on_error: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.k = int(k)
+        self.stop_on_error = bool(stop_on_error)
+        self.positions: list[Tensor] = []
+        self.probs: list[Tensor] = []
+        self.indices: list[Tensor] = []
+        self.errors: dict[int, str] = {}
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ):  # type: ignore[no-untyped-def]
+        _, positions, errors = batch
+        positions = positions.cpu()
+        for pos, err in zip(positions.tolist(), errors, strict=True):
+            if err:
+                if self.stop_on_error:
+                    raise DataError(
+                        f"{err} (on_error=skip predicts the other images and lists this one)"
+                    )
+                self.errors[pos] = err
+        top_p, top_i = prediction.float().topk(self.k, dim=1)
+        self.positions.append(positions)
+        self.probs.append(top_p.cpu())
+        self.indices.append(top_i.cpu())
+
+    def table(self, inputs: InputList, class_names: Sequence[str]) -> pd.DataFrame:
+        """One row per input in input order: id, pred, prob, top1..topk (+ _prob), error."""
+        n = len(inputs.items)
+        order = torch.cat(self.positions) if self.positions else torch.empty(0, dtype=torch.long)
+        probs = torch.zeros(n, self.k)
+        idx = torch.zeros(n, self.k, dtype=torch.long)
+        probs[order] = torch.cat(self.probs) if self.probs else probs[:0]
+        idx[order] = torch.cat(self.indices) if self.indices else idx[:0]
+        ok = torch.ones(n, dtype=torch.bool)
+        ok[list(self.errors)] = False
+        names = list(class_names)
+        cols: dict[str, list[Any]] = {inputs.id_column: [it.id for it in inputs.items]}
+
+        def named(j: int) -> list[Any]:
+            return [
+                names[i] if good else ""
+                for i, good in zip(idx[:, j].tolist(), ok.tolist(), strict=True)
+            ]
+
+        def prob(j: int) -> list[Any]:
+            return [
+                p if good else None
+                for p, good in zip(probs[:, j].tolist(), ok.tolist(), strict=True)
+            ]
+
+        cols["pred"], cols["prob"] = named(0), prob(0)
+        for j in range(self.k):
+            cols[f"top{j + 1}"], cols[f"top{j + 1}_prob"] = named(j), prob(j)
+        cols["error"] = [self.errors.get(i, "") for i in range(n)]
+        return pd.DataFrame(cols)
+
+
+# -- the task ----------------------------------------------------------------------------------
+def resolve_top_k(top_k: int | None, num_classes: int) -> int:
+    """``top_k`` or min(5, classes); more than the model has is clamped with a warning."""
+    if top_k is None:
+        return min(5, num_classes)
+    if int(top_k) < 1:
+        raise ConfigError(f"top_k={top_k} must be at least 1")
+    if int(top_k) > num_classes:
+        log.warning(
+            "top_k=%s but the model has %d classes: writing all %d", top_k, num_classes, num_classes
+        )
+        return num_classes
+    return int(top_k)
+
+
+def predict(cfg: DictConfig) -> dict[str, float]:
+    """Predict every input image; writes ``predictions.csv`` into the run dir."""
+    apply_extras(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "predict needs a checkpoint: python src/predict.py ckpt_path=<file.ckpt> input=<images>"
+        )
+    if not cfg.get("input"):
+        raise ConfigError(
+            "predict needs input=<image file | folder of images | CSV of image names>"
+        )
+    on_error = str(cfg.get("on_error", "skip"))
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error={on_error!r} must be one of {ON_ERROR}")
+    model = load_classifier(cfg.ckpt_path)
+    spec: DataSpec = model.spec
+    k = resolve_top_k(cfg.get("top_k"), spec.num_classes)
+    inputs = list_inputs(cfg.input)
+    if on_error == "stop":  # a missing file is cheap to find before any inference
+        for item in inputs.items:
+            if not item.path.is_file():
+                at = f" ({item.where})" if item.where else ""
+                raise DataError(
+                    f"image file not found: {item.path}{at} (on_error=skip predicts the others)"
+                )
+    log.info(
+        "predicting %d image(s) from %s with %s (%d classes, top %d)",
+        len(inputs.items),
+        inputs.source,
+        cfg.ckpt_path,
+        spec.num_classes,
+        k,
+    )
+
+    collector = TopKCollector(k, stop_on_error=on_error == "stop")
+    trainer, _, _ = build_trainer(cfg)
+    if trainer.world_size > 1:
+        raise ConfigError(
+            "predict writes rows in input order from one process: use trainer.devices=1"
+        )
+    trainer.callbacks.append(collector)
+    dm = PredictInputs(inputs.items, spec, cfg.get("batch_size", 256), cfg.get("num_workers", 0))
+    trainer.predict(model, datamodule=dm, return_predictions=False)
+
+    table = collector.table(inputs, spec.class_names)
+    out = Path(cfg.get("predictions_file") or Path(cfg.paths.output_dir) / "predictions.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False, float_format="%.7g")
+    failed = {inputs.items[i].id: msg for i, msg in sorted(collector.errors.items())}
+    log.info("predictions for %d image(s) written to %s", len(table) - len(failed), out)
+    if failed:
+        log.warning(
+            "%d image(s) could not be read (rows with an 'error' in %s):", len(failed), out.name
+        )
+        for name, msg in list(failed.items())[:20]:
+            log.warning("  %s: %s", name, msg)
+    return {"predict/images": float(len(table) - len(failed)), "predict/failed": float(len(failed))}
+
+
+__all__ = ["predict", "list_inputs", "InputItem", "InputList", "ImageFiles", "TopKCollector"]

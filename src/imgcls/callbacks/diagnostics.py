@@ -174,7 +174,8 @@ class ClassificationDiagnostics(L.Callback):
             return
         spec = pl_module.spec
         names = list(spec.class_names)
-        step = trainer.global_step
+        # the step Lightning gives the epoch's scalars, so images line up with the curves
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
         exp = tb.experiment
         cm = values["confusion"].cpu()
         title = f"{stage} confusion matrix, step {step} (rows: true, columns: predicted)"

@@ -22,11 +22,19 @@ def read_events(logdir: Path) -> EventAccumulator:
 
 
 def test_event_files_hold_diagnostics_and_hparams(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("train", [
-        "trainer.max_epochs=3", "+trainer.limit_train_batches=10", "+trainer.limit_val_batches=2",
-        "+trainer.limit_test_batches=1", "+trainer.num_sanity_val_steps=0", "data.eval_batch_size=250",
-        "callbacks.diagnostics.every_n_epochs=2", "model.optimizer.lr=0.002",
-    ])
+    cfg = make_cfg(
+        "train",
+        [
+            "trainer.max_epochs=3",
+            "+trainer.limit_train_batches=10",
+            "+trainer.limit_val_batches=2",
+            "+trainer.limit_test_batches=1",
+            "+trainer.num_sanity_val_steps=0",
+            "data.eval_batch_size=250",
+            "callbacks.diagnostics.every_n_epochs=2",
+            "model.optimizer.lr=0.002",
+        ],
+    )
     train(cfg)
     ea = read_events(tmp_path / "tensorboard")
 
@@ -43,12 +51,16 @@ def test_event_files_hold_diagnostics_and_hparams(make_cfg, tmp_path: Path) -> N
     table = ea.Tensors("val/per_class/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert table.splitlines()[0] == "| class | precision | recall | F1 | support |"
     assert table.splitlines()[-1].endswith("| 500 |")  # 2 validation batches of 250, counted once
-    assert [r.split("|")[1].strip() for r in table.splitlines()[2:12]] == [str(i) for i in range(10)]
+    assert [r.split("|")[1].strip() for r in table.splitlines()[2:12]] == [
+        str(i) for i in range(10)
+    ]
     assert "val/f1_macro" in tags["scalars"] and "test/f1_macro" in tags["scalars"]
 
     # HParams: the run's config against val/acc_best and test/acc, no fake step-0 values
     content = ea.PluginTagToContent("hparams")
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
     assert {m.name.tag for m in experiment.metric_infos} >= {"val/acc_best", "test/acc"}
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hp = session.session_start_info.hparams

@@ -24,9 +24,13 @@ def real_batch(folder: Path, spec, n: int = 5) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
-def test_export_lenet_parity(fmt, trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path: Path) -> None:
+def test_export_lenet_parity(
+    fmt, trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path: Path
+) -> None:
     folder, _ = mnist_png_folder
-    metrics = export(make_cfg("export", [f"ckpt_path={trained_lenet_ckpt}", f"format={fmt}", f"input={folder}"]))
+    metrics = export(
+        make_cfg("export", [f"ckpt_path={trained_lenet_ckpt}", f"format={fmt}", f"input={folder}"])
+    )
     assert metrics["export/max_abs_diff"] <= 1e-4
     assert metrics["export/top1_agreement"] == 1.0
 
@@ -35,7 +39,10 @@ def test_export_lenet_parity(fmt, trained_lenet_ckpt, mnist_png_folder, make_cfg
     meta = json.loads((tmp_path / f"model{ext}.json").read_text())
     assert meta["class_names"] == [str(i) for i in range(10)]
     assert meta["preprocessing"]["mean"] == [0.1307] and meta["preprocessing"]["std"] == [0.3081]
-    assert meta["preprocessing"]["channels"] == 1 and meta["preprocessing"]["image_size"] == [28, 28]
+    assert meta["preprocessing"]["channels"] == 1 and meta["preprocessing"]["image_size"] == [
+        28,
+        28,
+    ]
     assert meta["input"]["shape"] == ["N", 1, 28, 28]
     assert meta["parity"]["checked"] and meta["parity"]["passed"]
     assert meta["parity"]["images"] == 64 and "input=" in meta["parity"]["source"]
@@ -60,12 +67,22 @@ def test_export_lenet_parity(fmt, trained_lenet_ckpt, mnist_png_folder, make_cfg
     assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_export_without_onnxruntime_says_so(trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path, monkeypatch,
-                                            caplog) -> None:
+def test_export_without_onnxruntime_says_so(
+    trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path, monkeypatch, caplog
+) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     folder, _ = mnist_png_folder
-    metrics = export(make_cfg("export", [f"ckpt_path={trained_lenet_ckpt}", "format=onnx", f"input={folder}",
-                                         "parity_images=4"]))
+    metrics = export(
+        make_cfg(
+            "export",
+            [
+                f"ckpt_path={trained_lenet_ckpt}",
+                "format=onnx",
+                f"input={folder}",
+                "parity_images=4",
+            ],
+        )
+    )
     assert metrics == {}
     assert (tmp_path / "model.onnx").stat().st_size > 0
     meta = json.loads((tmp_path / "model.onnx.json").read_text())
@@ -75,16 +92,26 @@ def test_export_without_onnxruntime_says_so(trained_lenet_ckpt, mnist_png_folder
 
 def test_export_entry_point_uses_the_training_runs_data(trained_lenet_ckpt, tmp_path: Path) -> None:
     """No input given: the parity batch comes from the data of the run that wrote the checkpoint."""
-    proc = run_entry("export", f"ckpt_path={trained_lenet_ckpt}", "format=torchscript",
-                     f"paths.log_dir={tmp_path}/", "extras.print_config=false")
+    proc = run_entry(
+        "export",
+        f"ckpt_path={trained_lenet_ckpt}",
+        "format=torchscript",
+        f"paths.log_dir={tmp_path}/",
+        "extras.print_config=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parity OK: max |Δlogits| = " in proc.stdout
-    assert "64 images from the training run's data (imgcls.data.mnist_datamodule.MNISTDataModule)" in proc.stdout
+    assert (
+        "64 images from the training run's data (imgcls.data.mnist_datamodule.MNISTDataModule)"
+        in proc.stdout
+    )
     assert len(list(tmp_path.glob("export/runs/*/model.pt"))) == 1
 
 
 def test_export_bad_format(trained_lenet_ckpt, make_cfg) -> None:
     from imgcls.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"format='tflite' must be one of \['onnx', 'pt2', 'torchscript'\]"):
+    with pytest.raises(
+        ConfigError, match=r"format='tflite' must be one of \['onnx', 'pt2', 'torchscript'\]"
+    ):
         export(make_cfg("export", [f"ckpt_path={trained_lenet_ckpt}", "format=tflite"]))

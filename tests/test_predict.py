@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_entry
 from imgcls.errors import ConfigError, DataError
 from imgcls.inference import predict
+from tests.conftest import run_entry
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
@@ -19,8 +19,10 @@ def read_predictions(path: Path) -> pd.DataFrame:
 
 
 def prob_columns(df: pd.DataFrame) -> list[str]:
-    return sorted((c for c in df.columns if c.startswith("top") and c.endswith("_prob")),
-                  key=lambda c: int(c[3:-5]))
+    return sorted(
+        (c for c in df.columns if c.startswith("top") and c.endswith("_prob")),
+        key=lambda c: int(c[3:-5]),
+    )
 
 
 @pytest.fixture
@@ -35,11 +37,18 @@ def folder_with_bad_files(mnist_png_folder, tmp_path: Path) -> tuple[Path, dict[
     return folder, truth
 
 
-def test_predict_folder_entry_point(trained_lenet_ckpt, folder_with_bad_files, tmp_path: Path) -> None:
+def test_predict_folder_entry_point(
+    trained_lenet_ckpt, folder_with_bad_files, tmp_path: Path
+) -> None:
     """As typed by a user: names, top-5 sorted probabilities, bad files listed with their error."""
     folder, truth = folder_with_bad_files
-    proc = run_entry("predict", f"ckpt_path={trained_lenet_ckpt}", f"input={folder}",
-                     f"paths.log_dir={tmp_path}/logs/", "extras.print_config=false")
+    proc = run_entry(
+        "predict",
+        f"ckpt_path={trained_lenet_ckpt}",
+        f"input={folder}",
+        f"paths.log_dir={tmp_path}/logs/",
+        "extras.print_config=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = next((tmp_path / "logs").glob("predict/runs/*/predictions.csv"))
     df = read_predictions(out)
@@ -66,7 +75,9 @@ def test_predict_folder_entry_point(trained_lenet_ckpt, folder_with_bad_files, t
     assert (names.nunique(axis=1) == 5).all()
 
 
-def test_predict_all_classes_sum_to_one(trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path: Path) -> None:
+def test_predict_all_classes_sum_to_one(
+    trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path: Path
+) -> None:
     folder, truth = mnist_png_folder
     image = folder / "digit_001.png"
     predict(make_cfg("predict", [f"ckpt_path={trained_lenet_ckpt}", f"input={image}", "top_k=10"]))
@@ -79,9 +90,13 @@ def test_predict_all_classes_sum_to_one(trained_lenet_ckpt, mnist_png_folder, ma
     assert df.loc[0, "pred"] == truth["digit_001.png"]
 
 
-def test_predict_on_error_stop_names_the_file(trained_lenet_ckpt, folder_with_bad_files, make_cfg, tmp_path) -> None:
+def test_predict_on_error_stop_names_the_file(
+    trained_lenet_ckpt, folder_with_bad_files, make_cfg, tmp_path
+) -> None:
     folder, _ = folder_with_bad_files
-    cfg = make_cfg("predict", [f"ckpt_path={trained_lenet_ckpt}", f"input={folder}", "on_error=stop"])
+    cfg = make_cfg(
+        "predict", [f"ckpt_path={trained_lenet_ckpt}", f"input={folder}", "on_error=stop"]
+    )
     with pytest.raises(DataError, match=r"cannot decode image .*corrupt\.png"):
         predict(cfg)
     assert not (tmp_path / "predictions.csv").exists()
@@ -95,7 +110,9 @@ def test_predict_on_error_stop_names_the_file(trained_lenet_ckpt, folder_with_ba
         ("input=/nonexistent/images", DataError, "input not found: /nonexistent/images"),
     ],
 )
-def test_predict_bad_options(trained_lenet_ckpt, mnist_png_folder, make_cfg, override, error, message) -> None:
+def test_predict_bad_options(
+    trained_lenet_ckpt, mnist_png_folder, make_cfg, override, error, message
+) -> None:
     folder, _ = mnist_png_folder
     cfg = make_cfg("predict", [f"ckpt_path={trained_lenet_ckpt}", f"input={folder}", override])
     with pytest.raises(error, match=message):

@@ -60,3 +60,14 @@ def run_entry(script: str, *overrides: str, cwd: Path | None = None, timeout: in
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mnist_dm():
+    """The real MNIST datamodule, loaded once per session (read-only for tests)."""
+    from imgcls.data.mnist_datamodule import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(MNIST_DATA))
+    dm.prepare_data()
+    dm.setup()
+    return dm

@@ -47,8 +47,12 @@ def test_missing_files_say_where_to_put_them(tmp_path) -> None:
 
 
 def test_missing_files_stop_train_with_one_message(tmp_path) -> None:
-    proc = run_entry("train", f"paths.data_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs",
-                     "extras.print_config=false")
+    proc = run_entry(
+        "train",
+        f"paths.data_dir={tmp_path}",
+        f"paths.log_dir={tmp_path}/logs",
+        "extras.print_config=false",
+    )
     assert proc.returncode == 1
     assert "error: MNIST raw files not found" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -49,7 +49,9 @@ def test_eval_reproduces_train_test_metric(lenet_run, make_cfg) -> None:
 def test_eval_entry_point(lenet_run, tmp_path) -> None:
     out, metrics = lenet_run
     best = json.loads((out / "metrics.json").read_text())["best_checkpoint"]
-    proc = run_entry("eval", f"ckpt_path={best}", f"paths.log_dir={tmp_path}", "extras.print_config=false")
+    proc = run_entry(
+        "eval", f"ckpt_path={best}", f"paths.log_dir={tmp_path}", "extras.print_config=false"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(next(tmp_path.glob("eval/runs/*/metrics.json")).read_text())
     assert abs(summary["metrics"]["test/acc"] - metrics["test/acc"]) < 1e-3
@@ -79,7 +81,10 @@ def test_eval_refuses_a_checkpoint_for_other_data(lenet_run, make_cfg, tmp_path)
     torch.save(ckpt, bad)
     from imgcls.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match=r"net\.classifier\.4\.weight: checkpoint \(10, 84\) vs model \(3, 84\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"net\.classifier\.4\.weight: checkpoint \(10, 84\) vs model \(3, 84\)",
+    ):
         evaluate(make_cfg("eval", [f"ckpt_path={bad}"]))
 
 
@@ -96,10 +101,14 @@ def test_tensorboard_has_curves_and_hparams(lenet_run) -> None:
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     content = acc.PluginTagToContent("hparams")
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {"val/acc_best", "test/acc"}
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    assert session.session_start_info.hparams["model/optimizer/lr"].number_value == pytest.approx(1e-3)
+    assert session.session_start_info.hparams["model/optimizer/lr"].number_value == pytest.approx(
+        1e-3
+    )
     assert len(acc.Scalars("test/acc")) == 1  # no fake value at step 0
 
 
@@ -125,8 +134,13 @@ def test_entry_point_variants_complete(overrides, expect, tmp_path) -> None:
 
 
 def test_ddp_sim_trains_and_tests(tmp_path) -> None:
-    proc = run_entry("train", "trainer=ddp_sim", "debug=limit", f"paths.log_dir={tmp_path}",
-                     "extras.print_config=false")
+    proc = run_entry(
+        "train",
+        "trainer=ddp_sim",
+        "debug=limit",
+        f"paths.log_dir={tmp_path}",
+        "extras.print_config=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     assert summary["metrics"]["test/acc"] >= 0.5

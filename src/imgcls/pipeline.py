@@ -70,7 +70,9 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, loggers: list
 HPARAM_METRICS = ("val/acc_best", "test/acc")
 
 
-def write_tensorboard_hparams(logger: TensorBoardLogger, params: dict[str, Any], metrics: tuple[str, ...]) -> None:
+def write_tensorboard_hparams(
+    logger: TensorBoardLogger, params: dict[str, Any], metrics: tuple[str, ...]
+) -> None:
     """Write the HParams session with ``metrics`` as its columns.
 
     Lightning writes this session only when given metric *values* (logging them as scalars at
@@ -142,7 +144,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on the configured data; the model is rebuilt from the checkpoint alone."""
     apply_extras(cfg)
     if not cfg.get("ckpt_path"):
-        raise ConfigError("eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>")
+        raise ConfigError(
+            "eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>"
+        )
     model = load_classifier(cfg.ckpt_path)
     dm = build_datamodule(cfg)
     mismatch = model.spec.incompatibilities(dm.spec)

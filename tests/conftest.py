@@ -41,25 +41,47 @@ def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg("train", ["model=mlp", ...])`` -> a config writing into this test's tmp dir."""
 
-    def make(name: str = "train", overrides: list[str] | None = None, out: Path | None = None) -> DictConfig:
+    def make(
+        name: str = "train", overrides: list[str] | None = None, out: Path | None = None
+    ) -> DictConfig:
         return compose_config(name, list(overrides or []), out or tmp_path)
 
     return make
 
 
-def run_entry(script: str, *overrides: str, cwd: Path | None = None, timeout: int = 600,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_entry(
+    script: str,
+    *overrides: str,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python src/<script>.py overrides...`` as a user would; returns the completed process."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / f"{script}.py"), *overrides],
-        cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mnist_dm():
+    """The real MNIST datamodule, loaded once per session (read-only for tests)."""
+    from imgcls.data.mnist_datamodule import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(MNIST_DATA))
+    dm.prepare_data()
+    dm.setup()
+    return dm
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +93,14 @@ def trained_lenet_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     logs = tmp_path_factory.mktemp("lenet_run")
     proc = run_entry(
-        "train", f"paths.log_dir={logs}/", "extras.print_config=false",
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=150", "+trainer.limit_val_batches=1",
-        "test=false", "~callbacks.diagnostics",
+        "train",
+        f"paths.log_dir={logs}",
+        "extras.print_config=false",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=150",
+        "+trainer.limit_val_batches=1",
+        "test=false",
+        "~callbacks.diagnostics",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return next(logs.glob("train/runs/*/checkpoints/epoch_000.ckpt"))

@@ -96,7 +96,7 @@ def test_export_entry_point_uses_the_training_runs_data(trained_lenet_ckpt, tmp_
         "export",
         f"ckpt_path={trained_lenet_ckpt}",
         "format=torchscript",
-        f"paths.log_dir={tmp_path}/",
+        f"paths.log_dir={tmp_path}",
         "extras.print_config=false",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

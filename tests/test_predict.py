@@ -46,7 +46,7 @@ def test_predict_folder_entry_point(
         "predict",
         f"ckpt_path={trained_lenet_ckpt}",
         f"input={folder}",
-        f"paths.log_dir={tmp_path}/logs/",
+        f"paths.log_dir={tmp_path / 'logs'}",
         "extras.print_config=false",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -176,8 +176,15 @@ class TopKCollector(BasePredictionWriter):
         self.errors: dict[int, str] = {}
 
     def write_on_batch_end(
-        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
-    ):  # type: ignore[no-untyped-def]
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         _, positions, errors = batch
         positions = positions.cpu()
         for pos, err in zip(positions.tolist(), errors, strict=True):
@@ -279,7 +286,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             "predict writes rows in input order from one process: use trainer.devices=1"
         )
-    trainer.callbacks.append(collector)
+    trainer.callbacks.append(collector)  # type: ignore[attr-defined]
     dm = PredictInputs(inputs.items, spec, cfg.get("batch_size", 256), cfg.get("num_workers", 0))
     trainer.predict(model, datamodule=dm, return_predictions=False)
 

@@ -14,7 +14,7 @@ test run writes to the TensorBoard logger:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -28,9 +28,15 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from imgcls.data.spec import DataSpec
 from imgcls.utils.render import captioned_grid, confusion_matrix_image, to_display_uint8
 
 log = logging.getLogger(__name__)
+
+
+def _spec(pl_module: L.LightningModule) -> DataSpec:
+    """The ``DataSpec`` of an ``ImageClassifier`` (names, channels, normalization)."""
+    return cast(DataSpec, pl_module.spec)
 
 
 def per_class_table(class_names: list[str], values: dict[str, Tensor], support: Tensor) -> str:
@@ -79,7 +85,7 @@ class ClassificationDiagnostics(L.Callback):
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        k = pl_module.spec.num_classes
+        k = _spec(pl_module).num_classes
         # validate_args=False: the inputs are the model's own logits and validated labels;
         # the checks would cost more than the update itself.
         opts: dict[str, Any] = {"num_classes": k, "validate_args": False}
@@ -125,7 +131,7 @@ class ClassificationDiagnostics(L.Callback):
         self.metrics.update(preds, y)
         need = self.max_misclassified - self._n_wrong
         # cached features (not images) cannot be shown
-        is_image = x.ndim == 4 and x.shape[1] == pl_module.spec.in_channels
+        is_image = x.ndim == 4 and x.shape[1] == _spec(pl_module).in_channels
         if need > 0 and is_image:
             idx = (preds != y).nonzero().flatten()[:need]
             if len(idx):
@@ -172,7 +178,7 @@ class ClassificationDiagnostics(L.Callback):
         if tb is None or not trainer.is_global_zero:
             self._wrong = []
             return
-        spec = pl_module.spec
+        spec = _spec(pl_module)
         names = list(spec.class_names)
         # the step Lightning gives the epoch's scalars, so images line up with the curves
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from imgcls.builder import build, build_datamodule, build_trainer
-from imgcls.errors import ConfigError, UserError
+from imgcls.errors import ConfigError, find_user_error
 from imgcls.models.classifier import count_parameters
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import print_config_tree, to_plain
@@ -142,10 +142,14 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     """
     try:
         metrics = task(cfg)
-    except UserError as e:
+    except Exception as exc:
+        e = find_user_error(exc)
+        if e is None:
+            raise
         log.error("%s: %s", type(e).__name__, e)
         if _in_multirun():
-            raise  # the launcher records the job as failed and continues with the others
+            # the sweeper records the job as failed (with this message) and runs the others
+            raise e from None
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     name = cfg.get("optimized_metric")

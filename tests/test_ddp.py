@@ -67,7 +67,9 @@ def test_ddp_sim_test_acc_equals_single_process_eval(tmp_path: Path, make_cfg) -
     ckpt = ddp["best_checkpoint"]
     assert Path(ckpt).is_file()
 
-    cfg = make_cfg("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "logger=csv", *data], out=tmp_path / "eval")
+    cfg = make_cfg(
+        "eval", [f"ckpt_path={ckpt}", "trainer=cpu", "logger=csv", *data], out=tmp_path / "eval"
+    )
     single = evaluate(cfg)
 
     assert abs(ddp["metrics"]["test/acc"] - single["test/acc"]) < 1e-6

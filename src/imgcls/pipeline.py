@@ -28,6 +28,8 @@ def apply_extras(cfg: DictConfig) -> None:
     """Warnings policy and config printing, done once before anything is built."""
     # In-memory tensors are fastest with 0 workers; Lightning's hint says otherwise.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # ImageClassifier logs torchmetrics results, which compute() already synced across ranks.
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")

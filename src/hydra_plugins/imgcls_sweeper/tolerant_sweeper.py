@@ -55,7 +55,9 @@ class TolerantSweeper(BasicSweeper):
                     # The job's own log holds the details; the sweep goes on.
                     e = r._return_value
                     first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    log.error("job #%d failed: %s: %s", initial_job_idx + i, type(e).__name__, first_line)
+                    log.error(
+                        "job #%d failed: %s: %s", initial_job_idx + i, type(e).__name__, first_line
+                    )
             initial_job_idx += len(batch)
             returns.append(results)
         return returns

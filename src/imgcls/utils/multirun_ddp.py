@@ -94,7 +94,9 @@ class MultirunDDP(Callback):
         self._saved_env: dict[str, str] | None = None
         self._saved_hooks: dict[str, Callable[..., Any]] = {}
 
-    def on_job_start(self, config: DictConfig, *, task_function: TaskFunction, **kwargs: Any) -> None:
+    def on_job_start(
+        self, config: DictConfig, *, task_function: TaskFunction, **kwargs: Any
+    ) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         self._saved_env = dict(os.environ)
@@ -109,7 +111,13 @@ class MultirunDDP(Callback):
 
         def command(local_rank: int) -> tuple[list[str], str]:
             cmd = rank_command(
-                script, task_overrides, hydra_overrides, output_dir, config_dir, config_name, local_rank
+                script,
+                task_overrides,
+                hydra_overrides,
+                output_dir,
+                config_dir,
+                config_name,
+                local_rank,
             )
             return cmd, cwd
 
@@ -140,8 +148,12 @@ class MultirunDDP(Callback):
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         if self._saved_env is not None:
-            # LOCAL_RANK, WORLD_SIZE, MASTER_PORT, PL_GLOBAL_SEED... set during the job
-            for key in set(os.environ) - set(self._saved_env):
+            # LOCAL_RANK, WORLD_SIZE, MASTER_PORT, PL_GLOBAL_SEED... set during the job; the
+            # job's hydra.job.env_set is Hydra's to undo (it already has, before this hook)
+            hydra_owned = set(config.hydra.job.env_set or {})
+            for key in set(os.environ) - set(self._saved_env) - hydra_owned:
                 del os.environ[key]
-            os.environ.update(self._saved_env)
+            for key, value in self._saved_env.items():
+                if key not in hydra_owned and os.environ.get(key) != value:
+                    os.environ[key] = value
             self._saved_env = None

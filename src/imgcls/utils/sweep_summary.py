@@ -62,7 +62,7 @@ class ConfigGroup:
 
     @property
     def values(self) -> list[float]:
-        return [j.value for j in self.jobs if j.status == "completed" and _finite(j.value)]
+        return [v for j in self.jobs if (v := _score(j)) is not None]
 
     @property
     def mean(self) -> float | None:
@@ -101,8 +101,10 @@ class Summary:
         return any(len(g.jobs) > 1 for g in self.groups)
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
+def _score(job: JobRecord) -> float | None:
+    """The job's metric when it counts (completed, finite), else ``None``."""
+    v = job.value
+    return v if job.status == "completed" and v is not None and math.isfinite(v) else None
 
 
 def _is_rank_zero() -> bool:
@@ -219,17 +221,18 @@ def summarize(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir, metric)
     sign = 1.0 if mode == "max" else -1.0
-    scored = [j for j in jobs if j.status == "completed" and _finite(j.value)]
+    scored = [(v, j) for j in jobs if (v := _score(j)) is not None]
     if scored:
-        max(scored, key=lambda j: sign * float(j.value)).best = True  # type: ignore[arg-type]
+        max(scored, key=lambda t: sign * t[0])[1].best = True
     groups = group_by_config(jobs)
-    scored_groups = [g for g in groups if g.mean is not None]
-    if scored_groups:
-        max(scored_groups, key=lambda g: sign * float(g.mean)).best = True  # type: ignore[arg-type]
-    optuna = None
+    means = [(m, g) for g in groups if (m := g.mean) is not None]
+    if means:
+        max(means, key=lambda t: sign * t[0])[1].best = True
+    optuna: dict[str, Any] | None = None
     results = sweep_dir / "optimization_results.yaml"
     if results.is_file():
-        optuna = OmegaConf.to_container(OmegaConf.load(results))  # type: ignore[assignment]
+        loaded = OmegaConf.to_container(OmegaConf.load(results))
+        optuna = {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else None
     return Summary(sweep_dir, metric, mode, jobs, groups, optuna)
 
 
@@ -303,15 +306,25 @@ def to_markdown(summary: Summary) -> str:
     best = summary.best
     if best is not None:
         varying = [o for o in best.overrides if o not in common_set] or best.overrides
-        lines.append(f"- best job: {best.num} ({metric} = {_fmt(best.value)}): `{' '.join(varying)}`")
+        lines.append(
+            f"- best job: {best.num} ({metric} = {_fmt(best.value)}): `{' '.join(varying)}`"
+        )
     if summary.optuna:
         lines.append(
             f"- Optuna best value: {_fmt(summary.optuna.get('best_value'))}, best params: "
             f"`{json.dumps(summary.optuna.get('best_params', {}), sort_keys=True)}`"
         )
-    lines += ["", f"| job | status | {metric} | overrides | run dir | error |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"| job | status | {metric} | overrides | run dir | error |",
+        "|---|---|---|---|---|---|",
+    ]
     for j in summary.jobs:
-        varying = [o for o in j.overrides if o not in common_set] if len(summary.jobs) > 1 else j.overrides
+        varying = (
+            [o for o in j.overrides if o not in common_set]
+            if len(summary.jobs) > 1
+            else j.overrides
+        )
         rel = os.path.relpath(j.run_dir, summary.sweep_dir)
         mark = " ★" if j.best else ""
         lines.append(

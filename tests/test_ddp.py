@@ -104,6 +104,6 @@ def test_multirun_with_ddp_runs_each_job_once_in_its_own_dir(tmp_path: Path) -> 
         m = _metrics(sweep / job)["metrics"]
         assert 0.0 < m["val/acc_best"] <= 1.0 and "test/acc" in m
         # both ranks ran this job and logged into its dir
-        assert (sweep / job / "train.log").read_text().count("trainable /") == 2
+        assert (sweep / job / "train.log").read_text().count("starting training") == 2
     summary = (sweep / "summary.md").read_text()
     assert "- jobs: 2, completed 2, failed 0" in summary

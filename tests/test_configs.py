@@ -17,7 +17,18 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_are_populated() -> None:
-    for group in ["data", "model", "trainer", "logger", "callbacks", "debug", "experiment", "paths", "hydra", "extras"]:
+    for group in [
+        "data",
+        "model",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+        "experiment",
+        "paths",
+        "hydra",
+        "extras",
+    ]:
         assert options(group), f"configs/{group} has no options"
     assert {"cpu", "gpu", "ddp", "ddp_sim", "mps", "default"} <= set(options("trainer"))
     assert {"fdr", "overfit", "limit", "profiler", "default"} <= set(options("debug"))
@@ -38,7 +49,9 @@ def test_every_model_composes_and_is_sized_by_mnist(option, make_cfg, mnist_dm) 
     assert model.hparams["spec"]["class_names"] == [str(i) for i in range(10)]
 
 
-@pytest.mark.parametrize("group", ["trainer", "logger", "callbacks", "debug", "experiment", "extras"])
+@pytest.mark.parametrize(
+    "group", ["trainer", "logger", "callbacks", "debug", "experiment", "extras"]
+)
 def test_every_option_composes(group, make_cfg) -> None:
     for option in options(group):
         cfg = make_cfg("train", [f"{group}={option}"])
@@ -50,7 +63,11 @@ def test_cpu_trainers_instantiate(option, make_cfg) -> None:
     cfg = make_cfg("train", [f"trainer={option}"])
     trainer, callbacks, loggers = build_trainer(cfg)
     assert trainer.max_epochs == cfg.trainer.max_epochs
-    assert {type(c).__name__ for c in callbacks} >= {"ModelCheckpoint", "RichProgressBar", "LearningRateMonitor"}
+    assert {type(c).__name__ for c in callbacks} >= {
+        "ModelCheckpoint",
+        "RichProgressBar",
+        "LearningRateMonitor",
+    }
     assert [type(lg).__name__ for lg in loggers] == ["TensorBoardLogger"]
 
 
@@ -59,7 +76,12 @@ def test_logger_options_instantiate(option, make_cfg) -> None:
     cfg = make_cfg("train", [f"logger={option}"])
     _, _, loggers = build_trainer(cfg)
     names = sorted(type(lg).__name__ for lg in loggers)
-    assert names == {"csv": ["CSVLogger"], "many_loggers": ["CSVLogger", "TensorBoardLogger"], "none": []}[option]
+    assert (
+        names
+        == {"csv": ["CSVLogger"], "many_loggers": ["CSVLogger", "TensorBoardLogger"], "none": []}[
+            option
+        ]
+    )
 
 
 def test_gpu_configs_ask_for_gpus(make_cfg) -> None:
@@ -80,6 +102,8 @@ def test_augment_option_builds_a_batch_transform(make_cfg) -> None:
 def test_run_dirs_are_unique_per_run(make_cfg, tmp_path) -> None:
     cfg = make_cfg("train", [])
     run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
-    assert re.fullmatch(rf"{tmp_path}/logs/train/runs/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{{6}}", run_dir)
+    assert re.fullmatch(
+        rf"{tmp_path}/logs/train/runs/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{{6}}", run_dir
+    )
     assert re.fullmatch(rf"{tmp_path}/logs/train/multiruns/[\d_-]+", sweep_dir)
     assert cfg.hydra.sweep._get_node("subdir")._value() == "${hydra.job.num}"

@@ -33,5 +33,5 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
         if isinstance(exc, UserError):
             return exc
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__  # explicit `raise ... from e` (as Hydra does), not any context
     return None

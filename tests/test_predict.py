@@ -125,3 +125,88 @@ def test_predict_empty_folder(trained_lenet_ckpt, make_cfg, tmp_path: Path) -> N
     cfg = make_cfg("predict", [f"ckpt_path={trained_lenet_ckpt}", f"input={tmp_path / 'empty'}"])
     with pytest.raises(DataError, match=r"no image files .* in folder .*empty"):
         predict(cfg)
+
+
+def test_predict_csv_keeps_every_row_in_order(
+    trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path
+) -> None:
+    """Rows that name no readable image keep their place, with the reason and the CSV row."""
+    folder, truth = mnist_png_folder
+    rows = ["digit_002", "", "missing_one", "../../etc/passwd", "digit_004.png", "digit_005"]
+    (tmp_path / "ask.csv").write_text("id,note\n" + "".join(f"{r},x\n" for r in rows))
+    cfg = make_cfg(
+        "predict",
+        [f"ckpt_path={trained_lenet_ckpt}", f"input={tmp_path / 'ask.csv'}", f"image_dir={folder}"],
+    )
+    metrics = predict(cfg)
+    assert metrics["predict/images"] == 3 and metrics["predict/failed"] == 3
+    df = read_predictions(tmp_path / "predictions.csv")
+    assert df["id"].tolist() == rows
+    errors = df["error"].tolist()
+    assert errors[0] == errors[4] == errors[5] == ""
+    assert errors[1] == "empty image name (ask.csv row 2 (line 3), column 'id')"
+    assert errors[2].startswith("image file not found: ") and "ask.csv row 3 (line 4)" in errors[2]
+    assert "escapes the image directory" in errors[3] and "ask.csv row 4 (line 5)" in errors[3]
+    assert (
+        df.loc[0, "pred"] == truth["digit_002.png"] and df.loc[4, "pred"] == truth["digit_004.png"]
+    )
+    submission = read_predictions(tmp_path / "submission.csv")
+    assert list(submission.columns) == ["id", "label"]
+    assert submission["id"].tolist() == rows
+    assert submission["label"].tolist() == df["pred"].tolist()
+
+    stop = make_cfg(
+        "predict",
+        [
+            f"ckpt_path={trained_lenet_ckpt}",
+            f"input={tmp_path / 'ask.csv'}",
+            f"image_dir={folder}",
+            "on_error=stop",
+        ],
+        out=tmp_path / "stop",
+    )
+    with pytest.raises(
+        DataError, match=r"^empty image name \(ask\.csv row 2 \(line 3\), column 'id'\)"
+    ):
+        predict(stop)
+    assert not (tmp_path / "stop" / "predictions.csv").exists()
+
+
+def test_predict_digits_csv_submission_scores_on_hidden_truth(make_cfg, tmp_path: Path) -> None:
+    """The id,label digits built by the project's script: LeNet, 5 epochs, >= 95 % on the
+    label-less test.csv scored against the hidden truth; submission rows = test.csv rows."""
+    import make_digit_datasets
+
+    from imgcls.pipeline import train
+
+    assert make_digit_datasets.main(["--out", str(tmp_path / "data"), "--forms", "csv"]) == 0
+    root = tmp_path / "data" / "digits_csv"
+    train(
+        make_cfg(
+            "train",
+            [
+                "data=csv",
+                f"data.root={root}",
+                "data.cache_dir=null",
+                "model=lenet",
+                "trainer.max_epochs=5",
+                "test=false",
+                "logger=csv",
+            ],
+            out=tmp_path / "train",
+        )
+    )
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    predict(
+        make_cfg(
+            "predict", [f"ckpt_path={ckpt}", f"input={root / 'test.csv'}"], out=tmp_path / "predict"
+        )
+    )
+
+    submission = read_predictions(tmp_path / "predict" / "submission.csv")
+    asked = read_predictions(root / "test.csv")
+    truth = read_predictions(root / "test_truth.csv")
+    assert list(submission.columns) == ["id", "label"]
+    assert submission["id"].tolist() == asked["id"].tolist() == truth["id"].tolist()
+    accuracy = (submission["label"] == truth["label"]).mean()
+    assert accuracy >= 0.95, accuracy

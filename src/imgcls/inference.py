@@ -51,11 +51,13 @@ class InputItem:
         id: the key of its output row (path relative to the input folder, or the CSV id cell).
         path: the file to decode.
         where: location for messages, e.g. ``"test.csv row 7, column 'id'"``.
+        error: why the row cannot be predicted, when the listing already knows.
     """
 
     id: str
     path: Path
     where: str = ""
+    error: str = ""  # known before decoding (e.g. an empty CSV cell): reported, not decoded
 
 
 @dataclass
@@ -66,6 +68,8 @@ class InputList:
     id_column: str
     kind: str  # "file" | "folder" | "csv"
     source: Path
+    label_column: str | None = None  # a CSV's label column, when it has one (for scoring)
+    labels: list[str] | None = None
 
 
 def is_image_file(path: Path) -> bool:
@@ -88,8 +92,94 @@ def list_folder(folder: Path) -> InputList:
     return InputList(items, "file", "folder", folder)
 
 
-def list_inputs(source: str | os.PathLike) -> InputList:
-    """Resolve ``input=``: one image file or a folder of images.
+def csv_image_dir(csv_path: Path, image_dir: str | os.PathLike | None) -> Path:
+    """Where a CSV's image names point: ``image_dir``, else the folder named like the CSV
+    beside it (``test.csv`` -> ``test/``, the Kaggle-style layout), else the CSV's folder."""
+    if image_dir:
+        return Path(image_dir)
+    beside = csv_path.with_suffix("")
+    return beside if beside.is_dir() else csv_path.parent
+
+
+def list_csv(
+    csv_path: Path,
+    image_dir: str | os.PathLike | None = None,
+    image_column: str | None = None,
+    extension: str | None = None,
+) -> InputList:
+    """Every data row of a CSV of image names, in file order (one output row per CSV row).
+
+    Columns and files are resolved exactly as the CSV datamodule does (column detection,
+    extension or lookup by stem, no escaping the image directory). A row that names no usable
+    file keeps its place with the reason, so the output stays aligned with the input.
+
+    Raises:
+        DataError: unreadable CSV, no rows, no image column, or none of the files exists.
+    """
+    from imgcls.data.csv_datamodule import (
+        IMAGE_COLUMN_NAMES,
+        LABEL_COLUMN_NAMES,
+        DirectoryIndex,
+        pick_column,
+        read_csv_table,
+        resolve_cell,
+    )
+
+    table = read_csv_table(csv_path, "input CSV")
+    col, how = pick_column(table, image_column, IMAGE_COLUMN_NAMES, "image_column", "image")
+    assert col is not None
+    label_col, _ = pick_column(
+        table, None, LABEL_COLUMN_NAMES, "label_column", "label", required=False, exclude=col
+    )
+    directory = csv_image_dir(csv_path, image_dir)
+    if not directory.is_dir():
+        raise DataError(f"image directory {directory} of {csv_path} does not exist (image_dir)")
+    if extension and not str(extension).startswith("."):
+        extension = f".{extension}"
+    log.info(
+        "%s: %d rows, image column %r (%s), images in %s",
+        csv_path,
+        len(table.rows),
+        col,
+        how,
+        directory,
+    )
+    i_col = table.columns.index(col)
+    i_lab = table.columns.index(label_col) if label_col is not None else None
+    index = DirectoryIndex()
+    items: list[InputItem] = []
+    labels: list[str] = []
+    for row, line, cells in table.rows:
+        where = f"{csv_path.name} row {row} (line {line}), column {col!r}"
+        cell = cells[i_col].strip() if i_col < len(cells) else ""
+        path, error = directory, ""
+        if not cell:
+            error = f"empty image name ({where})"
+        else:
+            try:
+                path = resolve_cell(cell, directory, extension or None, index, where)
+            except DataError as e:
+                error = str(e)
+            if not error and not index.exists(path):
+                error = f"image file not found: {path} ({where}){index.hint(path)}"
+        items.append(InputItem(cell, path, where, error))
+        if i_lab is not None:
+            labels.append(cells[i_lab].strip() if i_lab < len(cells) else "")
+    if all(it.error for it in items):
+        raise DataError(
+            f"none of the {len(items)} images listed in {csv_path} can be read from {directory} "
+            f"(first: {items[0].error}); set image_dir (and extension) to where the files are"
+        )
+    return InputList(items, col, "csv", csv_path, label_col, labels if label_col else None)
+
+
+def list_inputs(
+    source: str | os.PathLike,
+    image_dir: str | os.PathLike | None = None,
+    image_column: str | None = None,
+    extension: str | None = None,
+) -> InputList:
+    """Resolve ``input=``: one image file, a folder of images, or a CSV of image names.
 
     Raises:
         DataError: the input does not exist or holds no image.
@@ -97,6 +187,8 @@ def list_inputs(source: str | os.PathLike) -> InputList:
     path = Path(source)
     if path.is_dir():
         return list_folder(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return list_csv(path, image_dir, image_column, extension)
     if path.is_file():
         return InputList([InputItem(str(source), path)], "file", "file", path)
     raise DataError(f"input not found: {path}")
@@ -126,6 +218,9 @@ class ImageFiles(Dataset):
         errors: list[str] = []
         for slot, i in enumerate(indices):
             item = self.items[i]
+            if item.error:
+                errors.append(item.error)
+                continue
             try:
                 images[slot] = load_image(
                     item.path, channels=self.channels, size=self.size, where=item.where
@@ -247,7 +342,7 @@ def resolve_top_k(top_k: int | None, num_classes: int) -> int:
 
 
 def predict(cfg: DictConfig) -> dict[str, float]:
-    """Predict every input image; writes ``predictions.csv`` into the run dir."""
+    """Predict every input image; writes ``predictions.csv`` (and ``submission.csv`` for a CSV)."""
     apply_extras(cfg)
     if not cfg.get("ckpt_path"):
         raise ConfigError(
@@ -263,14 +358,13 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     model = load_classifier(cfg.ckpt_path)
     spec: DataSpec = model.spec
     k = resolve_top_k(cfg.get("top_k"), spec.num_classes)
-    inputs = list_inputs(cfg.input)
-    if on_error == "stop":  # a missing file is cheap to find before any inference
+    inputs = list_inputs(
+        cfg.input, cfg.get("image_dir"), cfg.get("image_column"), cfg.get("extension")
+    )
+    if on_error == "stop":  # missing files are cheap to find before any inference
         for item in inputs.items:
-            if not item.path.is_file():
-                at = f" ({item.where})" if item.where else ""
-                raise DataError(
-                    f"image file not found: {item.path}{at} (on_error=skip predicts the others)"
-                )
+            if item.error:
+                raise DataError(f"{item.error} (on_error=skip predicts the others and lists it)")
     log.info(
         "predicting %d image(s) from %s with %s (%d classes, top %d)",
         len(inputs.items),
@@ -291,6 +385,8 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     trainer.predict(model, datamodule=dm, return_predictions=False)
 
     table = collector.table(inputs, spec.class_names)
+    if inputs.labels is not None:  # a labeled CSV: its labels beside the predictions
+        table.insert(1, str(inputs.label_column), inputs.labels)
     out = Path(cfg.get("predictions_file") or Path(cfg.paths.output_dir) / "predictions.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format="%.7g")
@@ -302,7 +398,28 @@ def predict(cfg: DictConfig) -> dict[str, float]:
         )
         for name, msg in list(failed.items())[:20]:
             log.warning("  %s: %s", name, msg)
-    return {"predict/images": float(len(table) - len(failed)), "predict/failed": float(len(failed))}
+    metrics = {
+        "predict/images": float(len(table) - len(failed)),
+        "predict/failed": float(len(failed)),
+    }
+    if inputs.kind == "csv" and cfg.get("submission", True):
+        write_submission(cfg, inputs, table)
+    if inputs.labels is not None:  # a labeled CSV: score it (unreadable rows count as wrong)
+        correct = sum(p == t for p, t in zip(table["pred"], inputs.labels, strict=True))
+        metrics["predict/acc"] = correct / len(table)
+        log.info("accuracy against the CSV's labels: %.4f", metrics["predict/acc"])
+    return metrics
+
+
+def write_submission(cfg: DictConfig, inputs: InputList, table: pd.DataFrame) -> Path:
+    """``<id column>,label`` in the input CSV's row order (the Kaggle-style submission)."""
+    out = Path(cfg.get("submission_file") or Path(cfg.paths.output_dir) / "submission.csv")
+    label = str(cfg.get("submission_label_column") or "label")
+    pd.DataFrame({inputs.id_column: table[inputs.id_column], label: table["pred"]}).to_csv(
+        out, index=False
+    )
+    log.info("submission (%s,%s, %d rows) written to %s", inputs.id_column, label, len(table), out)
+    return out
 
 
 __all__ = ["predict", "list_inputs", "InputItem", "InputList", "ImageFiles", "TopKCollector"]

@@ -173,7 +173,8 @@ class ClassificationDiagnostics(L.Callback):
         assert self.metrics is not None
         values = self.metrics.compute()  # every rank: torchmetrics syncs the state across ranks
         self.metrics.reset()
-        pl_module.log(f"{stage}/f1_macro", values["f1"].mean(), sync_dist=False)
+        # a float: the value is already synced across ranks (no sync_dist, no warning about it)
+        pl_module.log(f"{stage}/f1_macro", float(values["f1"].mean()))
         tb = self._tensorboard(trainer)
         if tb is None or not trainer.is_global_zero:
             self._wrong = []

@@ -115,3 +115,44 @@ def test_export_bad_format(trained_lenet_ckpt, make_cfg) -> None:
         ConfigError, match=r"format='tflite' must be one of \['onnx', 'pt2', 'torchscript'\]"
     ):
         export(make_cfg("export", [f"ckpt_path={trained_lenet_ckpt}", "format=tflite"]))
+
+
+@pytest.fixture(scope="module")
+def resnet18_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A frozen ResNet-18 (random init: ``weights=null``) + head trained for two steps on MNIST."""
+    from imgcls.pipeline import train
+    from tests.conftest import compose_config
+
+    out = tmp_path_factory.mktemp("resnet18")
+    cfg = compose_config(
+        "train",
+        [
+            "model=resnet18",
+            "model.weights=null",
+            "model.cache_features=false",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1",
+            "data.eval_batch_size=64",
+            "test=false",
+        ],
+        out,
+    )
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_resnet18_parity(
+    fmt, resnet18_ckpt, mnist_png_folder, make_cfg, tmp_path: Path
+) -> None:
+    folder, _ = mnist_png_folder
+    cfg = make_cfg(
+        "export",
+        [f"ckpt_path={resnet18_ckpt}", f"format={fmt}", f"input={folder}", "parity_images=16"],
+    )
+    metrics = export(cfg)
+    assert metrics["export/max_abs_diff"] <= 1e-4 and metrics["export/top1_agreement"] == 1.0
+    meta = json.loads(next(tmp_path.glob("model.*.json")).read_text())
+    assert meta["net"] == "imgcls.models.nets.resnet.FrozenResNet"
+    assert meta["parity"]["passed"] and meta["parity"]["images"] == 16

@@ -12,6 +12,7 @@ import torch
 
 from imgcls.data.images import load_image
 from imgcls.data.transforms import normalize
+from imgcls.errors import ExportError
 from imgcls.export import export
 from imgcls.utils.checkpoint import load_classifier
 from tests.conftest import run_entry
@@ -156,3 +157,26 @@ def test_export_resnet18_parity(
     meta = json.loads(next(tmp_path.glob("model.*.json")).read_text())
     assert meta["net"] == "imgcls.models.nets.resnet.FrozenResNet"
     assert meta["parity"]["passed"] and meta["parity"]["images"] == 16
+
+
+def test_export_parity_failure_is_an_error(
+    trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path, monkeypatch
+) -> None:
+    """An exported model that drifts from the checkpoint fails the export, with the numbers."""
+    import imgcls.export as ex
+
+    real = ex.EXPORTERS["torchscript"]
+
+    def drifting(net, example, out, meta):  # type: ignore[no-untyped-def]
+        run = real(net, example, out, meta)
+        return lambda x: run(x) + 1e-3
+
+    monkeypatch.setitem(ex.EXPORTERS, "torchscript", drifting)
+    folder, _ = mnist_png_folder
+    cfg = make_cfg(
+        "export", [f"ckpt_path={trained_lenet_ckpt}", "format=torchscript", f"input={folder}"]
+    )
+    with pytest.raises(ExportError, match=r"max \|Δlogits\| = 0\.001 > tolerance 0\.0001"):
+        export(cfg)
+    meta = json.loads((tmp_path / "model.pt.json").read_text())
+    assert meta["parity"]["checked"] and not meta["parity"]["passed"]

@@ -105,7 +105,7 @@ class ClassificationDiagnostics(L.Callback):
         if trainer.sanity_checking or self.every_n_epochs <= 0:
             return False
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
         return epoch % self.every_n_epochs == 0 or last
 
     def _start(self, pl_module: L.LightningModule) -> None:

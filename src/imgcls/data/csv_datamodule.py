@@ -189,6 +189,8 @@ class DirectoryIndex:
                 f" (found {', '.join(similar)} in the same directory; file names and extensions are "
                 f"case-sensitive: set data.extension to the one on disk, or null to find files by stem)"
             )
+        if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+            return f" (nor any {name}.<image extension>)"
         return ""
 
 
@@ -303,7 +305,7 @@ def read_image_csv(
             problems.add(where, "empty image name")
             continue
         try:
-            path = resolve_cell(cell, directory, extension, index, where)
+            path = resolve_cell(cell, directory, extension, index)  # problems add the row
         except DataError as e:
             problems.add(where, str(e))
             continue

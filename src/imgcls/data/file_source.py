@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -89,6 +90,8 @@ class Problems:
         """Raise one ``DataError`` listing the problems (the first ``limit`` of them)."""
         if not self.items:
             return
+        # by file, then row number ("row 9" before "row 10"), whatever the stage that found it
+        self.items.sort(key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
         if len(self.items) == 1:
             raise DataError(f"{self.items[0]} [{context}]")
         shown = "\n".join(f"  - {p}" for p in self.items[: self.limit])
@@ -511,50 +514,72 @@ class FileImageDataModule(ImageDataModule):
         problems: Problems,
         cache: DecodedCache | None,
     ) -> Tensor | None:
-        """Probe headers, settle channels and size, decode every file; problems are collected."""
+        """Settle channels and size, decode every file; problems are collected.
+
+        File headers are probed first (cheap) when the channels or the size depend on the
+        files, or when problems were already found; every readable file is then decoded in
+        full, so truncated files are reported in the same error as the other problems.
+        """
         threads = max(1, self.num_workers)
         present = [p for p in order if p in stats]
-        probed: dict[Path, tuple[tuple[int, int], str]] = {}
-
-        def probe(p: Path) -> None:
-            try:
-                probed[p] = probe_image(p)
-            except DataError as e:
-                problems.add(where[p], str(e))
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(probe, present))
-        if not probed:
-            return None
-
         channels = self.channels
-        if channels is None:
-            channels = 1 if all(mode in GRAY_MODES for _, mode in probed.values()) else 3
-            log.info(
-                "channels: %d (%s; set data.channels to choose)",
-                channels,
-                "every image is grayscale" if channels == 1 else "colour images found",
-            )
-        sizes: dict[tuple[int, int], list[Path]] = {}
-        for p, (native, _) in probed.items():
-            sizes.setdefault(
-                target_size(native, self.target_image_size, self.resize_factor), []
-            ).append(p)
-        if len(sizes) > 1:
-            common = sorted(sizes.items(), key=lambda kv: -len(kv[1]))
-            listing = "; ".join(
-                f"{h}x{w} ({len(ps)} images, e.g. {ps[0]})" for (h, w), ps in common[:4]
-            )
-            how = "resized by data.resize_factor" if self.resize_factor else "as stored"
-            problems.add(
-                "",
-                f"the images have {len(sizes)} different sizes ({how}): {listing}; "
-                f"set data.image_size=[height,width] to resize them all to one size",
-            )
-            return None
-        (h, w) = next(iter(sizes))
-        if problems:
-            return None  # the report is complete without decoding everything
+        size = self.target_image_size
+        if channels is None or size is None or problems:
+            probed: dict[Path, tuple[tuple[int, int], str]] = {}
+
+            def probe(p: Path) -> str | None:
+                try:
+                    probed[p] = probe_image(p)
+                except DataError as e:
+                    return str(e)
+                return None
+
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for p, err in zip(present, pool.map(probe, present), strict=True):
+                    if err is not None:  # in listing order, whatever thread finished first
+                        problems.add(where[p], err)
+            if not probed:
+                return None
+            if channels is None:
+                channels = 1 if all(mode in GRAY_MODES for _, mode in probed.values()) else 3
+                log.info(
+                    "channels: %d (%s; set data.channels to choose)",
+                    channels,
+                    "every image is grayscale" if channels == 1 else "colour images found",
+                )
+            sizes: dict[tuple[int, int], list[Path]] = {}
+            for p, (native, _) in probed.items():
+                key = target_size(native, self.target_image_size, self.resize_factor)
+                sizes.setdefault(key, []).append(p)
+            if len(sizes) > 1:
+                common = sorted(sizes.items(), key=lambda kv: -len(kv[1]))
+                listing = "; ".join(
+                    f"{h}x{w} ({len(ps)} images, e.g. {ps[0]})" for (h, w), ps in common[:4]
+                )
+                how = "resized by data.resize_factor" if self.resize_factor else "as stored"
+                problems.add(
+                    "",
+                    f"the images have {len(sizes)} different sizes ({how}): {listing}; "
+                    f"set data.image_size=[height,width] to resize them all to one size",
+                )
+                return None
+            size = next(iter(sizes))
+            if problems:  # decode the readable files only to report every bad one at once
+                readable = [p for p in present if p in probed]
+
+                def check(p: Path) -> str | None:
+                    try:
+                        decode_image(p, channels, size)
+                    except DataError as e:
+                        return str(e)
+                    return None
+
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    for p, err in zip(readable, pool.map(check, readable), strict=True):
+                        if err is not None:
+                            problems.add(where[p], err)
+                return None
+        (h, w) = size
 
         shape = (len(order), channels, h, w)
         nbytes = math.prod(shape)

@@ -432,3 +432,14 @@ def test_train_entry_point_stops_with_one_error_and_writes_nothing(tmp_path: Pat
     assert "Traceback" not in r.stderr + r.stdout
     assert not list(logs.rglob("*.ckpt"))
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_unwritable_cache_dir_falls_back_to_memory(tmp_path: Path, caplog) -> None:
+    root = csv_dataset(tmp_path / "d", LABELS)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    caplog.set_level(logging.INFO, logger="imgcls")
+    dm = csv_module(root, cache_dir=str(blocker / "cache"))
+    dm.setup()
+    assert "cannot write the decode cache" in caplog.text and "decoding into memory" in caplog.text
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) == len(LABELS)

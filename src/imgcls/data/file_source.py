@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import PIL
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -260,13 +261,16 @@ class DecodedCache:
                 f"free space, set data.cache_dir elsewhere, or data.cache_dir=null to keep them in memory"
             )
         tmp = self.dir / f"{self.key}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.truncate(numel)
-        if numel == 0:
-            return torch.empty(shape, dtype=torch.uint8), tmp
-        return torch.from_file(str(tmp), shared=True, size=numel, dtype=torch.uint8).view(
-            shape
-        ), tmp
+        try:
+            with open(tmp, "wb") as f:
+                f.truncate(numel)
+            if numel == 0:
+                return torch.empty(shape, dtype=torch.uint8), tmp
+            mapped = torch.from_file(str(tmp), shared=True, size=numel, dtype=torch.uint8)
+        except (OSError, RuntimeError):
+            tmp.unlink(missing_ok=True)
+            raise
+        return mapped.view(shape), tmp
 
     def commit(self, tmp: Path, shape: tuple[int, ...], info: dict[str, Any]) -> None:
         meta_tmp = self.dir / f"{self.key}.json.{os.getpid()}.tmp"
@@ -444,8 +448,14 @@ class FileImageDataModule(ImageDataModule):
         images = None
         cache = None
         if self.cache_dir and not problems:
+            # Pillow's version too: another libjpeg/resampler may decode different pixels
             key_src = json.dumps(
-                {"v": CACHE_VERSION, **settings, "files": [(str(p), *stats[p]) for p in order]}
+                {
+                    "v": CACHE_VERSION,
+                    "pillow": PIL.__version__,
+                    **settings,
+                    "files": [(str(p), *stats[p]) for p in order],
+                }
             )
             cache = DecodedCache(self.cache_dir, hashlib.sha256(key_src.encode()).hexdigest()[:32])
             images = cache.load()
@@ -587,7 +597,14 @@ class FileImageDataModule(ImageDataModule):
         out = None
         tmp = None
         if cache is not None:
-            out, tmp = cache.allocate(shape)
+            try:
+                out, tmp = cache.allocate(shape)
+            except (OSError, RuntimeError) as e:  # read-only mount, no mmap: train without it
+                log.warning(
+                    "cannot write the decode cache in %s (%s); decoding into memory", cache.dir, e
+                )
+                cache = None
+        if cache is not None:
             where_to = f"on-disk cache {cache.data} (memory-mapped)"
         else:
             if avail is not None and nbytes > 0.8 * avail:

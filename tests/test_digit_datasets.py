@@ -127,7 +127,9 @@ def _train_cli(tmp_path: Path, *overrides: str) -> dict[str, float]:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     (summary,) = tmp_path.glob("train/runs/*/metrics.json")
-    return json.loads(summary.read_text())["metrics"]
+    metrics = json.loads(summary.read_text())["metrics"]
+    print({k: round(v, 4) for k, v in metrics.items() if "acc" in k})  # shown by pytest -rP
+    return metrics
 
 
 @pytest.mark.slow

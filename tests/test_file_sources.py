@@ -230,6 +230,11 @@ def test_decode_images_reports_bad_files_without_stopping(tmp_path: Path) -> Non
     assert "cannot decode image" in errors[1] and "b.png" in errors[1]
     assert "image file not found" in errors[2] and "none.png" in errors[2]
     assert load_image(good, size=(4, 6)).shape == (1, 4, 6)
+    # without a size, every image must share the first readable one's
+    odd = save_image(tmp_path / "odd.png", 9, size=(6, 6))
+    images, errors = decode_images([bad, good, odd], channels=1)
+    assert images.shape == (3, 1, 12, 10) and errors[1] is None
+    assert "differs in size: 6x6 where" in errors[2] and "g.png gives 12x10" in errors[2]
 
 
 # -- bad input: one DataError naming the file, row and column --------------------------------
@@ -345,6 +350,10 @@ def test_mixed_sizes_need_image_size(tmp_path: Path) -> None:
     msg = setup_error(csv_module(root))
     assert "the images have 2 different sizes" in msg and "12x10 (11 images" in msg
     assert "20x20 (1 images" in msg and "set data.image_size=[height,width]" in msg
+    # with the channels known, headers are not probed: the decode itself finds the odd one out
+    msg = setup_error(csv_module(root, channels=1))
+    assert "1 images differ in size (as stored) from 12x10 of" in msg
+    assert str(root / "train" / "3.png") in msg and "set data.image_size=[height,width]" in msg
     dm = csv_module(root, image_size=[12, 10])
     dm.setup()
     assert dm.spec.image_size == (12, 10)

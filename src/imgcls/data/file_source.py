@@ -163,6 +163,9 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+SIZE_MISMATCH = "differs in size"
+
+
 def decode_images(
     paths: Sequence[str | os.PathLike],
     channels: int,
@@ -177,9 +180,10 @@ def decode_images(
     Args:
         paths: image files.
         channels: 1 (grayscale) or 3 (RGB).
-        size: (height, width) of every output image. ``None`` needs ``resize_factor`` or equal
-            native sizes (the first file's size is used; others are reported as errors).
-        resize_factor: shrink by this factor (only with ``size=None``).
+        size: (height, width) every image is resized to. ``None`` keeps the native size
+            (divided by ``resize_factor``), which must then be the same for every file: the
+            first readable file sets it and files of another size are reported as errors.
+        resize_factor: shrink by this integer factor (only with ``size=None``).
         threads: decoding threads.
         out: preallocated ``(N, C, H, W)`` uint8 tensor to fill (e.g. memory-mapped).
         progress: called as ``progress(done, total)`` from the calling thread.
@@ -189,9 +193,17 @@ def decode_images(
         the tensor is then zeros). Callers decide whether to stop or skip.
     """
     n = len(paths)
+    fixed = size is not None
+    first: str | os.PathLike = paths[0] if n else ""
     if size is None:
-        (h0, w0), _ = probe_image(paths[0]) if n else ((1, 1), "")
-        size = target_size((h0, w0), None, resize_factor)
+        size = (1, 1)
+        for p in paths:
+            try:
+                size = target_size(probe_image(p)[0], None, resize_factor)
+                first = p
+                break
+            except DataError:
+                continue
     h, w = size
     if out is None:
         out = torch.zeros(n, channels, h, w, dtype=torch.uint8)
@@ -201,9 +213,18 @@ def decode_images(
 
     def one(i: int) -> None:
         try:
-            arr = decode_image(paths[i], channels, size)
+            if fixed:
+                arr = decode_image(paths[i], channels, size)
+            else:
+                arr = decode_image(paths[i], channels, None, resize_factor)
         except DataError as e:
             errors[i] = str(e)
+            return
+        if arr.shape[:2] != (h, w):
+            errors[i] = (
+                f"image {paths[i]} {SIZE_MISMATCH}: {arr.shape[0]}x{arr.shape[1]} where {first} "
+                f"gives {h}x{w}; set an image size to resize them all"
+            )
             return
         out[i].copy_(torch.from_numpy(arr).permute(2, 0, 1))
 
@@ -534,7 +555,15 @@ class FileImageDataModule(ImageDataModule):
         present = [p for p in order if p in stats]
         channels = self.channels
         size = self.target_image_size
-        if channels is None or size is None or problems:
+        # Probing every header costs a second open per file: only when the channels depend
+        # on the files or problems need a complete report; a size needs just the first file.
+        probe_all = channels is None or bool(problems)
+        if not probe_all and size is None:
+            try:
+                size = target_size(probe_image(present[0])[0], None, self.resize_factor)
+            except DataError:
+                probe_all = True
+        if probe_all:
             probed: dict[Path, tuple[tuple[int, int], str]] = {}
 
             def probe(p: Path) -> str | None:
@@ -589,6 +618,7 @@ class FileImageDataModule(ImageDataModule):
                         if err is not None:
                             problems.add(where[p], err)
                 return None
+        assert channels is not None and size is not None
         (h, w) = size
 
         shape = (len(order), channels, h, w)
@@ -633,11 +663,26 @@ class FileImageDataModule(ImageDataModule):
 
         try:
             images, errors = decode_images(
-                order, channels, (h, w), threads=threads, out=out, progress=progress
+                order,
+                channels,
+                self.target_image_size,
+                self.resize_factor,
+                threads=threads,
+                out=out,
+                progress=progress,
             )
+            mismatched = [p for p, e in zip(order, errors, strict=True) if e and SIZE_MISMATCH in e]
             for p, err in zip(order, errors, strict=True):
-                if err is not None:
+                if err is not None and SIZE_MISMATCH not in err:
                     problems.add(where[p], err)
+            if mismatched:
+                how = "resized by data.resize_factor" if self.resize_factor else "as stored"
+                examples = ", ".join(str(p) for p in mismatched[:3])
+                problems.add(
+                    "",
+                    f"{len(mismatched)} images differ in size ({how}) from {h}x{w} of {order[0]}, "
+                    f"e.g. {examples}; set data.image_size=[height,width] to resize them all to one size",
+                )
             if cache is not None and tmp is not None and not problems:
                 cache.commit(tmp, shape, {"files": len(order), "channels": channels})
                 tmp = None

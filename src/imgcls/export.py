@@ -44,7 +44,8 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
     return {
         "steps": [
             f"decode the image and convert it to {color}",
-            f"resize to height {h} x width {w} (bilinear, antialiased; aspect ratio not kept)",
+            f"resize to height {h} x width {w} (PIL bilinear, antialiased when shrinking; aspect "
+            "ratio not kept)",
             "to float32 in [0, 1] (pixel / 255), layout (C, H, W), stack a batch (N, C, H, W)",
             "subtract mean and divide by std per channel",
         ],
@@ -54,6 +55,7 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
         "mean": list(spec.mean),
         "std": list(spec.std),
         "output": "logits (N, num_classes); softmax gives probabilities, argmax indexes class_names",
+        "reference_implementation": "imgcls.data.images.load_image + imgcls.data.transforms.normalize",
     }
 
 
@@ -104,6 +106,9 @@ def _from_datamodule(cfg: DictConfig, spec: DataSpec, n: int) -> Tensor:
 def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
     images = []
     for item in list_inputs(source).items:
+        if item.error:  # e.g. an empty CSV cell
+            log.warning("parity batch: skipping %s", item.error)
+            continue
         try:
             images.append(load_image(item.path, spec.in_channels, spec.image_size, item.where))
         except UserError as e:

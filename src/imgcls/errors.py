@@ -19,3 +19,7 @@ class CheckpointError(UserError):
 
 class ConfigError(UserError):
     """A configuration value cannot work (e.g. an image too small for the chosen net)."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. the loss became NaN); says at which step and what to change."""

@@ -1,0 +1,153 @@
+"""What ``train`` does so that a run survives kills, preemption, full disks and NaNs.
+
+* before anything is built: the run dir must be writable;
+* before fitting: enough free disk for the checkpoints; the checkpoint to resume from (if any)
+  is chosen, read safely and checked against the configured model and data; loggers are set
+  to continue the run's curves;
+* around fitting: a non-finite loss or weights ends the run with one message naming the step
+  and the last good checkpoint; SIGTERM ends it (after ``LastCheckpoint`` saved) with the
+  command that continues it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from imgcls.builder import Built
+from imgcls.callbacks.last_checkpoint import LastCheckpoint
+from imgcls.data.spec import DataSpec
+from imgcls.errors import CheckpointError, TrainingError
+from imgcls.utils.checkpoint import check_checkpoint_fits, load_checkpoint_dict, produced_by
+from imgcls.utils.checkpoint_io import use_atomic_checkpoint_io
+from imgcls.utils.resume import ResumePoint, continue_loggers, find_resume_checkpoint
+from imgcls.utils.storage import check_free_space, check_writable, checkpoint_size_estimate
+
+log = logging.getLogger(__name__)
+
+# exit status of a process stopped by SIGTERM (128 + 15), as shells and schedulers expect
+SIGTERM_EXIT_CODE = 143
+
+
+def check_run_dir(cfg: DictConfig) -> None:
+    """The run dir is writable (checked before data loading, which may take long)."""
+    check_writable(cfg.paths.output_dir)
+
+
+def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:
+    """Where this run's checkpoints live (the ``LastCheckpoint``/``ModelCheckpoint`` dir)."""
+    for cls in (LastCheckpoint, ModelCheckpoint):
+        for cb in built.callbacks:
+            if isinstance(cb, cls) and cb.dirpath:
+                return Path(cb.dirpath)
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def _resume_command(cfg: DictConfig) -> str:
+    return f"python src/train.py resume={cfg.paths.output_dir} <the same overrides>"
+
+
+def _verified(path: Path, built: Built) -> ResumePoint:
+    point = ResumePoint(path, load_checkpoint_dict(path))
+    assert built.model is not None
+    net = built.model.hparams["net"].get("_target_")
+    check_checkpoint_fits(
+        point.checkpoint, built.model, path, f"the model configured for this run (net={net})"
+    )
+    spec = (point.checkpoint.get("hyper_parameters") or {}).get("spec")
+    if spec:
+        mismatch = DataSpec.from_dict(spec).incompatibilities(built.datamodule.spec)
+        if mismatch:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on other data than the configured "
+                f"data={built.datamodule.__class__.__name__}: {'; '.join(mismatch)}. "
+                f"The checkpoint was produced by {produced_by(point.checkpoint)}"
+            )
+    return point
+
+
+def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
+    """Set up checkpointing for ``train`` and return the ``ckpt_path`` to use.
+
+    With ``train=true``: the checkpoint to resume from, or ``None`` for a fresh start. With
+    ``train=false``: the (verified) checkpoint to test.
+
+    Raises:
+        ConfigError: not enough free disk space.
+        CheckpointError: the requested checkpoint is missing/unreadable/does not fit.
+    """
+    use_atomic_checkpoint_io(built.trainer)
+    ckpt_dir = checkpoint_dir(cfg, built)
+    dirs = [Path(cfg.paths.output_dir), ckpt_dir]
+    dirs += [Path(lg.save_dir) for lg in built.loggers if getattr(lg, "save_dir", None)]
+    assert built.model is not None
+    margin = float((cfg.get("extras") or {}).get("min_free_space_mb", 100))
+    check_free_space(dirs, checkpoint_size_estimate(built.model), margin)
+
+    requested = cfg.get("ckpt_path")
+    if not cfg.get("train"):
+        if requested:
+            _verified(Path(requested), built)
+        return requested
+    if requested not in (None, "last"):
+        if str(requested) in ("hpc", "best"):  # Lightning's own keywords
+            return str(requested)
+        point: ResumePoint | None = _verified(
+            Path(requested), built, "the model configured for this run"
+        )
+    else:
+        found = find_resume_checkpoint(ckpt_dir, cfg.paths.output_dir)
+        if found is None:
+            if requested == "last" or cfg.get("resume"):
+                raise CheckpointError(
+                    f"nothing to resume: no checkpoint in {ckpt_dir}. resume=<dir> must be the run "
+                    f"directory of an earlier run (the one holding checkpoints/last.ckpt)"
+                )
+            return None
+        point = _verified(found.path, built)
+    assert point is not None
+    log.info(
+        "resuming from %s (epoch %d, global step %d)", point.path, point.epoch, point.global_step
+    )
+    continue_loggers(built.loggers, point.logger_step)
+    return str(point.path)
+
+
+def _last_good(ckpt_dir: Path) -> str:
+    try:
+        point = find_resume_checkpoint(ckpt_dir)
+    except CheckpointError:
+        point = None
+    if point is None:
+        return "no checkpoint was written before"
+    return f"the last good checkpoint is {point.path} (epoch {point.epoch}, global step {point.global_step})"
+
+
+@contextlib.contextmanager
+def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
+    """Turn the ways a fit can stop on purpose into one clear message each."""
+    try:
+        yield
+    except FloatingPointError as e:  # raised by the training step / LastCheckpoint
+        last = _last_good(checkpoint_dir(cfg, built))
+        raise TrainingError(
+            f"training stopped: {e}. {last[0].upper()}{last[1:]}; continue "
+            f"from it with clipping ({_resume_command(cfg)} trainer.gradient_clip_val=1.0) or start "
+            f"over with a lower learning rate"
+        ) from None
+    except SIGTERMException:
+        trainer = built.trainer
+        msg = (
+            f"stopped by SIGTERM at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
+            f"{_last_good(checkpoint_dir(cfg, built))}. Continue with: {_resume_command(cfg)}"
+        )
+        log.warning(msg)
+        print(msg, file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None

@@ -133,6 +133,17 @@ def test_resume_from_epoch_end_reproduces_the_uninterrupted_run(reference, tmp_p
         assert metrics[name] == pytest.approx(ref_metrics[name], abs=1e-6)
 
 
+def test_resuming_a_finished_run_only_tests_and_reports_the_same_metrics(reference, tmp_path):
+    ref_dir, ref_metrics = reference
+    run = copy_run(ref_dir, tmp_path / "run")  # e.g. a job requeued after training ended
+
+    metrics = train(compose_config("train", BASE, run))
+
+    assert progress(run) == progress(ref_dir)
+    for name in ("val/acc_best", "test/acc"):
+        assert metrics[name] == pytest.approx(ref_metrics[name], abs=1e-6)
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_dir_finishes_the_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [
@@ -331,3 +342,25 @@ def test_full_disk_fails_before_the_first_epoch(tmp_path: Path, monkeypatch) -> 
     ):
         train(compose_config("train", BASE, tmp_path))
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_csv_log_keeps_the_rows_before_the_resume_step(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    from imgcls.utils.resume import continue_loggers
+
+    first = CSVLogger(tmp_path, name="csv/", version="")
+    for step in range(0, 40, 5):
+        first.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+    first.save()
+
+    resumed = CSVLogger(tmp_path, name="csv/", version="")
+    continue_loggers([resumed], step=28)  # the checkpoint was at step 28; 30 and 35 are stale
+    for step in range(30, 45, 5):
+        resumed.log_metrics({"train/loss": 0.5, "val/acc": 0.9}, step=step)
+    resumed.save()
+
+    lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    steps = [int(line.split(",")[lines[0].split(",").index("step")]) for line in lines[1:]]
+    assert steps == [0, 5, 10, 15, 20, 25, 30, 35, 40]
+    assert lines[0].split(",") == ["step", "train/loss", "val/acc"]

@@ -32,8 +32,9 @@ from imgcls.utils.storage import check_free_space, check_writable, checkpoint_si
 
 log = logging.getLogger(__name__)
 
-# exit status of a process stopped by SIGTERM (128 + 15), as shells and schedulers expect
+# exit status of a process stopped by SIGTERM / SIGINT (128 + signal), as shells expect
 SIGTERM_EXIT_CODE = 143
+SIGINT_EXIT_CODE = 130
 
 
 def check_run_dir(cfg: DictConfig) -> None:
@@ -84,24 +85,23 @@ def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
         CheckpointError: the requested checkpoint is missing/unreadable/does not fit.
     """
     use_atomic_checkpoint_io(built.trainer)
-    ckpt_dir = checkpoint_dir(cfg, built)
-    dirs = [Path(cfg.paths.output_dir), ckpt_dir]
-    dirs += [Path(lg.save_dir) for lg in built.loggers if getattr(lg, "save_dir", None)]
-    assert built.model is not None
-    margin = float((cfg.get("extras") or {}).get("min_free_space_mb", 100))
-    check_free_space(dirs, checkpoint_size_estimate(built.model), margin)
-
     requested = cfg.get("ckpt_path")
     if not cfg.get("train"):
         if requested:
             _verified(Path(requested), built)
         return requested
+
+    ckpt_dir = checkpoint_dir(cfg, built)
+    dirs = [Path(cfg.paths.output_dir), ckpt_dir]
+    dirs += [Path(str(lg.save_dir)) for lg in built.loggers if getattr(lg, "save_dir", None)]
+    assert built.model is not None
+    margin = float((cfg.get("extras") or {}).get("min_free_space_mb", 100))
+    check_free_space(dirs, checkpoint_size_estimate(built.model), margin)
+
+    if requested in ("hpc", "best"):  # Lightning's own keywords
+        return str(requested)
     if requested not in (None, "last"):
-        if str(requested) in ("hpc", "best"):  # Lightning's own keywords
-            return str(requested)
-        point: ResumePoint | None = _verified(
-            Path(requested), built, "the model configured for this run"
-        )
+        point = _verified(Path(str(requested)), built)
     else:
         found = find_resume_checkpoint(ckpt_dir, cfg.paths.output_dir)
         if found is None:
@@ -112,7 +112,6 @@ def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
                 )
             return None
         point = _verified(found.path, built)
-    assert point is not None
     log.info(
         "resuming from %s (epoch %d, global step %d)", point.path, point.epoch, point.global_step
     )
@@ -132,9 +131,19 @@ def _last_good(ckpt_dir: Path) -> str:
 
 @contextlib.contextmanager
 def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
-    """Turn the ways a fit can stop on purpose into one clear message each."""
+    """Turn the ways a fit can stop on purpose into one clear message each.
+
+    A resumed run that had already trained to the end fits nothing; it is validated once so
+    that it reports the same metrics (``val/acc_best``, ``optimized_metric``) as a full run.
+    """
     try:
         yield
+        trainer = built.trainer
+        if trainer.state.finished and not any(
+            k.startswith("val/") for k in trainer.callback_metrics
+        ):
+            log.info("training had already finished: validating the restored model")
+            trainer.validate(built.model, datamodule=built.datamodule, verbose=False)
     except FloatingPointError as e:  # raised by the training step / LastCheckpoint
         last = _last_good(checkpoint_dir(cfg, built))
         raise TrainingError(
@@ -142,12 +151,17 @@ def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
             f"from it with clipping ({_resume_command(cfg)} trainer.gradient_clip_val=1.0) or start "
             f"over with a lower learning rate"
         ) from None
-    except SIGTERMException:
+    except SystemExit as e:
+        # SIGTERMException; Lightning turns Ctrl+C into sys.exit(1) after its on_exception hooks
+        sigterm = isinstance(e, SIGTERMException)
+        if not sigterm and not built.trainer.interrupted:
+            raise
         trainer = built.trainer
         msg = (
-            f"stopped by SIGTERM at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
-            f"{_last_good(checkpoint_dir(cfg, built))}. Continue with: {_resume_command(cfg)}"
+            f"stopped by {'SIGTERM' if sigterm else 'Ctrl+C'} at global step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}); {_last_good(checkpoint_dir(cfg, built))}. "
+            f"Continue with: {_resume_command(cfg)}"
         )
         log.warning(msg)
         print(msg, file=sys.stderr)
-        raise SystemExit(SIGTERM_EXIT_CODE) from None
+        raise SystemExit(SIGTERM_EXIT_CODE if sigterm else SIGINT_EXIT_CODE) from None

@@ -121,8 +121,9 @@ class LastCheckpoint(Checkpoint):
         # Run after every other checkpoint callback so that the state they put into the file
         # (best model path and score) is already updated. Assigning a new list (instead of
         # mutating) keeps the hook loop that is calling us intact.
-        if trainer.callbacks and trainer.callbacks[-1] is not self:
-            trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        if callbacks and callbacks[-1] is not self:
+            trainer.callbacks = [c for c in callbacks if c is not self] + [self]  # type: ignore[attr-defined]
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
@@ -190,7 +191,8 @@ class LastCheckpoint(Checkpoint):
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, why: str, kind: str) -> None:
         step = trainer.global_step
-        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        fast_dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]
+        if fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         if (
             self._last_saved is not None
@@ -201,9 +203,6 @@ class LastCheckpoint(Checkpoint):
         self._check_finite(trainer, pl_module)
         trainer.save_checkpoint(self.path)
         self._last_saved = (step, kind)
-        level = (
-            logging.WARNING
-            if why in ("SIGTERM", "SIGTERM received", "interrupt")
-            else logging.DEBUG
-        )
-        log.log(level, "saved %s at global step %d (%s)", self.path, trainer.global_step, why)
+        routine = why in ("periodic", "epoch end", "training end")
+        level = logging.DEBUG if routine else logging.WARNING
+        log.log(level, "saved %s at global step %d (%s)", self.path, step, why)

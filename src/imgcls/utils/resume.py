@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from imgcls.errors import CheckpointError
 from imgcls.utils.checkpoint import load_checkpoint_dict
@@ -91,6 +92,8 @@ def continue_loggers(loggers: list[Logger], step: int) -> None:
     checkpoint: one curve per metric, no overlap and no restart at 0. CSV: Lightning's writer
     deletes an existing ``metrics.csv``; its rows before ``step`` are carried over.
     """
+    if getattr(rank_zero_only, "rank", 0) != 0:  # other DDP ranks do not write logs
+        return
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and logger._experiment is None:
             logger._kwargs["purge_step"] = step

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from imgcls.builder import Built
-from imgcls.callbacks.last_checkpoint import LastCheckpoint
+from imgcls.callbacks.last_checkpoint import LastCheckpoint, command_line_overrides
 from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError
 from imgcls.utils.checkpoint import check_checkpoint_fits, load_checkpoint_dict, produced_by
@@ -52,7 +53,14 @@ def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:
 
 
 def _resume_command(cfg: DictConfig) -> str:
-    return f"python src/train.py resume={cfg.paths.output_dir} <the same overrides>"
+    """The command that continues this run: its own overrides plus ``resume=<run dir>``."""
+    own = [
+        o
+        for o in command_line_overrides()
+        if o.split("=")[0].lstrip("+~") not in ("resume", "ckpt_path", "hydra.run.dir")
+    ]
+    args = [f"resume={cfg.paths.output_dir}", *own]
+    return "python src/train.py " + " ".join(shlex.quote(a) for a in args)
 
 
 def _verified(path: Path, built: Built) -> ResumePoint:

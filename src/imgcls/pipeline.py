@@ -103,7 +103,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train"):
         log.info("starting training")
         with guarded_fit(cfg, built):
-            trainer.fit(built.model, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True)
+            trainer.fit(
+                built.model, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True
+            )
         metrics.update(_floats(trainer.callback_metrics))
     best = _best_checkpoint(trainer)
     if cfg.get("test"):

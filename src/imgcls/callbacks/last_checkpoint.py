@@ -68,7 +68,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(inner), py_gauss))
 
 
-def _run_overrides() -> list[str]:
+def command_line_overrides() -> list[str]:
     """The command-line overrides of this run (shown when a checkpoint does not fit a config)."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -106,7 +106,7 @@ class LastCheckpoint(Checkpoint):
         # replace one made by the step trigger at the same step (validation ran in between)
         self._last_saved: tuple[int, str] | None = None
         self._fitting = False
-        self._overrides = _run_overrides()
+        self._overrides = command_line_overrides()
 
     @property
     def path(self) -> Path:

@@ -56,7 +56,9 @@ def state_dict_mismatches(
         if k in own and hasattr(v, "shape") and hasattr(own[k], "shape") and v.shape != own[k].shape
     ]
     if len(problems) > limit:
-        problems = problems[:limit] + [f"... and {len(problems) - limit} more layers of another shape"]
+        problems = problems[:limit] + [
+            f"... and {len(problems) - limit} more layers of another shape"
+        ]
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))
     if missing:
@@ -84,12 +86,18 @@ def produced_by(ckpt: Mapping[str, Any]) -> str:
 def run_overrides(ckpt: Mapping[str, Any]) -> list[str] | None:
     """Command-line overrides of the run that wrote ``ckpt`` (stored by ``LastCheckpoint``)."""
     for key, state in (ckpt.get("callbacks") or {}).items():
-        if str(key).startswith("LastCheckpoint") and isinstance(state, Mapping) and "overrides" in state:
+        if (
+            str(key).startswith("LastCheckpoint")
+            and isinstance(state, Mapping)
+            and "overrides" in state
+        ):
             return [str(o) for o in state["overrides"]]
     return None
 
 
-def check_checkpoint_fits(ckpt: Mapping[str, Any], model: torch.nn.Module, path: str | Path, target: str) -> None:
+def check_checkpoint_fits(
+    ckpt: Mapping[str, Any], model: torch.nn.Module, path: str | Path, target: str
+) -> None:
     """Raise one ``CheckpointError`` naming every mismatched layer and the checkpoint's config.
 
     Args:

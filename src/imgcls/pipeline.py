@@ -13,14 +13,15 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from imgcls.builder import build, build_datamodule, build_trainer
-from imgcls.errors import ConfigError, UserError
+from imgcls.errors import ConfigError, find_user_error
 from imgcls.fault_tolerance import check_run_dir, guarded_fit, prepare_checkpoint
 from imgcls.models.classifier import count_parameters
 from imgcls.utils.checkpoint import load_classifier
-from imgcls.utils.config import print_config_tree, to_plain
+from imgcls.utils.config import flatten, print_config_tree, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def apply_extras(cfg: DictConfig) -> None:
     """Warnings policy and config printing, done once before anything is built."""
     # In-memory tensors are fastest with 0 workers; Lightning's hint says otherwise.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # ImageClassifier logs torchmetrics results, which compute() already synced across ranks.
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
@@ -62,6 +65,33 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, loggers: list
     }
     for logger in loggers:
         logger.log_hyperparams(params)
+        if isinstance(logger, TensorBoardLogger):
+            write_tensorboard_hparams(logger, params, HPARAM_METRICS)
+
+
+# Metrics the TensorBoard HParams view shows against each run's hyper-parameters.
+HPARAM_METRICS = ("val/acc_best", "test/acc")
+
+
+def write_tensorboard_hparams(
+    logger: TensorBoardLogger, params: dict[str, Any], metrics: tuple[str, ...]
+) -> None:
+    """Write the HParams session with ``metrics`` as its columns.
+
+    Lightning writes this session only when given metric *values* (logging them as scalars at
+    step 0); the values TensorBoard shows come from the runs' own scalars with these tags, so
+    only the tags are declared here and no fake point enters the curves.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    flat = {}
+    for key, value in flatten(params).items():
+        flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    exp, ssi, sei = hparams(flat, dict.fromkeys(metrics, 0.0))
+    writer = logger.experiment._get_file_writer()
+    for summary in (exp, ssi, sei):
+        writer.add_summary(summary)
+    logger.experiment.flush()
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -126,7 +156,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on the configured data; the model is rebuilt from the checkpoint alone."""
     apply_extras(cfg)
     if not cfg.get("ckpt_path"):
-        raise ConfigError("eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>")
+        raise ConfigError(
+            "eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>"
+        )
     model = load_classifier(cfg.ckpt_path)
     dm = build_datamodule(cfg)
     mismatch = model.spec.incompatibilities(dm.spec)
@@ -152,10 +184,14 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     """
     try:
         metrics = task(cfg)
-    except UserError as e:
+    except Exception as exc:
+        e = find_user_error(exc)
+        if e is None:
+            raise
         log.error("%s: %s", type(e).__name__, e)
         if _in_multirun():
-            raise  # the launcher records the job as failed and continues with the others
+            # the sweeper records the job as failed (with this message) and runs the others
+            raise e from None
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     name = cfg.get("optimized_metric")

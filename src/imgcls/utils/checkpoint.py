@@ -27,7 +27,9 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle of disallowed globals, ...
-        raise CheckpointError(f"checkpoint {p} cannot be read safely ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"checkpoint {p} cannot be read safely ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p} is not a Lightning checkpoint (no 'state_dict')")
     return ckpt

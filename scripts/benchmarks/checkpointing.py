@@ -100,6 +100,9 @@ def run(args) -> list[str]:
             "no step checkpoints": [],
             f"last.ckpt every {every} steps": [],
         }
+        epoch_rate(
+            dm, None, tmp / "warmup"
+        )  # one-time costs (thread pools, allocator) off the clock
         for r in range(repeats):
             rates["no step checkpoints"].append(epoch_rate(dm, None, tmp / f"n{r}"))
             rates[f"last.ckpt every {every} steps"].append(epoch_rate(dm, every, tmp / f"s{r}"))

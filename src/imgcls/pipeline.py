@@ -183,7 +183,7 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     Returns the ``optimized_metric`` value for Hydra sweepers.
     """
     try:
-        metrics = task(cfg)
+        return _optimized_value(cfg, task(cfg))
     except Exception as exc:
         e = find_user_error(exc)
         if e is None:
@@ -194,12 +194,19 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
             raise e from None
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     name = cfg.get("optimized_metric")
     if not name:
         return None
-    if name not in metrics:
-        raise ConfigError(f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}")
-    return metrics[name]
+    if name in metrics:
+        return metrics[name]
+    message = f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}"
+    if _in_multirun():  # a sweeper cannot rank this job
+        raise ConfigError(message)
+    log.warning(message)  # a single run has finished; its results stand
+    return None
 
 
 def _in_multirun() -> bool:

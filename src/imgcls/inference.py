@@ -72,24 +72,28 @@ class InputList:
     labels: list[str] | None = None
 
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def list_folder(folder: Path) -> InputList:
     """Every image file under ``folder`` (recursively), sorted by relative path.
 
     Raises:
         DataError: the folder holds no image file.
     """
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and is_image_file(p)),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
-    if not files:
+    # os.walk and string paths: pathlib's rglob/relative_to cost more than decoding for
+    # folders of small images
+    root = os.fspath(folder)
+    names: list[str] = []
+    for dirpath, _, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        names += [
+            prefix + name
+            for name in filenames
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        ]
+    if not names:
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
-    items = [InputItem(p.relative_to(folder).as_posix(), p) for p in files]
-    return InputList(items, "file", "folder", folder)
+    names.sort()
+    return InputList([InputItem(n, folder / n) for n in names], "file", "folder", folder)
 
 
 def csv_image_dir(csv_path: Path, image_dir: str | os.PathLike | None) -> Path:

@@ -172,7 +172,6 @@ def test_predict_csv_keeps_every_row_in_order(
     assert not (tmp_path / "stop" / "predictions.csv").exists()
 
 
-@pytest.mark.slow  # ~20 s on an idle machine: builds 6000 images, trains 5 epochs
 def test_predict_digits_csv_submission_scores_on_hidden_truth(make_cfg, tmp_path: Path) -> None:
     """The id,label digits built by the project's script: LeNet, 5 epochs, >= 95 % on the
     label-less test.csv scored against the hidden truth; submission rows = test.csv rows."""

@@ -28,6 +28,8 @@ def apply_extras(cfg: DictConfig) -> None:
     """Warnings policy and config printing, done once before anything is built."""
     # In-memory tensors are fastest with 0 workers; Lightning's hint says otherwise.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # A frozen backbone stays in eval mode on purpose (BatchNorm statistics fixed).
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
@@ -125,6 +127,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"checkpoint {cfg.ckpt_path} was trained on different data than data={cfg.data._target_}: "
             + "; ".join(mismatch)
         )
+    # normalize as the model was trained (e.g. with its pretrained weights' statistics)
+    dm.set_normalization(model.spec.mean, model.spec.std)
     trainer, _, loggers = build_trainer(cfg)
     log_hyperparameters(cfg, model, loggers)
     trainer.test(model, datamodule=dm)

@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from imgcls.data.spec import DataSpec
 from imgcls.data.tensor_dataset import TensorImageDataset, batch_loader
@@ -63,6 +63,7 @@ class ImageDataModule(L.LightningDataModule):
         self.splits: Splits | None = None
         self.class_names: tuple[str, ...] = ()
         self._spec: DataSpec | None = None
+        self._served: dict[str, Dataset] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
     def load_splits(self) -> Splits:
@@ -109,6 +110,19 @@ class ImageDataModule(L.LightningDataModule):
             std=tuple(float(s) for s in std),
         )
 
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalize with ``mean``/``std`` from now on (set by pretrained weights, checkpoints)."""
+        self._mean, self._std = tuple(mean), tuple(std)
+        self._spec = None
+
+    def use_dataset(self, split: str, dataset: Dataset | None) -> None:
+        """Serve ``dataset`` in ``split``'s loader instead of its images (e.g. cached features,
+        which ``on_after_batch_transfer`` passes through); ``None`` restores the images."""
+        if dataset is None:
+            self._served.pop(split, None)
+        else:
+            self._served[split] = dataset
+
     @property
     def num_classes(self) -> int:
         return self.spec.num_classes
@@ -130,7 +144,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, train: bool = False) -> DataLoader:
         return batch_loader(
-            self._split(name),
+            self._served[name] if name in self._served else self._split(name),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             num_workers=self.num_workers,

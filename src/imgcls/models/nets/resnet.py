@@ -168,7 +168,7 @@ class FrozenResNet(nn.Module):
         h = hashlib.sha256()
         for name, t in self.backbone.state_dict().items():
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
         return {
             "arch": self.arch,
             "in_channels": self.in_channels,

@@ -24,14 +24,20 @@ sys.path.insert(0, str(HERE))  # the benchmarks/ section package lives beside th
 def sections() -> list[str]:
     import benchmarks
 
-    return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_")
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default="", help="comma-separated section names")
     parser.add_argument("--list", action="store_true", help="list sections and exit")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats per contender (best is kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="repeats per contender (best is kept)"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     args = parser.parse_args()
     names = sections()
@@ -45,7 +51,9 @@ def main() -> None:
     import torch
 
     print(f"# benchmark: {' '.join(sys.argv)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {sys.version.split()[0]}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {sys.version.split()[0]}"
+    )
     for name in chosen:
         t0 = time.perf_counter()
         print(f"\n## {name}", flush=True)

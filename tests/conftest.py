@@ -41,22 +41,44 @@ def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg("train", ["model=mlp", ...])`` -> a config writing into this test's tmp dir."""
 
-    def make(name: str = "train", overrides: list[str] | None = None, out: Path | None = None) -> DictConfig:
+    def make(
+        name: str = "train", overrides: list[str] | None = None, out: Path | None = None
+    ) -> DictConfig:
         return compose_config(name, list(overrides or []), out or tmp_path)
 
     return make
 
 
-def run_entry(script: str, *overrides: str, cwd: Path | None = None, timeout: int = 600,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_entry(
+    script: str,
+    *overrides: str,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python src/<script>.py overrides...`` as a user would; returns the completed process."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / f"{script}.py"), *overrides],
-        cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mnist_dm():
+    """The real MNIST datamodule, loaded once per session (read-only for tests)."""
+    from imgcls.data.mnist_datamodule import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(MNIST_DATA))
+    dm.prepare_data()
+    dm.setup()
+    return dm

@@ -28,8 +28,12 @@ from imgcls.utils.config import project_root
 def plain_epoch(dm, cfg, steps_total: int) -> tuple[int, float, list[float]]:
     """One epoch of a hand-written loop; returns (images, seconds, step times)."""
     spec = dm.spec
-    net = instantiate(cfg.model.net, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                      image_size=list(spec.image_size))
+    net = instantiate(
+        cfg.model.net,
+        in_channels=spec.in_channels,
+        num_classes=spec.num_classes,
+        image_size=list(spec.image_size),
+    )
     # same memory format as the pipeline, so the ratio measures the framework, not NHWC
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
@@ -61,8 +65,15 @@ def plain_epoch(dm, cfg, steps_total: int) -> tuple[int, float, list[float]]:
 
 
 def lightning_epoch(dm, overrides: list[str], out: Path) -> tuple[int, float, list[float]]:
-    cfg = compose_cfg(["trainer.max_epochs=1", "+trainer.limit_val_batches=0",
-                       "+trainer.num_sanity_val_steps=0", *overrides], out)
+    cfg = compose_cfg(
+        [
+            "trainer.max_epochs=1",
+            "+trainer.limit_val_batches=0",
+            "+trainer.num_sanity_val_steps=0",
+            *overrides,
+        ],
+        out,
+    )
     model = build_model(cfg, dm)
     trainer, _, _ = build_trainer(cfg)
     timer = EpochTimer()
@@ -106,9 +117,14 @@ def run(args) -> list[str]:
     # step time is robust to the bursts of noise a shared VM has; whole epochs are not.
     contenders = {
         "plain PyTorch loop": lambda r: plain_epoch(dm, cfg, steps),
-        "Lightning, default callbacks + TensorBoard": lambda r: lightning_epoch(dm, [], tmp / f"l{r}"),
+        "Lightning, default callbacks + TensorBoard": lambda r: lightning_epoch(
+            dm, [], tmp / f"l{r}"
+        ),
         "Lightning, no callbacks/logger/progress bar": lambda r: lightning_epoch(
-            dm, ["callbacks=none", "logger=none", "+trainer.enable_progress_bar=false"], tmp / f"b{r}"),
+            dm,
+            ["callbacks=none", "logger=none", "+trainer.enable_progress_bar=false"],
+            tmp / f"b{r}",
+        ),
     }
     epochs: dict[str, list[float]] = {k: [] for k in contenders}
     step_times: dict[str, list[float]] = {k: [] for k in contenders}
@@ -128,7 +144,9 @@ def run(args) -> list[str]:
     ]
     for name in contenders:
         ep, stp = max(epochs[name]), bs / statistics.median(step_times[name])
-        lines.append(f"| {name} | {ep:,.0f} | {stp:,.0f} | {ep / base_epoch:.2f} | {stp / base_step:.2f} |")
+        lines.append(
+            f"| {name} | {ep:,.0f} | {stp:,.0f} | {ep / base_epoch:.2f} | {stp / base_step:.2f} |"
+        )
     lines.append("")
 
     # 2. time to 99.0 % test accuracy with the default recipe
@@ -143,21 +161,37 @@ def run(args) -> list[str]:
         elapsed, reached = 0.0, None
         for epoch, (t, acc) in enumerate(zip(probe.times, probe.acc, strict=True)):
             elapsed += t
-            lines.append(f"- epoch {epoch + 1}: test acc {acc:.4f} after {elapsed:.1f} s of training")
+            lines.append(
+                f"- epoch {epoch + 1}: test acc {acc:.4f} after {elapsed:.1f} s of training"
+            )
             if reached is None and acc >= 0.99:
                 reached = elapsed
-        lines.append(f"- time to 99.0 % test accuracy: {reached:.1f} s" if reached else "- 99.0 % not reached")
+        lines.append(
+            f"- time to 99.0 % test accuracy: {reached:.1f} s"
+            if reached
+            else "- 99.0 % not reached"
+        )
         lines.append("")
 
     # 3. the default run end to end, as `make train` runs it: wall time, peak RSS, test/acc
     if not args.quick:
         log_dir = tmp / "logs"
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(project_root() / "src" / "train.py"), f"paths.log_dir={log_dir}/",
-                        "extras.print_config=false"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(project_root() / "src" / "train.py"),
+                f"paths.log_dir={log_dir}/",
+                "extras.print_config=false",
+            ],
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - t0
         rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         summary = json.loads(next(log_dir.glob("train/runs/*/metrics.json")).read_text())
-        lines.append(f"- `python src/train.py` (default): wall {wall:.1f} s, peak RSS {rss_mb:,.0f} MB, "
-                     f"test/acc {summary['metrics']['test/acc']:.4f}")
+        lines.append(
+            f"- `python src/train.py` (default): wall {wall:.1f} s, peak RSS {rss_mb:,.0f} MB, "
+            f"test/acc {summary['metrics']['test/acc']:.4f}"
+        )
     return lines

@@ -16,7 +16,18 @@ from torchvision.transforms.v2 import functional as TF
 
 from imgcls.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 
 
 def resolve_under(root: str | os.PathLike, name: str, where: str = "") -> Path:
@@ -67,8 +78,7 @@ def load_image(
             mode = img.mode
             if channels is None:
                 channels = 1 if mode in ("1", "L", "I;16", "I", "F") else 3
-            img = img.convert("L" if channels == 1 else "RGB")
-            t = TF.pil_to_tensor(img)
+            t = TF.pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot decode image {p}{at}: {e}") from None
     if size is not None and tuple(t.shape[1:]) != tuple(size):

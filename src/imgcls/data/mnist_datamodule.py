@@ -51,7 +51,9 @@ def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Pat
         target, gz = raw / name, raw / f"{name}.gz"
         if target.is_file():
             if _md5(target) != md5:
-                raise DataError(f"MNIST file {target} is corrupt (md5 {_md5(target)}, expected {md5}); delete it")
+                raise DataError(
+                    f"MNIST file {target} is corrupt (md5 {_md5(target)}, expected {md5}); delete it"
+                )
             continue
         if gz.is_file():
             tmp = target.with_suffix(".part")
@@ -63,7 +65,9 @@ def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Pat
                 raise DataError(f"MNIST archive {gz} cannot be decompressed: {e}") from None
             if _md5(tmp) != md5:
                 tmp.unlink()
-                raise DataError(f"MNIST archive {gz} does not hold the canonical {name} (md5 mismatch)")
+                raise DataError(
+                    f"MNIST archive {gz} does not hold the canonical {name} (md5 mismatch)"
+                )
             os.replace(tmp, target)  # atomic: a crash never leaves a half-written raw file
             continue
         missing.append(f"{name}.gz")

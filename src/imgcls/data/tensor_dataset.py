@@ -21,7 +21,9 @@ class TensorImageDataset(Dataset):
 
     def __init__(self, images: Tensor, targets: Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"expected uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"expected uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}"
+            )
         if targets is None:
             targets = torch.full((len(images),), -1, dtype=torch.long)
         if len(targets) != len(images):

@@ -37,7 +37,9 @@ def check_target(cfg: Mapping[str, Any] | None, what: str) -> None:
         return
     target = str(cfg.get("_target_", ""))
     if not target.startswith(ALLOWED_TARGET_PREFIXES):
-        raise ConfigError(f"{what}._target_={target!r} is not in an allowed package {ALLOWED_TARGET_PREFIXES}")
+        raise ConfigError(
+            f"{what}._target_={target!r} is not in an allowed package {ALLOWED_TARGET_PREFIXES}"
+        )
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
@@ -56,6 +58,8 @@ class RunningSum(Metric):
     """
 
     full_state_update = False
+    total: Tensor
+    count: Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -148,6 +152,7 @@ class ImageClassifier(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
 
         k = self.spec.num_classes
+
         def metrics(prefix: str) -> MetricCollection:
             m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=k, average="micro")}
             if k > 5:
@@ -196,12 +201,15 @@ class ImageClassifier(L.LightningModule):
         self.train_loss.update(loss.detach() * n, n)
         # Lightning only writes step metrics every log_every_n_steps; logging on the other
         # steps is pure overhead (a few % of a small net's step).
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if (self.global_step + 1) % getattr(self.trainer, "log_every_n_steps", 50) == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        values = {"train/acc": self.train_acc.compute(), "train/loss_epoch": self.train_loss.compute()}
+        values = {
+            "train/acc": self.train_acc.compute(),
+            "train/loss_epoch": self.train_loss.compute(),
+        }
         self.train_acc.reset()
         self.train_loss.reset()
         self.log_dict(values, prog_bar=True)
@@ -242,7 +250,7 @@ class ImageClassifier(L.LightningModule):
         trainable, total = count_parameters(self)
         log.info("parameters: %s trainable / %s total", f"{trainable:,}", f"{total:,}")
         if self.hparams["compile"] and stage == "fit":
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net)  # type: ignore[assignment]
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -254,7 +262,10 @@ class ImageClassifier(L.LightningModule):
             return optimizer
         extra: dict[str, Any] = {}
         sched_cls = get_class(sched_cfg["_target_"])
-        if "total_steps" in inspect.signature(sched_cls).parameters and "total_steps" not in sched_cfg:
+        if (
+            "total_steps" in inspect.signature(sched_cls).parameters
+            and "total_steps" not in sched_cfg
+        ):
             extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = instantiate(sched_cfg, _partial_=True)(optimizer, **extra)
         return {

@@ -25,7 +25,9 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle of disallowed globals, ...
-        raise CheckpointError(f"checkpoint {p} cannot be read safely ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"checkpoint {p} cannot be read safely ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p} is not a Lightning checkpoint (no 'state_dict')")
     return ckpt
@@ -57,7 +59,11 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {path} does not fit the model built from its config "
             f"(net={hparams['net'].get('_target_')}): "
-            + "; ".join(problems + [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected])
+            + "; ".join(
+                problems
+                + [f"missing {k}" for k in missing]
+                + [f"unexpected {k}" for k in unexpected]
+            )
         )
     model.load_state_dict(ckpt["state_dict"])
     model.eval()

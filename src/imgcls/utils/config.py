@@ -69,7 +69,9 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
     for key in keys:
         branch = tree.add(str(key), style="bold", guide_style="dim")
         value = cfg[key]
-        text = OmegaConf.to_yaml(value, resolve=False) if isinstance(value, DictConfig) else str(value)
+        text = (
+            OmegaConf.to_yaml(value, resolve=False) if isinstance(value, DictConfig) else str(value)
+        )
         branch.add(rich.syntax.Syntax(text, "yaml"))
     rich.print(tree)
     if save_to is not None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from imgcls.errors import ConfigError
 
 
-def flat_features(body: nn.Module, in_channels: int, image_size: tuple[int, int], net: str) -> int:
+def flat_features(body: nn.Module, in_channels: int, image_size: Sequence[int], net: str) -> int:
     """Number of features ``body`` produces for one ``in_channels x image_size`` image.
 
     Raises:
@@ -22,5 +24,7 @@ def flat_features(body: nn.Module, in_channels: int, image_size: tuple[int, int]
             out = body(torch.zeros(1, in_channels, h, w))
             body.train(was_training)
     except RuntimeError as e:
-        raise ConfigError(f"{net}: input {in_channels}x{h}x{w} is too small for this net ({e})") from None
+        raise ConfigError(
+            f"{net}: input {in_channels}x{h}x{w} is too small for this net ({e})"
+        ) from None
     return int(out[0].numel())

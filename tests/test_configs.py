@@ -1,0 +1,109 @@
+"""Every config group option composes; objects instantiate; sizes come from the data."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from imgcls.builder import build_model, build_trainer
+from tests.conftest import CONFIGS
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def test_groups_are_populated() -> None:
+    for group in [
+        "data",
+        "model",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+        "experiment",
+        "paths",
+        "hydra",
+        "extras",
+    ]:
+        assert options(group), f"configs/{group} has no options"
+    assert {"cpu", "gpu", "ddp", "ddp_sim", "mps", "default"} <= set(options("trainer"))
+    assert {"fdr", "overfit", "limit", "profiler", "default"} <= set(options("debug"))
+    assert {"tensorboard", "csv", "many_loggers"} <= set(options("logger"))
+
+
+def test_model_configs_take_sizes_from_data() -> None:
+    for path in (CONFIGS / "model").glob("*.yaml"):
+        assert "num_classes" not in path.read_text(), f"{path.name} hand-types num_classes"
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_every_model_composes_and_is_sized_by_mnist(option, make_cfg, mnist_dm) -> None:
+    cfg = make_cfg("train", [f"model={option}"])
+    model = build_model(cfg, mnist_dm)
+    out = model(torch.zeros(2, 1, 28, 28))
+    assert out.shape == (2, 10)
+    assert model.hparams["spec"]["class_names"] == [str(i) for i in range(10)]
+
+
+@pytest.mark.parametrize(
+    "group", ["trainer", "logger", "callbacks", "debug", "experiment", "extras"]
+)
+def test_every_option_composes(group, make_cfg) -> None:
+    for option in options(group):
+        cfg = make_cfg("train", [f"{group}={option}"])
+        assert cfg.trainer._target_.endswith("Trainer")
+
+
+@pytest.mark.parametrize("option", ["default", "cpu", "ddp_sim"])
+def test_cpu_trainers_instantiate(option, make_cfg) -> None:
+    cfg = make_cfg("train", [f"trainer={option}"])
+    trainer, callbacks, loggers = build_trainer(cfg)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert {type(c).__name__ for c in callbacks} >= {
+        "ModelCheckpoint",
+        "RichProgressBar",
+        "LearningRateMonitor",
+    }
+    assert [type(lg).__name__ for lg in loggers] == ["TensorBoardLogger"]
+
+
+@pytest.mark.parametrize("option", ["csv", "many_loggers", "none"])
+def test_logger_options_instantiate(option, make_cfg) -> None:
+    cfg = make_cfg("train", [f"logger={option}"])
+    _, _, loggers = build_trainer(cfg)
+    names = sorted(type(lg).__name__ for lg in loggers)
+    assert (
+        names
+        == {"csv": ["CSVLogger"], "many_loggers": ["CSVLogger", "TensorBoardLogger"], "none": []}[
+            option
+        ]
+    )
+
+
+def test_gpu_configs_ask_for_gpus(make_cfg) -> None:
+    ddp = make_cfg("train", ["trainer=ddp"]).trainer
+    assert (ddp.strategy, ddp.accelerator, ddp.sync_batchnorm) == ("ddp", "gpu", True)
+    assert make_cfg("train", ["trainer=gpu"]).trainer.accelerator == "gpu"
+    assert make_cfg("train", ["trainer=mps"]).trainer.accelerator == "mps"
+
+
+def test_augment_option_builds_a_batch_transform(make_cfg) -> None:
+    cfg = make_cfg("train", ["data/augment=light"])
+    aug = instantiate(cfg.data.train_augment)
+    x = torch.rand(8, 1, 28, 28)
+    y = aug(x)
+    assert y.shape == x.shape and not torch.equal(x, y)
+
+
+def test_run_dirs_are_unique_per_run(make_cfg, tmp_path) -> None:
+    cfg = make_cfg("train", [])
+    run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+    assert re.fullmatch(
+        rf"{tmp_path}/logs/train/runs/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{{6}}", run_dir
+    )
+    assert re.fullmatch(rf"{tmp_path}/logs/train/multiruns/[\d_-]+", sweep_dir)
+    assert cfg.hydra.sweep._get_node("subdir")._value() == "${hydra.job.num}"

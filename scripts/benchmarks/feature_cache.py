@@ -96,7 +96,9 @@ def fit(dm: Digits, overrides: list[str], out: Path, epochs: int) -> FitClock:
 
 
 def run(args) -> list[str]:
-    arch, size, n_train, n_val = ("resnet18", 32, 256, 64) if args.quick else ("resnet50", 64, 2048, 256)
+    arch, size, n_train, n_val = (
+        ("resnet18", 32, 256, 64) if args.quick else ("resnet50", 64, 2048, 256)
+    )
     repeats = 1 if args.quick else args.repeats
     batch = 32
     tmp = Path(tempfile.mkdtemp(prefix="bench_feature_cache_"))
@@ -109,7 +111,12 @@ def run(args) -> list[str]:
     for r in range(repeats):  # interleaved, so machine noise hits every contender alike
         bare.append(bare_backbone(dm, model))
         # a fresh cache directory: the first epoch computes and stores the features
-        clock = fit(dm, [*base, "model.cache_features=true", f"model.cache_dir={tmp}/c{r}"], tmp / f"a{r}", 2)
+        clock = fit(
+            dm,
+            [*base, "model.cache_features=true", f"model.cache_dir={tmp}/c{r}"],
+            tmp / f"a{r}",
+            2,
+        )
         first.append(clock.first_epoch)
         cached.append(clock.times[1])
         clock = fit(dm, [*base, "model.cache_features=false"], tmp / f"b{r}", 1)

@@ -98,10 +98,10 @@ class FeatureCache(L.Callback):
     # -- Lightning hooks ------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the model is on its device, before any dataloader is requested.
-        dm = trainer.datamodule
+        dm: Any = trainer.datamodule  # type: ignore[attr-defined]
         if not self._enabled(dm):
             return
-        net = getattr(pl_module.net, "_orig_mod", pl_module.net)  # unwrap torch.compile
+        net: Any = getattr(pl_module.net, "_orig_mod", pl_module.net)  # unwrap torch.compile
         if not getattr(net, "backbone_frozen", False):
             raise ConfigError("model.cache_features needs a frozen backbone")
         signature = net.feature_signature()
@@ -113,7 +113,7 @@ class FeatureCache(L.Callback):
             self._swapped.append(split)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
+        dm: Any = trainer.datamodule  # type: ignore[attr-defined]
         for split in self._swapped:  # test/predict after the fit run on images again
             dm.use_dataset(split, None)
         self._swapped = []

@@ -76,16 +76,15 @@ class BackboneUnfreezing(BackboneFinetuning):
     make poor BN statistics).
     """
 
-    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+    def freeze_before_training(self, pl_module: Any) -> None:
         pl_module.net.freeze_backbone()
 
-    def finetune_function(
-        self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
-    ) -> None:
+    def finetune_function(self, pl_module: Any, epoch: int, optimizer: Optimizer) -> None:
         super().finetune_function(pl_module, epoch, optimizer)
         # also after a resume past the unfreeze epoch (the param group is restored by Lightning)
-        if epoch >= self.unfreeze_backbone_at_epoch and pl_module.net.backbone_frozen:
-            pl_module.net.unfreeze_backbone(train_bn=self.train_bn)
+        net = pl_module.net
+        if epoch >= self.unfreeze_backbone_at_epoch and net.backbone_frozen:
+            net.unfreeze_backbone(train_bn=self.train_bn)
             log.info(
                 "epoch %d: backbone unfrozen (lr %.3g)", epoch, optimizer.param_groups[-1]["lr"]
             )

@@ -122,6 +122,10 @@ class FeatureCache(L.Callback):
     def _enabled(self, dm: Any) -> bool:
         if self.mode is False:
             return False
+        if not hasattr(dm, "use_dataset"):  # plain dataloaders passed to fit(): nothing to swap
+            if self.mode is True:
+                raise ConfigError("model.cache_features=true needs an imgcls ImageDataModule")
+            return False
         augment = getattr(dm, "train_augment", None)
         if self.mode == "auto" and augment is not None:
             log.info(

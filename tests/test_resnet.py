@@ -271,16 +271,17 @@ def test_feature_cache_hit_reuse_and_invalidation(tiny, tmp_path):
     assert [f.name.split("-")[:2] for f in files] == [["resnet18", "train"], ["resnet18", "val"]]
 
     # another run with a different head learning rate (a sweep) reuses both files
-    built2, calls2, cache2 = fit_counting(tiny("model.weights=null", "model.optimizer.lr=0.003"))
+    again = ("model.weights=null", "trainer.max_epochs=1")
+    built2, calls2, cache2 = fit_counting(tiny(*again, "model.optimizer.lr=0.003"))
     assert cache2.hits == ["train", "val"] and cache2.misses == []
     assert not calls2.counts
     assert sorted(cache_dir.glob("*.pt")) == files
 
     # a changed file list invalidates that split only; a changed transform invalidates both
-    _, calls3, cache3 = fit_counting(tiny("model.weights=null", "+data.n_train=96"))
+    _, calls3, cache3 = fit_counting(tiny(*again, "+data.n_train=96"))
     assert cache3.misses == ["train"] and cache3.hits == ["val"]
     assert calls3.counts["setup"] == 2  # ceil(96 / 64) batches of the new train split
-    _, _, cache4 = fit_counting(tiny("model.weights=null", "data.mean=[0.5]", "data.std=[0.5]"))
+    _, _, cache4 = fit_counting(tiny(*again, "data.mean=[0.5]", "data.std=[0.5]"))
     assert cache4.misses == ["train", "val"]
     assert len(list(cache_dir.glob("*.pt"))) == 5
 

@@ -366,6 +366,10 @@ def test_option_conflicts_fail_before_training(tiny, make_cfg):
         build_model(
             tiny("model.weights=null", "model.cache_features=true", "model.unfreeze_at_epoch=2"), dm
         )
+    with pytest.raises(ConfigError, match="cache_features=true needs a frozen backbone"):
+        build_model(
+            tiny("model.weights=null", "model.cache_features=true", "model.net.freeze=false"), dm
+        )
     lenet = make_cfg("train", ["model=lenet", "+model.cache_features=true"])
     with pytest.raises(ConfigError, match="need a net with a frozen backbone; LeNet has none"):
         build_model(lenet, dm)

@@ -113,6 +113,12 @@ def transfer_plan(net: nn.Module, hparams: Mapping[str, Any]) -> tuple[int | Non
                 "the features change once the backbone trains"
             )
         return int(unfreeze), False
+    if not getattr(getattr(net, "_orig_mod", net), "backbone_frozen", False):
+        if cache is True:
+            raise ConfigError(
+                "model.cache_features=true needs a frozen backbone (model.net.freeze)"
+            )
+        return None, False
     return None, cache
 
 

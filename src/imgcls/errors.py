@@ -19,3 +19,19 @@ class CheckpointError(UserError):
 
 class ConfigError(UserError):
     """A configuration value cannot work (e.g. an image too small for the chosen net)."""
+
+
+def find_user_error(exc: BaseException | None) -> UserError | None:
+    """The ``UserError`` behind ``exc``, also when a library wrapped it.
+
+    ``hydra.utils.instantiate`` re-raises whatever a constructor raises as an
+    ``InstantiationException`` (e.g. a net's ``ConfigError`` for a too-small image); the
+    user still needs the original message, not a traceback.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__  # explicit `raise ... from e` (as Hydra does), not any context
+    return None

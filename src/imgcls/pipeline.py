@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from imgcls.builder import build, build_datamodule, build_trainer
-from imgcls.errors import ConfigError, UserError
+from imgcls.errors import ConfigError, find_user_error
 from imgcls.models.classifier import count_parameters
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import flatten, print_config_tree, to_plain
@@ -29,6 +29,8 @@ def apply_extras(cfg: DictConfig) -> None:
     """Warnings policy and config printing, done once before anything is built."""
     # In-memory tensors are fastest with 0 workers; Lightning's hint says otherwise.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # ImageClassifier logs torchmetrics results, which compute() already synced across ranks.
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     # A frozen backbone stays in eval mode on purpose (BatchNorm statistics fixed).
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
     extras = cfg.get("extras") or {}
@@ -176,10 +178,14 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     """
     try:
         metrics = task(cfg)
-    except UserError as e:
+    except Exception as exc:
+        e = find_user_error(exc)
+        if e is None:
+            raise
         log.error("%s: %s", type(e).__name__, e)
         if _in_multirun():
-            raise  # the launcher records the job as failed and continues with the others
+            # the sweeper records the job as failed (with this message) and runs the others
+            raise e from None
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     name = cfg.get("optimized_metric")

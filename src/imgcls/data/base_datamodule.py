@@ -12,8 +12,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imgcls.data.spec import DataSpec
 from imgcls.data.tensor_dataset import TensorImageDataset, batch_loader
@@ -143,13 +144,30 @@ class ImageDataModule(L.LightningDataModule):
         return self.splits[name]
 
     def _loader(self, name: str, train: bool = False) -> DataLoader:
+        dataset = self._served[name] if name in self._served else self._split(name)
         return batch_loader(
-            self._served[name] if name in self._served else self._split(name),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            sampler=None if train else self._eval_sampler(dataset),
         )
+
+    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, shard val/test/predict so that every image is scored exactly once.
+
+        Lightning's default ``DistributedSampler`` pads the last shard with repeated images
+        (so that every rank runs as many batches), which biases the synced metrics whenever
+        the split size is not a multiple of the world size. Evaluation has no gradient sync,
+        so shards of unequal length are safe; Lightning leaves a ``DistributedSampler``
+        subclass in place instead of injecting its own.
+        """
+        trainer = self.trainer
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if not kwargs or kwargs.get("num_replicas", 1) <= 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -97,6 +97,8 @@ class MNISTDataModule(ImageDataModule):
         data_dir: directory containing ``MNIST/raw``.
         val_size: images held out from the 60k for validation.
         split_seed: seed of the train/val split (independent of the training seed).
+        test_size: use only the first ``test_size`` images of the official test set (quick
+            evaluations); ``None`` keeps all 10k.
         download: allow torchvision to download when the raw files are absent.
         **kwargs: batch sizes, workers, augmentation, normalization (see ``ImageDataModule``).
     """
@@ -110,6 +112,7 @@ class MNISTDataModule(ImageDataModule):
         val_size: int = 5000,
         split_seed: int = 12345,
         download: bool = False,
+        test_size: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -117,13 +120,15 @@ class MNISTDataModule(ImageDataModule):
         self.val_size = int(val_size)
         self.split_seed = int(split_seed)
         self.download = bool(download)
+        self.test_size = None if test_size is None else int(test_size)
 
     def prepare_data(self) -> None:
         ensure_mnist_raw(self.data_dir, self.download)
 
     def fingerprint(self, split: str) -> str:
         # The raw files are verified against fixed md5s; only the split can vary.
-        return f"mnist-canonical/{split}/val{self.val_size}/seed{self.split_seed}"
+        base = f"mnist-canonical/{split}/val{self.val_size}/seed{self.split_seed}"
+        return base + (f"/first{self.test_size}" if split == "test" and self.test_size else "")
 
     def load_splits(self) -> Splits:
         ensure_mnist_raw(self.data_dir, self.download)
@@ -134,9 +139,12 @@ class MNISTDataModule(ImageDataModule):
         if not 0 < self.val_size < len(full):
             raise DataError(f"data.val_size={self.val_size} must be in [0, {len(full)})")
         perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.split_seed))
+        n_test = len(test.data) if self.test_size is None else self.test_size
+        if not 0 < n_test <= len(test.data):
+            raise DataError(f"data.test_size={self.test_size} must be in [1, {len(test.data)}]")
         splits = Splits(
             train=full.subset(perm[self.val_size :]),
-            test=TensorImageDataset(test.data.unsqueeze(1), test.targets),
+            test=TensorImageDataset(test.data[:n_test].unsqueeze(1), test.targets[:n_test]),
         )
         splits["val"] = full.subset(perm[: self.val_size])
         return splits

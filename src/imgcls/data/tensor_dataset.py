@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class TensorImageDataset(Dataset):
@@ -57,12 +57,14 @@ def batch_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """A plain DataLoader over a batch-fetching dataset (works with Lightning's DDP samplers)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,

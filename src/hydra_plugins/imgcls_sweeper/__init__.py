@@ -1,0 +1,1 @@
+"""Hydra plugins of the imgcls template (Hydra discovers plugins under ``hydra_plugins``)."""

@@ -1,0 +1,159 @@
+"""Lightning DDP inside Hydra multirun jobs: one job, one run dir, no leftovers for the next job.
+
+Lightning's ``ddp`` strategy starts ranks 1..N-1 by re-running the script with its original
+command line. In a multirun that command line is the whole sweep (``-m a=1,2 b=3,4``; under
+submitit it is not even our script), so every rank would start its own sweep in a new
+directory. And when the jobs share one process (Hydra's basic launcher), the first DDP job
+leaves ``LOCAL_RANK``/``MASTER_PORT`` in the environment and its process group open: the next
+job then believes its ranks were started externally and waits for them forever.
+
+:class:`MultirunDDP` (a Hydra callback, registered in ``configs/hydra/default.yaml``) makes
+each rank re-run *this job* instead (its overrides, single-run mode, ``hydra.run.dir`` = the
+job's directory: the same run dir as rank 0, exactly as in a single DDP run), and restores
+the environment and closes the process group when the job ends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# Where Lightning looks up the function that builds a rank's command when Hydra is in use.
+_LAUNCHER_MODULES = (
+    "lightning.pytorch.strategies.launchers.subprocess_script",
+    "lightning.fabric.strategies.launchers.subprocess_script",
+)
+_HOOK = "_hydra_subprocess_cmd"
+
+# Hydra overrides that belong to the sweep, not to the job a rank re-runs.
+_SWEEP_ONLY = (
+    "hydra.mode",
+    "hydra.run.",
+    "hydra.sweep.",
+    "hydra.sweeper",
+    "hydra/sweeper",
+    "hydra.launcher",
+    "hydra/launcher",
+    "hydra.job.name",
+    "hydra.output_subdir",
+)
+
+
+def rank_command(
+    script: str,
+    task_overrides: Sequence[str],
+    hydra_overrides: Sequence[str],
+    output_dir: str,
+    config_dir: str | None,
+    config_name: str | None,
+    local_rank: int,
+    python: str = sys.executable,
+) -> list[str]:
+    """The command that runs DDP rank ``local_rank`` of one multirun job as a single run."""
+    cmd = [python, script]
+    if config_dir:
+        cmd.append(f"--config-path={config_dir}")
+    if config_name:
+        cmd.append(f"--config-name={config_name}")
+    cmd += list(task_overrides)
+    cmd += [o for o in hydra_overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
+    cmd += [
+        f'hydra.run.dir="{output_dir}"',
+        f"hydra.job.name=ddp_rank_{local_rank}",
+        # rank 0 already saved the job's config; ranks must not overwrite it
+        "hydra.output_subdir=null",
+        # a config may switch to multirun itself (hparams_search); a rank is one run
+        "hydra.mode=RUN",
+    ]
+    return cmd
+
+
+def _main_config_dir(config: DictConfig) -> str | None:
+    for source in config.hydra.runtime.config_sources:
+        if source.provider == "main" and source.schema == "file":
+            return str(source.path)
+    return None
+
+
+class MultirunDDP(Callback):
+    """Hydra callback: DDP ranks of a multirun job re-run that job; jobs do not leak state."""
+
+    def __init__(self) -> None:
+        self._saved_env: dict[str, str] | None = None
+        self._saved_hooks: dict[str, Callable[..., Any]] = {}
+
+    def on_job_start(
+        self, config: DictConfig, *, task_function: TaskFunction, **kwargs: Any
+    ) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        self._saved_env = dict(os.environ)
+        script = inspect.getsourcefile(task_function) or os.path.abspath(sys.argv[0])
+        hydra = config.hydra
+        task_overrides = list(hydra.overrides.task)
+        hydra_overrides = list(hydra.overrides.hydra)
+        output_dir = str(hydra.runtime.output_dir)
+        config_dir = _main_config_dir(config)
+        config_name = hydra.job.config_name
+        cwd = str(hydra.runtime.cwd)
+
+        def command(local_rank: int) -> tuple[list[str], str]:
+            cmd = rank_command(
+                script,
+                task_overrides,
+                hydra_overrides,
+                output_dir,
+                config_dir,
+                config_name,
+                local_rank,
+            )
+            return cmd, cwd
+
+        for name in _LAUNCHER_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if not hasattr(module, _HOOK):
+                log.warning(
+                    "%s.%s not found (Lightning changed?): DDP ranks of multirun jobs will re-run "
+                    "the whole sweep",
+                    name,
+                    _HOOK,
+                )
+                continue
+            self._saved_hooks[name] = getattr(module, _HOOK)
+            setattr(module, _HOOK, command)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        for name, hook in self._saved_hooks.items():
+            setattr(sys.modules[name], _HOOK, hook)
+        self._saved_hooks.clear()
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        if self._saved_env is not None:
+            # LOCAL_RANK, WORLD_SIZE, MASTER_PORT, PL_GLOBAL_SEED... set during the job; the
+            # job's hydra.job.env_set is Hydra's to undo (it already has, before this hook)
+            hydra_owned = set(config.hydra.job.env_set or {})
+            for key in set(os.environ) - set(self._saved_env) - hydra_owned:
+                del os.environ[key]
+            for key, value in self._saved_env.items():
+                if key not in hydra_owned and os.environ.get(key) != value:
+                    os.environ[key] = value
+            self._saved_env = None

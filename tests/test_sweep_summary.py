@@ -1,0 +1,113 @@
+"""The sweep table: statuses, best job, seed repeats as mean ± std, unfinished jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from imgcls.utils.multirun_ddp import rank_command
+from imgcls.utils.sweep_summary import STATUS_FILE, summarize, write_summary
+
+
+def _job(sweep: Path, num: int, overrides: list[str], value: float | None, error: str = "") -> None:
+    d = sweep / str(num)
+    d.mkdir(parents=True)
+    status = {
+        "num": num,
+        "status": "failed" if error else "completed",
+        "overrides": overrides,
+        "value": value,
+        "error": error,
+        "run_dir": str(d),
+    }
+    (d / STATUS_FILE).write_text(json.dumps(status))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_seed_repeats_are_summarized_per_configuration(tmp_path: Path) -> None:
+    _job(tmp_path, 0, ["model=lenet", "seed=1"], 0.90)
+    _job(tmp_path, 1, ["model=lenet", "seed=2"], 0.80)
+    _job(tmp_path, 2, ["model=mlp", "seed=1"], 0.95)
+    _job(tmp_path, 3, ["model=mlp", "seed=2"], None, error="ConfigError: bad")
+    _job(tmp_path, 4, ["model=mlp", "seed=3"], 0.55)
+
+    summary = write_summary(tmp_path, "val/acc_best", "max")
+
+    jobs = _rows(tmp_path / "summary.csv")
+    assert [r["status"] for r in jobs] == ["completed"] * 3 + ["failed", "completed"]
+    assert [r["best"] for r in jobs] == ["0", "0", "1", "0", "0"]  # the single best job
+    assert jobs[3]["error"] == "ConfigError: bad"
+
+    groups = _rows(tmp_path / "summary_seeds.csv")
+    assert [g["configuration"] for g in groups] == ["model=lenet", "model=mlp"]
+    lenet, mlp = groups
+    assert (lenet["n"], lenet["failed"], lenet["jobs"]) == ("2", "0", "0 1")
+    assert abs(float(lenet["mean"]) - 0.85) < 1e-9
+    assert abs(float(lenet["std"]) - 0.0707107) < 1e-6  # sample std of 0.9, 0.8
+    assert (mlp["n"], mlp["failed"]) == ("2", "1")
+    assert abs(float(mlp["mean"]) - 0.75) < 1e-9
+    # the best configuration is the best mean, not the configuration of the best single job
+    assert (lenet["best"], mlp["best"]) == ("1", "0")
+
+    md = (tmp_path / "summary.md").read_text()
+    assert "| `model=lenet` ★ | 2 | 0.85 ± 0.071 | 0 | 0, 1 |" in md
+    assert "- jobs: 5, completed 4, failed 1" in md
+    assert summary.best is not None and summary.best.num == 2
+
+
+def test_minimized_metric_and_unfinished_jobs(tmp_path: Path) -> None:
+    _job(tmp_path, 0, ["lr=0.1"], 0.30)
+    _job(tmp_path, 1, ["lr=0.2"], 0.20)
+    running = tmp_path / "2" / ".hydra"  # started, never reported back (killed)
+    running.mkdir(parents=True)
+    (running / "overrides.yaml").write_text("- lr=0.3\n")
+    (tmp_path / ".submitit").mkdir()  # launcher bookkeeping is not a job
+
+    summary = summarize(tmp_path, "val/loss", "min")
+
+    assert [(j.num, j.status, j.best) for j in summary.jobs] == [
+        (0, "completed", False),
+        (1, "completed", True),
+        (2, "incomplete", False),
+    ]
+    assert summary.jobs[2].overrides == ["lr=0.3"]
+    assert [j.num for j in summary.failed] == [2]
+    assert not summary.has_seed_repeats
+
+
+def test_ddp_rank_reruns_the_job_not_the_sweep() -> None:
+    cmd = rank_command(
+        script="/repo/src/train.py",
+        task_overrides=["model=lenet", "trainer=ddp_sim", "hparams_search=mnist_optuna"],
+        hydra_overrides=[
+            "hydra.mode=MULTIRUN",
+            "hydra/launcher=submitit_local",
+            "hydra.sweeper.n_trials=4",
+            "hydra.job.chdir=true",
+        ],
+        output_dir="/logs/train/multiruns/2026/3",
+        config_dir="/repo/configs",
+        config_name="train",
+        local_rank=1,
+        python="python",
+    )
+    assert cmd == [
+        "python",
+        "/repo/src/train.py",
+        "--config-path=/repo/configs",
+        "--config-name=train",
+        "model=lenet",
+        "trainer=ddp_sim",
+        "hparams_search=mnist_optuna",
+        "hydra.job.chdir=true",
+        'hydra.run.dir="/logs/train/multiruns/2026/3"',
+        "hydra.job.name=ddp_rank_1",
+        "hydra.output_subdir=null",
+        # hparams_search configs switch to multirun themselves; a rank is one run
+        "hydra.mode=RUN",
+    ]

@@ -1,0 +1,210 @@
+"""Multiruns as a user runs them: a failing job, an Optuna search, the submitit launcher."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from imgcls.pipeline import run_task, train
+from tests.conftest import ROOT, run_entry
+
+TINY = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "+trainer.enable_progress_bar=false",
+    "data.val_size=200",
+    "callbacks.rich_progress_bar=null",
+    "logger=csv",
+    "extras.print_config=false",
+]
+# submitit workers import the package by name: make them import this checkout
+ENV = {"PYTHONPATH": str(ROOT / "src")}
+
+
+def _sweep_dir(log_dir: Path) -> Path:
+    (sweep,) = (log_dir / "train" / "multiruns").iterdir()
+    return sweep
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _metric(job_dir: Path, name: str = "val/acc_best") -> float:
+    return json.loads((job_dir / "metrics.json").read_text())["metrics"][name]
+
+
+def test_failing_job_does_not_stop_the_grid(tmp_path: Path) -> None:
+    # kernel 15 leaves LeNet's second conv a 7x7 input: a ConfigError at model build
+    proc = run_entry(
+        "train", "-m", "model.net.kernel_size=3,5,7,15", *TINY, f"paths.log_dir={tmp_path}"
+    )
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: 1 of 4 jobs failed (job 3)" in proc.stderr
+    sweep = _sweep_dir(tmp_path)
+    rows = _rows(sweep / "summary.csv")
+    assert [(r["job"], r["status"]) for r in rows] == [
+        ("0", "completed"),
+        ("1", "completed"),
+        ("2", "completed"),
+        ("3", "failed"),
+    ]
+    assert rows[3]["error"].startswith(
+        "ConfigError: lenet: input 1x28x28 is too small for this net"
+    )
+    assert "model.net.kernel_size=15" in rows[3]["overrides"].split()
+    assert not (sweep / "3" / "metrics.json").exists()
+    values = [_metric(sweep / r["job"]) for r in rows[:3]]
+    assert [float(r["optimized_metric"]) for r in rows[:3]] == pytest.approx(values)
+    best = max(range(3), key=lambda i: values[i])
+    assert [r["best"] for r in rows] == ["1" if i == best else "0" for i in range(4)]
+    assert [Path(r["run_dir"]) for r in rows] == [sweep / str(i) for i in range(4)]
+    md = (sweep / "summary.md").read_text()
+    assert f"| {best} ★ | completed |" in md
+    assert "- jobs: 4, completed 3, failed 1" in md
+
+
+def test_single_run_config_error_is_one_line(make_cfg, capsys) -> None:
+    cfg = make_cfg("train", ["model.net.kernel_size=15"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(train, cfg)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: lenet: input 1x28x28 is too small for this net")
+    assert "Traceback" not in err
+
+
+def test_optuna_search_reports_best_value_and_params(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    proc = run_entry(
+        "train",
+        "hparams_search=mnist_optuna",
+        "hydra.sweeper.n_trials=4",
+        f"hydra.sweeper.storage={storage}",
+        *TINY,
+        f"paths.log_dir={tmp_path}",
+    )
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    rows = _rows(sweep / "summary.csv")
+    assert [r["status"] for r in rows] == ["completed"] * 4
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    values = {r["job"]: float(r["optimized_metric"]) for r in rows}
+    assert results.best_value == pytest.approx(max(values.values()))
+    best = next(r for r in rows if r["best"] == "1")
+    assert float(best["optimized_metric"]) == pytest.approx(results.best_value)
+    # the best job ran with Optuna's best parameters, drawn from the search space
+    params = dict(results.best_params)
+    assert set(params) == {
+        "model.scheduler.max_lr",
+        "data.batch_size",
+        "model.net.channels",
+        "model.net.hidden",
+    }
+    assert 0.001 <= params["model.scheduler.max_lr"] <= 0.05
+    assert params["data.batch_size"] in (32, 64, 128, 256)
+    best_cfg = OmegaConf.load(Path(best["run_dir"]) / ".hydra" / "config.yaml")
+    assert best_cfg.data.batch_size == params["data.batch_size"]
+    assert str(list(best_cfg.model.net.channels)).replace(" ", "") == params["model.net.channels"]
+    md = (sweep / "summary.md").read_text()
+    assert f"Optuna best value: {results.best_value:.5g}" in md
+
+    # the study persisted: 4 finished trials in the SQLite file
+    import optuna
+
+    study = optuna.load_study(study_name="mnist_optuna", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+
+
+@pytest.mark.slow
+def test_optuna_search_resumes_from_sqlite(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["hparams_search=mnist_optuna", f"hydra.sweeper.storage={storage}", *TINY]
+    first = run_entry("train", *args, "hydra.sweeper.n_trials=2", f"paths.log_dir={tmp_path}/a")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_entry("train", *args, "hydra.sweeper.n_trials=2", f"paths.log_dir={tmp_path}/b")
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    import optuna
+
+    study = optuna.load_study(study_name="mnist_optuna", storage=storage)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    results = OmegaConf.load(_sweep_dir(tmp_path / "b") / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(study.best_value)  # best over both runs
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_seed_repeats(tmp_path: Path) -> None:
+    proc = run_entry(
+        "train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "seed=1,2",
+        *TINY,
+        f"paths.log_dir={tmp_path}",
+        env=ENV,
+    )
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    # each job ran in its own submitit worker process, which kept a log
+    logs = sorted(p.name for p in (sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2
+    values = [_metric(sweep / job) for job in ("0", "1")]
+    (group,) = _rows(sweep / "summary_seeds.csv")
+    assert (group["n"], group["failed"], group["jobs"]) == ("2", "0", "0 1")
+    assert float(group["mean"]) == pytest.approx(sum(values) / 2)
+    assert float(group["std"]) == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert "## Per configuration (seed repeats: mean ± std)" in (sweep / "summary.md").read_text()
+
+
+def test_slurm_launcher_config_makes_one_task_per_rank(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    import submitit
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from submitit.slurm.slurm import SlurmExecutor
+
+    cfg = make_cfg(
+        "train",
+        [
+            "hydra/launcher=submitit_slurm",
+            "trainer=ddp",
+            "trainer.num_nodes=2",
+            "hydra.launcher.partition=gpu",
+        ],
+    )
+    launcher = instantiate(cfg.hydra.launcher)
+    # What SlurmLauncher.launch does with its parameters, minus the submission (no cluster here).
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun exists"
+    params = dict(launcher.params)
+    executor = submitit.AutoExecutor(
+        folder=str(tmp_path / "submitit"),
+        cluster="slurm",
+        slurm_max_num_timeout=params.pop("max_num_timeout"),
+    )
+    params.pop("submitit_folder")
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    sbatch = executor._executor._make_submission_file_text("python -m job", "1")
+
+    for line in [
+        "#SBATCH --nodes=2",  # trainer.num_nodes
+        "#SBATCH --ntasks-per-node=4",  # trainer.devices: one task per rank
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --signal=USR2@120",  # time to checkpoint before a timeout/preemption kill
+        "#SBATCH --time=240",
+    ]:
+        assert line in sbatch.splitlines()
+    assert executor._executor.max_num_timeout == 3  # a timed-out job is requeued

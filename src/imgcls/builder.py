@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from imgcls.data.base_datamodule import ImageDataModule
-from imgcls.errors import UserError
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.transfer import check_weights, use_weights_normalization
 
@@ -33,18 +29,6 @@ class Built:
     loggers: list[Logger] = field(default_factory=list)
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Hydra wraps errors raised in constructors; a ``UserError`` must reach the entry point
-    as itself (one message, no traceback)."""
-    try:
-        yield
-    except InstantiationException as e:
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
-        raise
-
-
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """Instantiate ``cfg.data`` and run its validation/loading once (before any training)."""
     log.info("data: %s", cfg.data._target_)
@@ -58,8 +42,7 @@ def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
     """Instantiate ``cfg.model`` with the sizes and class names taken from the data."""
     log.info("model: %s (net %s)", cfg.model._target_, cfg.model.net._target_)
     use_weights_normalization(cfg.model, dm)
-    with _user_errors():
-        return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
+    return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
 
 
 def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:

@@ -118,10 +118,11 @@ def test_tensorboard_has_curves_and_hparams(lenet_run) -> None:
         (["model=simple_cnn", "debug=limit"], {"test/acc": 0.5}),
         (["model=mlp", "debug=limit"], {"test/acc": 0.3}),
         (["logger=csv", "debug=limit"], {"test/acc": 0.5}),
+        (["logger=none", "debug=limit"], {"test/acc": 0.5}),
         (["debug=fdr"], {}),
         (["debug=overfit", "model.scheduler=null"], {"train/acc": 0.99}),
     ],
-    ids=["simple_cnn", "mlp", "csv_logger", "fdr", "overfit"],
+    ids=["simple_cnn", "mlp", "csv_logger", "no_logger", "fdr", "overfit"],
 )
 def test_entry_point_variants_complete(overrides, expect, tmp_path) -> None:
     proc = run_entry("train", *overrides, f"paths.log_dir={tmp_path}", "extras.print_config=false")
@@ -134,13 +135,17 @@ def test_entry_point_variants_complete(overrides, expect, tmp_path) -> None:
 
 
 def test_ddp_sim_trains_and_tests(tmp_path) -> None:
+    # not debug=limit: it pins devices=1, and this must run two processes
     proc = run_entry(
         "train",
         "trainer=ddp_sim",
-        "debug=limit",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=30",
+        "+trainer.limit_val_batches=3",
         f"paths.log_dir={tmp_path}",
         "extras.print_config=false",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # really two processes
     summary = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     assert summary["metrics"]["test/acc"] >= 0.5

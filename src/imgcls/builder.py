@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
@@ -60,6 +61,12 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
 def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Logger]]:
     callbacks = _instantiate_group(cfg.get("callbacks"), "callback")
     loggers = _instantiate_group(cfg.get("logger"), "logger")
+    if not loggers:
+        # LearningRateMonitor refuses to run without a logger; logger=none should just work.
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if dropped:
+            log.info("no logger: LearningRateMonitor disabled")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return trainer, callbacks, loggers
 

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from imgcls.builder import build, build_datamodule, build_trainer
@@ -42,8 +43,6 @@ def apply_extras(cfg: DictConfig) -> None:
 
 
 def _is_rank_zero() -> bool:
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
@@ -74,6 +73,7 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, loggers: list
 HPARAM_METRICS = ("val/acc_best", "test/acc")
 
 
+@rank_zero_only
 def write_tensorboard_hparams(
     logger: TensorBoardLogger, params: dict[str, Any], metrics: tuple[str, ...]
 ) -> None:

@@ -137,7 +137,7 @@ class MNISTDataModule(ImageDataModule):
         self.class_names = tuple(str(i) for i in range(10))
         full = TensorImageDataset(train.data.unsqueeze(1), train.targets)
         if not 0 < self.val_size < len(full):
-            raise DataError(f"data.val_size={self.val_size} must be in [0, {len(full)})")
+            raise DataError(f"data.val_size={self.val_size} must be in [1, {len(full) - 1}]")
         perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.split_seed))
         n_test = len(test.data) if self.test_size is None else self.test_size
         if not 0 < n_test <= len(test.data):

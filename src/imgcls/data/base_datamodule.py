@@ -143,13 +143,13 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__} has no '{name}' split")
         return self.splits[name]
 
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
+    def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
         dataset = self._served[name] if name in self._served else self._split(name)
         return batch_loader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers if num_workers is None else num_workers,
             pin_memory=self.pin_memory,
             sampler=None if train else self._eval_sampler(dataset),
         )

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import BackboneFinetuning
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import Optimizer
 
@@ -123,7 +124,14 @@ def transfer_plan(net: nn.Module, hparams: Mapping[str, Any]) -> tuple[int | Non
 
 
 def transfer_callbacks(module: Any) -> list[L.Callback]:
-    """The callbacks a classifier's transfer options ask for (see ``transfer_plan``)."""
+    """The callbacks a classifier's transfer options ask for (see ``transfer_plan``).
+
+    Only for ``fit``: they change training, and a test after a fit would otherwise replace
+    (and announce replacing) the fit's instances.
+    """
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None and trainer.state.fn != TrainerFn.FITTING:
+        return []
     unfreeze, cache = transfer_plan(module.net, module.hparams)
     if unfreeze is not None:
         return [

@@ -99,7 +99,7 @@ def test_resnet18_on_imagefolder_digits_caches_features_and_keeps_batchnorm(
     assert [n.split("-")[1] for n in set(after) - set(files)] == ["train"]
 
 
-def fake_flowers(root: Path, classes: int = 3, train: int = 4, valid: int = 2) -> None:
+def fake_flowers(root: Path, classes: int = 6, train: int = 2, valid: int = 1) -> None:
     """Flowers-102 layout (class folders of JPEGs of assorted sizes), random pixels."""
     rng = np.random.default_rng(0)
     for split, n in (("train", train), ("valid", valid)):

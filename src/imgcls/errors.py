@@ -21,6 +21,10 @@ class ConfigError(UserError):
     """A configuration value cannot work (e.g. an image too small for the chosen net)."""
 
 
+class TrainingError(UserError):
+    """Training cannot go on (e.g. the loss became NaN); says at which step and what to change."""
+
+
 def find_user_error(exc: BaseException | None) -> UserError | None:
     """The ``UserError`` behind ``exc``, also when a library wrapped it.
 

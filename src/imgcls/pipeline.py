@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from imgcls.builder import build, build_datamodule, build_trainer
 from imgcls.errors import ConfigError, find_user_error
+from imgcls.fault_tolerance import check_run_dir, guarded_fit, prepare_checkpoint
 from imgcls.models.classifier import count_parameters
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import flatten, print_config_tree, to_plain
@@ -115,28 +116,37 @@ def _write_summary(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, 
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model, then test the best checkpoint; returns all final metrics."""
+    """Fit the model, then test the best checkpoint; returns all final metrics.
+
+    A run dir that already holds checkpoints (``resume=<run dir>``, a requeued job) continues
+    from the newest readable one (see ``imgcls.fault_tolerance``).
+    """
+    check_run_dir(cfg)
     apply_extras(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     built = build(cfg)
     assert built.model is not None
+    ckpt_path = prepare_checkpoint(cfg, built)
     log_hyperparameters(cfg, built.model, built.loggers)
     trainer = built.trainer
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         log.info("starting training")
-        trainer.fit(built.model, datamodule=built.datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with guarded_fit(cfg, built):
+            trainer.fit(
+                built.model, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True
+            )
         metrics.update(_floats(trainer.callback_metrics))
     best = _best_checkpoint(trainer)
     if cfg.get("test"):
-        ckpt = best if cfg.get("train") else cfg.get("ckpt_path")
+        ckpt = best if cfg.get("train") else ckpt_path
         if ckpt is None:
             log.warning("no checkpoint to test (checkpointing off?): testing the current weights")
         else:
             log.info("testing checkpoint %s", ckpt)
-        trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt)
+        trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
     _write_summary(cfg, metrics, {"best_checkpoint": best, "output_dir": str(cfg.paths.output_dir)})
     for name in sorted(metrics):
@@ -177,7 +187,7 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     Returns the ``optimized_metric`` value for Hydra sweepers.
     """
     try:
-        metrics = task(cfg)
+        return _optimized_value(cfg, task(cfg))
     except Exception as exc:
         e = find_user_error(exc)
         if e is None:
@@ -188,12 +198,19 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
             raise e from None
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     name = cfg.get("optimized_metric")
     if not name:
         return None
-    if name not in metrics:
-        raise ConfigError(f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}")
-    return metrics[name]
+    if name in metrics:
+        return metrics[name]
+    message = f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}"
+    if _in_multirun():  # a sweeper cannot rank this job
+        raise ConfigError(message)
+    log.warning(message)  # a single run has finished; its results stand
+    return None
 
 
 def _in_multirun() -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,88 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def _plain_key(key: str) -> str:
+    # torch.compile wraps the net; its checkpoints hold the same weights under "_orig_mod."
+    return key.replace("._orig_mod.", ".")
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def state_dict_mismatches(
+    ckpt_state: Mapping[str, Any], model_state: Mapping[str, Any], limit: int = 12
+) -> list[str]:
+    """Differences that would make ``load_state_dict(strict=True)`` fail: each layer whose shape
+    differs, then the layers only the model / only the checkpoint has."""
+    theirs = {_plain_key(k): v for k, v in ckpt_state.items()}
+    own = {_plain_key(k): v for k, v in model_state.items()}
+    problems = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in theirs.items()
+        if k in own and hasattr(v, "shape") and hasattr(own[k], "shape") and v.shape != own[k].shape
+    ]
+    if len(problems) > limit:
+        problems = problems[:limit] + [
+            f"... and {len(problems) - limit} more layers of another shape"
+        ]
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    if missing:
+        problems.append(f"missing in the checkpoint: {_names(missing)}")
+    if unexpected:
+        problems.append(f"not in the model: {_names(unexpected)}")
+    return problems
+
+
+def produced_by(ckpt: Mapping[str, Any]) -> str:
+    """The config a checkpoint was trained with: net, data sizes and the run's overrides."""
+    hparams = ckpt.get("hyper_parameters") or {}
+    net = dict(hparams.get("net") or {})
+    target = net.pop("_target_", "?")
+    text = f"net={target} {json.dumps(net, sort_keys=True, default=str)}"
+    spec = hparams.get("spec") or {}
+    if spec:
+        h, w = (list(spec.get("image_size") or []) + ["?", "?"])[:2]
+        text += f" on {spec.get('num_classes')} classes of {spec.get('in_channels')}x{h}x{w} images"
+    overrides = run_overrides(ckpt)
+    text += f" (run overrides: {' '.join(overrides) or 'none'})" if overrides is not None else ""
+    return text
+
+
+def run_overrides(ckpt: Mapping[str, Any]) -> list[str] | None:
+    """Command-line overrides of the run that wrote ``ckpt`` (stored by ``LastCheckpoint``)."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if (
+            str(key).startswith("LastCheckpoint")
+            and isinstance(state, Mapping)
+            and "overrides" in state
+        ):
+            return [str(o) for o in state["overrides"]]
+    return None
+
+
+def check_checkpoint_fits(
+    ckpt: Mapping[str, Any], model: torch.nn.Module, path: str | Path, target: str
+) -> None:
+    """Raise one ``CheckpointError`` naming every mismatched layer and the checkpoint's config.
+
+    Args:
+        ckpt: the loaded checkpoint.
+        model: the model the weights are meant for.
+        path: checkpoint file (for the message).
+        target: what ``model`` is, e.g. "the model configured for this run".
+    """
+    problems = state_dict_mismatches(ckpt["state_dict"], model.state_dict())
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {target}: "
+            + "; ".join(problems)
+            + f". The checkpoint was produced by {produced_by(ckpt)}"
+        )
+
+
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Rebuild an ``ImageClassifier`` from a checkpoint alone (net and data spec come from it).
 
@@ -47,24 +131,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     if not hparams or "net" not in hparams or "spec" not in hparams:
         raise CheckpointError(f"{path} has no ImageClassifier hyper-parameters (net/spec)")
     model = ImageClassifier(**hparams)
-    own = model.state_dict()
-    problems = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in ckpt["state_dict"].items()
-        if k in own and hasattr(v, "shape") and v.shape != own[k].shape
-    ]
-    missing = sorted(set(own) - set(ckpt["state_dict"]))
-    unexpected = sorted(set(ckpt["state_dict"]) - set(own))
-    if problems or missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the model built from its config "
-            f"(net={hparams['net'].get('_target_')}): "
-            + "; ".join(
-                problems
-                + [f"missing {k}" for k in missing]
-                + [f"unexpected {k}" for k in unexpected]
-            )
-        )
-    model.load_state_dict(ckpt["state_dict"])
+    check_checkpoint_fits(ckpt, model, path, "the model built from its own config")
+    model.load_state_dict({_plain_key(k): v for k, v in ckpt["state_dict"].items()})
     model.eval()
     return model.to(map_location)

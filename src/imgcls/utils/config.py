@@ -22,10 +22,20 @@ def project_root() -> Path:
     return Path.cwd().resolve()
 
 
+def first_set(*values: Any) -> Any:
+    """The first value that is not null/empty (``oc.select`` returns a null value as is)."""
+    return next((v for v in values if v is not None and v != ""), None)
+
+
 def register_resolvers() -> None:
-    """Register ``${project_root:}`` once, so configs can locate the repo without sys.path hacks."""
+    """Register ``${project_root:}`` once, so configs can locate the repo without sys.path hacks.
+
+    Also ``${first_set:a,b,...}``, e.g. ``resume=<run dir>`` choosing ``hydra.run.dir``.
+    """
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("first_set"):
+        OmegaConf.register_new_resolver("first_set", first_set)
 
 
 def to_plain(value: Any) -> Any:

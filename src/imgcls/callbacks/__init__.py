@@ -1,0 +1,1 @@
+"""Lightning callbacks of the template (beyond the ones Lightning ships)."""

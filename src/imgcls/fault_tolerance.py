@@ -1,0 +1,175 @@
+"""What ``train`` does so that a run survives kills, preemption, full disks and NaNs.
+
+* before anything is built: the run dir must be writable;
+* before fitting: enough free disk for the checkpoints; the checkpoint to resume from (if any)
+  is chosen, read safely and checked against the configured model and data; loggers are set
+  to continue the run's curves;
+* around fitting: a non-finite loss or weights ends the run with one message naming the step
+  and the last good checkpoint; SIGTERM ends it (after ``LastCheckpoint`` saved) with the
+  command that continues it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from imgcls.builder import Built
+from imgcls.callbacks.last_checkpoint import LastCheckpoint, command_line_overrides
+from imgcls.data.spec import DataSpec
+from imgcls.errors import CheckpointError, TrainingError
+from imgcls.utils.checkpoint import check_checkpoint_fits, load_checkpoint_dict, produced_by
+from imgcls.utils.checkpoint_io import use_atomic_checkpoint_io
+from imgcls.utils.resume import ResumePoint, continue_loggers, find_resume_checkpoint
+from imgcls.utils.storage import check_free_space, check_writable, checkpoint_size_estimate
+
+log = logging.getLogger(__name__)
+
+# exit status of a process stopped by SIGTERM / SIGINT (128 + signal), as shells expect
+SIGTERM_EXIT_CODE = 143
+SIGINT_EXIT_CODE = 130
+
+
+def check_run_dir(cfg: DictConfig) -> None:
+    """The run dir is writable (checked before data loading, which may take long)."""
+    check_writable(cfg.paths.output_dir)
+
+
+def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:
+    """Where this run's checkpoints live (the ``LastCheckpoint``/``ModelCheckpoint`` dir)."""
+    for cls in (LastCheckpoint, ModelCheckpoint):
+        for cb in built.callbacks:
+            if isinstance(cb, cls) and cb.dirpath:
+                return Path(cb.dirpath)
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def _resume_command(cfg: DictConfig) -> str:
+    """The command that continues this run: its own overrides plus ``resume=<run dir>``."""
+    own = [
+        o
+        for o in command_line_overrides()
+        if o.split("=")[0].lstrip("+~") not in ("resume", "ckpt_path", "hydra.run.dir")
+    ]
+    args = [f"resume={cfg.paths.output_dir}", *own]
+    return "python src/train.py " + " ".join(shlex.quote(a) for a in args)
+
+
+def _verified(path: Path, built: Built) -> ResumePoint:
+    point = ResumePoint(path, load_checkpoint_dict(path))
+    assert built.model is not None
+    net = built.model.hparams["net"].get("_target_")
+    check_checkpoint_fits(
+        point.checkpoint, built.model, path, f"the model configured for this run (net={net})"
+    )
+    spec = (point.checkpoint.get("hyper_parameters") or {}).get("spec")
+    if spec:
+        mismatch = DataSpec.from_dict(spec).incompatibilities(built.datamodule.spec)
+        if mismatch:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on other data than the configured "
+                f"data={built.datamodule.__class__.__name__}: {'; '.join(mismatch)}. "
+                f"The checkpoint was produced by {produced_by(point.checkpoint)}"
+            )
+    return point
+
+
+def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
+    """Set up checkpointing for ``train`` and return the ``ckpt_path`` to use.
+
+    With ``train=true``: the checkpoint to resume from, or ``None`` for a fresh start. With
+    ``train=false``: the (verified) checkpoint to test.
+
+    Raises:
+        ConfigError: not enough free disk space.
+        CheckpointError: the requested checkpoint is missing/unreadable/does not fit.
+    """
+    use_atomic_checkpoint_io(built.trainer)
+    requested = cfg.get("ckpt_path")
+    if not cfg.get("train"):
+        if requested:
+            _verified(Path(requested), built)
+        return requested
+
+    ckpt_dir = checkpoint_dir(cfg, built)
+    dirs = [Path(cfg.paths.output_dir), ckpt_dir]
+    dirs += [Path(str(lg.save_dir)) for lg in built.loggers if getattr(lg, "save_dir", None)]
+    assert built.model is not None
+    margin = float((cfg.get("extras") or {}).get("min_free_space_mb", 100))
+    check_free_space(dirs, checkpoint_size_estimate(built.model), margin)
+
+    if requested in ("hpc", "best"):  # Lightning's own keywords
+        return str(requested)
+    if requested not in (None, "last"):
+        point = _verified(Path(str(requested)), built)
+    else:
+        found = find_resume_checkpoint(ckpt_dir, cfg.paths.output_dir)
+        if found is None:
+            if requested == "last" or cfg.get("resume"):
+                raise CheckpointError(
+                    f"nothing to resume: no checkpoint in {ckpt_dir}. resume=<dir> must be the run "
+                    f"directory of an earlier run (the one holding checkpoints/last.ckpt)"
+                )
+            return None
+        point = _verified(found.path, built)
+    log.info(
+        "resuming from %s (epoch %d, global step %d)", point.path, point.epoch, point.global_step
+    )
+    continue_loggers(built.loggers, point.logger_step)
+    return str(point.path)
+
+
+def _last_good(ckpt_dir: Path) -> str:
+    try:
+        point = find_resume_checkpoint(ckpt_dir)
+    except CheckpointError:
+        point = None
+    if point is None:
+        return "no checkpoint was written before"
+    return f"the last good checkpoint is {point.path} (epoch {point.epoch}, global step {point.global_step})"
+
+
+@contextlib.contextmanager
+def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
+    """Turn the ways a fit can stop on purpose into one clear message each.
+
+    A resumed run that had already trained to the end fits nothing; it is validated once so
+    that it reports the same metrics (``val/acc_best``, ``optimized_metric``) as a full run.
+    """
+    try:
+        yield
+        trainer = built.trainer
+        if trainer.state.finished and not any(
+            k.startswith("val/") for k in trainer.callback_metrics
+        ):
+            log.info("training had already finished: validating the restored model")
+            trainer.validate(built.model, datamodule=built.datamodule, verbose=False)
+    except FloatingPointError as e:  # raised by the training step / LastCheckpoint
+        last = _last_good(checkpoint_dir(cfg, built))
+        raise TrainingError(
+            f"training stopped: {e}. {last[0].upper()}{last[1:]}; continue "
+            f"from it with clipping ({_resume_command(cfg)} trainer.gradient_clip_val=1.0) or start "
+            f"over with a lower learning rate"
+        ) from None
+    except SystemExit as e:
+        # SIGTERMException; Lightning turns Ctrl+C into sys.exit(1) after its on_exception hooks
+        sigterm = isinstance(e, SIGTERMException)
+        if not sigterm and not built.trainer.interrupted:
+            raise
+        trainer = built.trainer
+        msg = (
+            f"stopped by {'SIGTERM' if sigterm else 'Ctrl+C'} at global step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}); {_last_good(checkpoint_dir(cfg, built))}. "
+            f"Continue with: {_resume_command(cfg)}"
+        )
+        log.warning(msg)
+        print(msg, file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT_CODE if sigterm else SIGINT_EXIT_CODE) from None

@@ -1,0 +1,112 @@
+"""Continue a run in its own directory: pick a readable checkpoint, keep the loggers' history.
+
+``python src/train.py resume=<run dir>`` makes Hydra reuse that directory as the run dir
+(``configs/hydra/default.yaml``); a run whose directory already holds checkpoints (a requeued
+SLURM job, a fixed ``hydra.run.dir``) continues from the newest readable one. Which file:
+
+1. ``ckpt_path=<file>``: exactly that file; unreadable means a clear error, no fallback.
+2. otherwise (also ``ckpt_path=last``): the newest ``*.ckpt`` in the checkpoint dir (or a
+   Lightning ``hpc_ckpt_*.ckpt`` in the run dir) that loads with ``weights_only=True``. A
+   damaged ``last.ckpt`` is skipped with a warning, and the previous good file is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from imgcls.errors import CheckpointError
+from imgcls.utils.checkpoint import load_checkpoint_dict
+from imgcls.utils.checkpoint_io import remove_stale_temp_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResumePoint:
+    """A checkpoint chosen to continue from, already read and verified."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+
+    @property
+    def global_step(self) -> int:
+        return int(self.checkpoint.get("global_step", 0))
+
+    @property
+    def epoch(self) -> int:
+        return int(self.checkpoint.get("epoch", 0))
+
+    @property
+    def logger_step(self) -> int:
+        """First logger step the resumed run writes; events from this step on are stale."""
+        return self.global_step
+
+
+def _candidates(ckpt_dir: Path, run_dir: Path | None) -> list[Path]:
+    files = list(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    if run_dir is not None and run_dir.is_dir():
+        files += list(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning's SLURM requeue checkpoints
+    # newest first; on equal times prefer last.ckpt, which the LastCheckpoint callback keeps newest
+    return sorted(set(files), key=lambda p: (p.stat().st_mtime, p.stem == "last"), reverse=True)
+
+
+def find_resume_checkpoint(
+    ckpt_dir: str | Path, run_dir: str | Path | None = None
+) -> ResumePoint | None:
+    """The newest checkpoint in ``ckpt_dir`` that reads safely; ``None`` when there is none.
+
+    Raises:
+        CheckpointError: checkpoint files exist but none of them can be read (each one is
+            named with the reason).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    remove_stale_temp_files(ckpt_dir)
+    failures = []
+    for path in _candidates(ckpt_dir, Path(run_dir) if run_dir else None):
+        try:
+            point = ResumePoint(path, load_checkpoint_dict(path))
+        except CheckpointError as e:
+            log.warning("skipping %s", e)
+            failures.append(str(e))
+            continue
+        if failures:
+            log.warning("resuming from the previous good checkpoint %s instead", path)
+        return point
+    if failures:
+        raise CheckpointError("no readable checkpoint to resume from: " + "; ".join(failures))
+    return None
+
+
+def continue_loggers(loggers: list[Logger], step: int) -> None:
+    """Make loggers append to the run's existing logs from ``step`` on (call before first use).
+
+    TensorBoard: the new event file starts with a ``purge_step`` marker, so TensorBoard hides
+    the events at or after ``step`` that the interrupted process wrote after its last
+    checkpoint: one curve per metric, no overlap and no restart at 0. CSV: Lightning's writer
+    deletes an existing ``metrics.csv``; its rows before ``step`` are carried over.
+    """
+    if getattr(rank_zero_only, "rank", 0) != 0:  # other DDP ranks do not write logs
+        return
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger) and logger._experiment is None:
+            logger._kwargs["purge_step"] = step
+        elif isinstance(logger, CSVLogger) and logger._experiment is None:
+            path = Path(logger.log_dir) / "metrics.csv"
+            if not path.is_file():
+                continue
+            with open(path, newline="") as f:
+                rows = [
+                    r
+                    for r in csv.DictReader(f)
+                    if r.get("step", "").isdigit() and int(r["step"]) < step
+                ]
+            writer = logger.experiment  # creating it removes the old file
+            writer.metrics[:0] = [{k: v for k, v in r.items() if v != ""} for r in rows]
+            log.info("carried %d rows of %s over into the resumed run", len(rows), path)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from imgcls.data.base_datamodule import ImageDataModule
 from imgcls.models.classifier import ImageClassifier
+from imgcls.models.transfer import check_weights, use_weights_normalization
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
     """Instantiate ``cfg.model`` with the sizes and class names taken from the data."""
     log.info("model: %s (net %s)", cfg.model._target_, cfg.model.net._target_)
+    use_weights_normalization(cfg.model, dm)
     return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
 
 
@@ -71,6 +73,8 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Lo
 
 def build(cfg: DictConfig, with_model: bool = True) -> Built:
     """Datamodule (validated), model sized from it, and the trainer with callbacks and loggers."""
+    if with_model:
+        check_weights(cfg.model)  # a missing pretrained file stops us before any data is decoded
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm) if with_model else None
     trainer, callbacks, loggers = build_trainer(cfg)

@@ -33,6 +33,8 @@ def apply_extras(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # ImageClassifier logs torchmetrics results, which compute() already synced across ranks.
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+    # A frozen backbone stays in eval mode on purpose (BatchNorm statistics fixed).
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
@@ -167,6 +169,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"checkpoint {cfg.ckpt_path} was trained on different data than data={cfg.data._target_}: "
             + "; ".join(mismatch)
         )
+    # normalize as the model was trained (e.g. with its pretrained weights' statistics)
+    dm.set_normalization(model.spec.mean, model.spec.std)
     trainer, _, loggers = build_trainer(cfg)
     log_hyperparameters(cfg, model, loggers)
     trainer.test(model, datamodule=dm)

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imgcls.data.spec import DataSpec
 from imgcls.data.tensor_dataset import TensorImageDataset, batch_loader
@@ -64,6 +64,7 @@ class ImageDataModule(L.LightningDataModule):
         self.splits: Splits | None = None
         self.class_names: tuple[str, ...] = ()
         self._spec: DataSpec | None = None
+        self._served: dict[str, Dataset] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
     def load_splits(self) -> Splits:
@@ -110,6 +111,19 @@ class ImageDataModule(L.LightningDataModule):
             std=tuple(float(s) for s in std),
         )
 
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalize with ``mean``/``std`` from now on (set by pretrained weights, checkpoints)."""
+        self._mean, self._std = tuple(mean), tuple(std)
+        self._spec = None
+
+    def use_dataset(self, split: str, dataset: Dataset | None) -> None:
+        """Serve ``dataset`` in ``split``'s loader instead of its images (e.g. cached features,
+        which ``on_after_batch_transfer`` passes through); ``None`` restores the images."""
+        if dataset is None:
+            self._served.pop(split, None)
+        else:
+            self._served[split] = dataset
+
     @property
     def num_classes(self) -> int:
         return self.spec.num_classes
@@ -129,18 +143,18 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__} has no '{name}' split")
         return self.splits[name]
 
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
-        dataset = self._split(name)
+    def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
+        dataset = self._served[name] if name in self._served else self._split(name)
         return batch_loader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers if num_workers is None else num_workers,
             pin_memory=self.pin_memory,
             sampler=None if train else self._eval_sampler(dataset),
         )
 
-    def _eval_sampler(self, dataset: TensorImageDataset) -> Sampler | None:
+    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
         """Under DDP, shard val/test/predict so that every image is scored exactly once.
 
         Lightning's default ``DistributedSampler`` pads the last shard with repeated images

@@ -44,7 +44,7 @@ from imgcls.data.images import (
     probe_image,
     target_size,
 )
-from imgcls.data.tensor_dataset import TensorImageDataset, batch_loader
+from imgcls.data.tensor_dataset import TensorImageDataset
 from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -721,15 +721,9 @@ class FileImageDataModule(ImageDataModule):
         return tuple(float(m) for m in mean), tuple(max(float(v), 1e-3) for v in std)
 
     # -- loaders -------------------------------------------------------------------------------
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
+    def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
         # in-memory gathers: worker processes would only add copies (see ``num_workers``)
-        return batch_loader(
-            self._split(name),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            num_workers=0,
-            pin_memory=self.pin_memory,
-        )
+        return super()._loader(name, train, num_workers=0)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()

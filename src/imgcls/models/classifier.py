@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.data.spec import DataSpec
 from imgcls.errors import ConfigError
+from imgcls.models.transfer import transfer_callbacks, transfer_plan
 from imgcls.utils.config import to_plain
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,14 @@ class ImageClassifier(L.LightningModule):
         channels_last: run convolutions in NHWC memory format (about 1.7x faster for small
             CNNs on CPU here; also the fast path on GPUs with tensor cores).
         compile: wrap the net with ``torch.compile`` for fit.
+        weights: initial weights of a net that has pretrained ones (``model.weights``, e.g.
+            ``DEFAULT``). Not stored: the checkpoint holds the trained weights, so reloading
+            it never needs the pretrained file.
+        cache_features: ``true``/``false``/``auto``: train the head of a frozen backbone from
+            cached features (``imgcls.models.feature_cache``).
+        unfreeze_at_epoch: unfreeze the backbone at this epoch (Lightning's BackboneFinetuning).
+        backbone_lr_ratio: backbone learning rate at unfreezing, as a fraction of the head's.
+        cache_dir: where cached features live (a location, not stored in the checkpoint).
     """
 
     def __init__(
@@ -102,6 +111,11 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         compile: bool = False,
+        weights: str | None = None,
+        cache_features: bool | str = False,
+        unfreeze_at_epoch: int | None = None,
+        backbone_lr_ratio: float = 0.1,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         hparams = {
@@ -114,6 +128,9 @@ class ImageClassifier(L.LightningModule):
             "label_smoothing": float(label_smoothing),
             "channels_last": bool(channels_last),
             "compile": bool(compile),
+            "cache_features": cache_features,
+            "unfreeze_at_epoch": unfreeze_at_epoch,
+            "backbone_lr_ratio": float(backbone_lr_ratio),
         }
         check_target(hparams["net"], "model.net")
         check_target(hparams["optimizer"], "model.optimizer")
@@ -125,7 +142,10 @@ class ImageClassifier(L.LightningModule):
             in_channels=self.spec.in_channels,
             num_classes=self.spec.num_classes,
             image_size=list(self.spec.image_size),
+            **({"weights": weights} if weights is not None else {}),
         )
+        self.cache_dir = cache_dir
+        transfer_plan(self.net, hparams)  # bad option combinations fail here, not mid-fit
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
         self.channels_last = bool(channels_last)
         if self.channels_last:
@@ -148,6 +168,14 @@ class ImageClassifier(L.LightningModule):
         # Persistent so a resumed run keeps its best validation accuracy.
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
+
+    @property
+    def backbone(self) -> nn.Module | None:
+        """The net's backbone, where Lightning's ``BackboneFinetuning`` looks for it."""
+        return getattr(self.net, "backbone", None)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return transfer_callbacks(self)
 
     # -- forward / steps ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,146 @@
+"""Transfer-learning options of ``ImageClassifier`` for nets with a ``backbone`` and a ``head``.
+
+- ``model.weights``: checked before any data is decoded (``check_weights``) and allowed to set
+  the input normalization before the data spec is handed to the model
+  (``use_weights_normalization``), so the spec and the checkpoint carry the weights' mean/std.
+- ``model.cache_features`` / ``model.unfreeze_at_epoch``: the callbacks the model brings along
+  (``transfer_callbacks``): the feature cache, or Lightning's ``BackboneFinetuning``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_class
+from lightning.pytorch.callbacks import BackboneFinetuning
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
+from torch.optim import Optimizer
+
+from imgcls.errors import ConfigError
+from imgcls.models.feature_cache import FeatureCache, parse_mode
+
+log = logging.getLogger(__name__)
+
+
+def _net_hook(model_cfg: Mapping[str, Any], name: str) -> tuple[Any, dict[str, Any]]:
+    net_cfg = dict(model_cfg["net"])
+    cls = get_class(str(net_cfg.pop("_target_")))
+    return getattr(cls, name, None), net_cfg
+
+
+def check_weights(model_cfg: Mapping[str, Any]) -> None:
+    """Fail at once (``WeightsError``) when ``model.weights`` names a file that is not there."""
+    weights = model_cfg.get("weights")
+    if weights is None:
+        return
+    hook, net_cfg = _net_hook(model_cfg, "check_weights")
+    if hook is None:
+        raise ConfigError(
+            f"model.weights={weights!r}: {model_cfg['net']['_target_']} has no pretrained weights; set model.weights=null"
+        )
+    hook(weights, **net_cfg)
+
+
+def use_weights_normalization(model_cfg: Mapping[str, Any], dm: Any) -> None:
+    """Make ``dm`` normalize as the pretrained weights expect (before its spec reaches the model)."""
+    weights = model_cfg.get("weights")
+    hook, net_cfg = _net_hook(model_cfg, "input_normalization")
+    if weights is None or hook is None:
+        return
+    norm = hook(weights, dm.in_channels, **net_cfg)
+    if norm is None:
+        return
+    before = (dm.spec.mean, dm.spec.std)
+    dm.set_normalization(*norm)
+    if (dm.spec.mean, dm.spec.std) != before:
+        log.info(
+            "input normalization follows the weights %s: mean %s std %s (the data's was %s %s)",
+            weights,
+            dm.spec.mean,
+            dm.spec.std,
+            *before,
+        )
+
+
+class BackboneUnfreezing(BackboneFinetuning):
+    """Lightning's ``BackboneFinetuning`` for nets that freeze themselves (``freeze_backbone``).
+
+    Lightning's own ``freeze`` either makes BatchNorm parameters trainable (``train_bn=True``)
+    or switches off their running statistics (``train_bn=False``, after which eval-mode BN
+    normalizes with batch statistics); both change a backbone that should be fixed until
+    the unfreeze epoch. The net's own freeze keeps it bit-for-bit as loaded until then.
+    After unfreezing, BatchNorm stays frozen unless ``train_bn`` (small fine-tuning batches
+    make poor BN statistics).
+    """
+
+    def freeze_before_training(self, pl_module: Any) -> None:
+        pl_module.net.freeze_backbone()
+
+    def finetune_function(self, pl_module: Any, epoch: int, optimizer: Optimizer) -> None:
+        super().finetune_function(pl_module, epoch, optimizer)
+        # also after a resume past the unfreeze epoch (the param group is restored by Lightning)
+        net = pl_module.net
+        if epoch >= self.unfreeze_backbone_at_epoch and net.backbone_frozen:
+            net.unfreeze_backbone(train_bn=self.train_bn)
+            log.info(
+                "epoch %d: backbone unfrozen (lr %.3g)", epoch, optimizer.param_groups[-1]["lr"]
+            )
+
+
+def has_backbone(net: nn.Module) -> bool:
+    net = getattr(net, "_orig_mod", net)
+    return isinstance(getattr(net, "backbone", None), nn.Module) and hasattr(net, "freeze_backbone")
+
+
+def transfer_plan(net: nn.Module, hparams: Mapping[str, Any]) -> tuple[int | None, bool | str]:
+    """(unfreeze epoch, cache mode) after checking they fit the net and each other."""
+    unfreeze = hparams.get("unfreeze_at_epoch")
+    cache = parse_mode(hparams.get("cache_features", False))
+    if not has_backbone(net):
+        if unfreeze is not None or cache is True:
+            raise ConfigError(
+                f"model.unfreeze_at_epoch / model.cache_features need a net with a frozen backbone; "
+                f"{type(net).__name__} has none"
+            )
+        return None, False
+    if unfreeze is not None:
+        if cache is True:
+            raise ConfigError(
+                "model.cache_features=true cannot be combined with model.unfreeze_at_epoch: "
+                "the features change once the backbone trains"
+            )
+        return int(unfreeze), False
+    if not getattr(getattr(net, "_orig_mod", net), "backbone_frozen", False):
+        if cache is True:
+            raise ConfigError(
+                "model.cache_features=true needs a frozen backbone (model.net.freeze)"
+            )
+        return None, False
+    return None, cache
+
+
+def transfer_callbacks(module: Any) -> list[L.Callback]:
+    """The callbacks a classifier's transfer options ask for (see ``transfer_plan``).
+
+    Only for ``fit``: they change training, and a test after a fit would otherwise replace
+    (and announce replacing) the fit's instances.
+    """
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None and trainer.state.fn != TrainerFn.FITTING:
+        return []
+    unfreeze, cache = transfer_plan(module.net, module.hparams)
+    if unfreeze is not None:
+        return [
+            BackboneUnfreezing(
+                unfreeze_backbone_at_epoch=unfreeze,
+                backbone_initial_ratio_lr=float(module.hparams.get("backbone_lr_ratio", 0.1)),
+                train_bn=False,
+            )
+        ]
+    if cache is not False:
+        return [FeatureCache(cache_dir=getattr(module, "cache_dir", None), mode=cache)]
+    return []

@@ -82,3 +82,45 @@ def mnist_dm():
     dm.prepare_data()
     dm.setup()
     return dm
+
+
+@pytest.fixture(scope="session")
+def trained_lenet_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LeNet checkpoint trained briefly on MNIST by ``src/train.py`` (~97 % test accuracy).
+
+    Trained through the entry point, so its run dir is a real one (``.hydra/config.yaml``
+    beside ``checkpoints/``), as predict/export meet it.
+    """
+    logs = tmp_path_factory.mktemp("lenet_run")
+    proc = run_entry(
+        "train",
+        f"paths.log_dir={logs}",
+        "extras.print_config=false",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=150",
+        "+trainer.limit_val_batches=1",
+        "test=false",
+        "~callbacks.diagnostics",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next(logs.glob("train/runs/*/checkpoints/epoch_000.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def mnist_png_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The first 200 MNIST test digits as PNG files (a third in a subfolder) and their labels."""
+    from torchvision.datasets import MNIST
+
+    from imgcls.data.mnist_datamodule import ensure_mnist_raw
+
+    ensure_mnist_raw(MNIST_DATA)
+    test = MNIST(str(MNIST_DATA), train=False, download=False)
+    folder = tmp_path_factory.mktemp("digits")
+    (folder / "sub").mkdir()
+    truth: dict[str, str] = {}
+    for i in range(200):
+        image, label = test[i]
+        name = f"{'sub/' if i % 3 == 0 else ''}digit_{i:03d}.png"
+        image.save(folder / name)
+        truth[name] = str(label)
+    return folder, truth

@@ -39,3 +39,7 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
         seen.add(id(exc))
         exc = exc.__cause__  # explicit `raise ... from e` (as Hydra does), not any context
     return None
+
+
+class ExportError(UserError):
+    """An exported model cannot be written or does not reproduce the checkpoint's outputs."""

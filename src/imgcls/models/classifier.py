@@ -214,10 +214,11 @@ class ImageClassifier(L.LightningModule):
         self.train_loss.reset()
         self.log_dict(values, prog_bar=True)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self._shared_step(batch)
         self.val_loss.update(loss, weight=len(y))
         self.val_metrics.update(logits, y)
+        return logits  # for callbacks (e.g. diagnostics) that need predictions without a re-run
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
@@ -229,10 +230,11 @@ class ImageClassifier(L.LightningModule):
             values["val/acc_best"] = self.val_acc_best.compute()
         self.log_dict(values, prog_bar=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self._shared_step(batch)
         self.test_loss.update(loss, weight=len(y))
         self.test_metrics.update(logits, y)
+        return logits
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()

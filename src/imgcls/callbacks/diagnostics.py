@@ -1,0 +1,209 @@
+"""TensorBoard diagnostics: confusion matrix, per-class precision/recall/F1, misclassified images.
+
+Accuracy alone hides *which* classes fail and *how*. This callback reads the logits that
+``validation_step``/``test_step`` return (no second forward pass), accumulates torchmetrics
+state on the device, and at the end of a validation epoch (every ``every_n_epochs``) and of a
+test run writes to the TensorBoard logger:
+
+- ``<stage>/confusion_matrix`` image (rows true, columns predicted, row-normalized colors);
+- ``<stage>/per_class`` text table (precision, recall, F1, support per class) and the scalar
+  ``<stage>/f1_macro``;
+- ``<stage>/misclassified`` image grid captioned with true and predicted class names.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from imgcls.data.spec import DataSpec
+from imgcls.utils.render import captioned_grid, confusion_matrix_image, to_display_uint8
+
+log = logging.getLogger(__name__)
+
+
+def _spec(pl_module: L.LightningModule) -> DataSpec:
+    """The ``DataSpec`` of an ``ImageClassifier`` (names, channels, normalization)."""
+    return cast(DataSpec, pl_module.spec)
+
+
+def per_class_table(class_names: list[str], values: dict[str, Tensor], support: Tensor) -> str:
+    """Markdown table of per-class precision/recall/F1 with support, plus the macro averages."""
+    lines = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    p, r, f = values["precision"], values["recall"], values["f1"]
+    for i, name in enumerate(class_names):
+        lines.append(f"| {name} | {p[i]:.4f} | {r[i]:.4f} | {f[i]:.4f} | {int(support[i])} |")
+    lines.append(
+        f"| **macro** | {p.mean():.4f} | {r.mean():.4f} | {f.mean():.4f} | {int(support.sum())} |"
+    )
+    return "\n".join(lines)
+
+
+class ClassificationDiagnostics(L.Callback):
+    """Confusion matrix, per-class metrics and misclassified examples, written to TensorBoard.
+
+    Args:
+        every_n_epochs: write validation diagnostics every N epochs (the last epoch of a fit
+            counts as well); 0 turns validation diagnostics off.
+        on_test: write them at the end of ``trainer.test`` too.
+        max_misclassified: misclassified images shown in the grid (0: no grid).
+        grid_columns: images per row of the grid.
+        tile_size: pixel size of each grid image (small images are upscaled, nearest).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        on_test: bool = True,
+        max_misclassified: int = 32,
+        grid_columns: int = 8,
+        tile_size: int = 84,
+    ) -> None:
+        super().__init__()
+        self.every_n_epochs = int(every_n_epochs)
+        self.on_test = bool(on_test)
+        self.max_misclassified = int(max_misclassified)
+        self.grid_columns = int(grid_columns)
+        self.tile_size = int(tile_size)
+        self.metrics: MetricCollection | None = None
+        self._active = False
+        self._wrong: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self._n_wrong = 0
+        self._warned = False
+
+    # -- set-up --------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        k = _spec(pl_module).num_classes
+        # validate_args=False: the inputs are the model's own logits and validated labels;
+        # the checks would cost more than the update itself.
+        opts: dict[str, Any] = {"num_classes": k, "validate_args": False}
+        self.metrics = MetricCollection(
+            {
+                "confusion": MulticlassConfusionMatrix(**opts),
+                "precision": MulticlassPrecision(average="none", **opts),
+                "recall": MulticlassRecall(average="none", **opts),
+                "f1": MulticlassF1Score(average="none", **opts),
+            }
+        ).to(pl_module.device)
+
+    def _tensorboard(self, trainer: L.Trainer) -> TensorBoardLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking or self.every_n_epochs <= 0:
+            return False
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
+        return epoch % self.every_n_epochs == 0 or last
+
+    def _start(self, pl_module: L.LightningModule) -> None:
+        assert self.metrics is not None
+        self.metrics.to(pl_module.device)
+        self.metrics.reset()
+        self._wrong, self._n_wrong = [], 0
+        self._active = True
+
+    # -- collection ----------------------------------------------------------------------------
+    def _collect(self, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
+        if not self._active:
+            return
+        if not isinstance(outputs, Tensor):
+            if not self._warned:
+                log.warning("diagnostics: the step returned no logits; nothing to show")
+                self._warned = True
+            return
+        assert self.metrics is not None
+        x, y = batch[0], batch[1]
+        logits = outputs.detach()
+        preds = logits.argmax(1)
+        self.metrics.update(preds, y)
+        need = self.max_misclassified - self._n_wrong
+        # cached features (not images) cannot be shown
+        is_image = x.ndim == 4 and x.shape[1] == _spec(pl_module).in_channels
+        if need > 0 and is_image:
+            idx = (preds != y).nonzero().flatten()[:need]
+            if len(idx):
+                conf = logits[idx].float().softmax(1).gather(1, preds[idx, None]).flatten()
+                self._wrong.append((x[idx].cpu(), y[idx].cpu(), preds[idx].cpu(), conf.cpu()))
+                self._n_wrong += len(idx)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._active = False
+        if self._due(trainer):
+            self._start(pl_module)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._collect(pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active:
+            self._write(trainer, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._active = False
+        if self.on_test:
+            self._start(pl_module)
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._collect(pl_module, outputs, batch)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active:
+            self._write(trainer, pl_module, "test")
+
+    # -- output --------------------------------------------------------------------------------
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._active = False
+        assert self.metrics is not None
+        values = self.metrics.compute()  # every rank: torchmetrics syncs the state across ranks
+        self.metrics.reset()
+        # a float: the value is already synced across ranks (no sync_dist, no warning about it)
+        pl_module.log(f"{stage}/f1_macro", float(values["f1"].mean()))
+        tb = self._tensorboard(trainer)
+        if tb is None or not trainer.is_global_zero:
+            self._wrong = []
+            return
+        spec = _spec(pl_module)
+        names = list(spec.class_names)
+        # the step Lightning gives the epoch's scalars, so images line up with the curves
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        exp = tb.experiment
+        cm = values["confusion"].cpu()
+        title = f"{stage} confusion matrix, step {step} (rows: true, columns: predicted)"
+        exp.add_image(f"{stage}/confusion_matrix", confusion_matrix_image(cm, names, title), step)
+        table = per_class_table(
+            names, {k: values[k].cpu() for k in ("precision", "recall", "f1")}, cm.sum(1)
+        )
+        exp.add_text(f"{stage}/per_class", table, step)
+        if self._wrong:
+            x = torch.cat([w[0] for w in self._wrong])
+            y, pred, conf = (torch.cat([w[i] for w in self._wrong]) for i in (1, 2, 3))
+            captions = [
+                f"true {names[t]}\npred {names[p]} ({c:.0%})"
+                for t, p, c in zip(y.tolist(), pred.tolist(), conf.tolist(), strict=True)
+            ]
+            grid = captioned_grid(
+                to_display_uint8(x, spec.mean, spec.std),
+                captions,
+                self.tile_size,
+                self.grid_columns,
+            )
+            exp.add_image(f"{stage}/misclassified", grid, step)
+        self._wrong = []
+        exp.flush()

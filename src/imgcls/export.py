@@ -1,0 +1,288 @@
+"""Export a checkpoint to ONNX, TorchScript or a ``torch.export`` program, and prove parity.
+
+The exported graph is the net alone: normalized ``float32 (N, C, H, W)`` in, logits out, with a
+dynamic batch dimension. Everything needed to feed it (class names, channels, size, mean/std,
+the exact preprocessing steps) goes into a sidecar JSON beside the file (and, for TorchScript
+and pt2, into the archive itself). Parity is measured on a real batch: the exported model's
+logits against the Lightning module's, max absolute difference ≤ ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from imgcls.builder import build_datamodule
+from imgcls.data.images import load_image
+from imgcls.data.spec import DataSpec
+from imgcls.data.transforms import normalize
+from imgcls.errors import ConfigError, ExportError, UserError
+from imgcls.inference import list_inputs
+from imgcls.pipeline import apply_extras
+from imgcls.utils.checkpoint import load_classifier
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+# -- metadata ------------------------------------------------------------------------------
+def preprocessing(spec: DataSpec) -> dict[str, Any]:
+    """How to turn an image file into the exported model's input (what predict.py does)."""
+    h, w = spec.image_size
+    color = "grayscale (PIL mode L)" if spec.in_channels == 1 else "RGB (PIL mode RGB)"
+    return {
+        "steps": [
+            f"decode the image and convert it to {color}",
+            f"resize to height {h} x width {w} (PIL bilinear, antialiased when shrinking; aspect "
+            "ratio not kept)",
+            "to float32 in [0, 1] (pixel / 255), layout (C, H, W), stack a batch (N, C, H, W)",
+            "subtract mean and divide by std per channel",
+        ],
+        "channels": spec.in_channels,
+        "image_size": list(spec.image_size),
+        "scale": 1 / 255,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "output": "logits (N, num_classes); softmax gives probabilities, argmax indexes class_names",
+        "reference_implementation": "imgcls.data.images.load_image + imgcls.data.transforms.normalize",
+    }
+
+
+def sidecar(
+    spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: str
+) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        "model_file": model_file.name,
+        "checkpoint": str(ckpt),
+        "net": net_target,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["N", spec.in_channels, *spec.image_size],
+            "dtype": "float32",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["N", spec.num_classes], "dtype": "float32"},
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+        "preprocessing": preprocessing(spec),
+        "torch_version": torch.__version__,
+    }
+
+
+# -- a real batch for the parity check -------------------------------------------------------
+def _run_config(ckpt: Path) -> DictConfig | None:
+    """The composed config of the training run that wrote ``ckpt`` (``<run>/.hydra/config.yaml``)."""
+    for parent in list(ckpt.resolve().parents)[:3]:
+        path = parent / ".hydra" / "config.yaml"
+        if path.is_file():
+            cfg = OmegaConf.load(path)
+            return cfg if isinstance(cfg, DictConfig) and cfg.get("data") else None
+    return None
+
+
+def _from_datamodule(cfg: DictConfig, spec: DataSpec, n: int) -> Tensor:
+    dm = build_datamodule(cfg)
+    mismatch = spec.incompatibilities(dm.spec)
+    if mismatch:
+        raise ConfigError(
+            f"data={cfg.data._target_} does not match the checkpoint: " + "; ".join(mismatch)
+        )
+    assert dm.splits is not None
+    name = next(s for s in ("test", "val", "predict", "train") if s in dm.splits)
+    return dm.splits[name].images[:n]
+
+
+def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
+    images = []
+    for item in list_inputs(source).items:
+        if item.error:  # e.g. an empty CSV cell
+            log.warning("parity batch: skipping %s", item.error)
+            continue
+        try:
+            images.append(load_image(item.path, spec.in_channels, spec.image_size, item.where))
+        except UserError as e:
+            log.warning("parity batch: skipping %s", e)
+        if len(images) == n:
+            break
+    if not images:
+        raise ConfigError(f"input={source} has no readable image for the parity batch")
+    return torch.stack(images)
+
+
+def parity_batch(cfg: DictConfig, spec: DataSpec) -> tuple[Tensor, str]:
+    """uint8 images for the parity check and a description of where they came from.
+
+    ``input=`` images first, then ``data=``, then the data of the run that wrote the checkpoint;
+    random pixels only when none of these exists (and the report says so).
+    """
+    n = int(cfg.get("parity_images", 64))
+    if cfg.get("input"):
+        return _from_files(str(cfg.input), spec, n), f"images from input={cfg.input}"
+    if cfg.get("data"):
+        return _from_datamodule(cfg, spec, n), f"data={cfg.data._target_}"
+    run_cfg = _run_config(Path(cfg.ckpt_path))
+    if run_cfg is not None:
+        try:
+            return _from_datamodule(
+                run_cfg, spec, n
+            ), f"the training run's data ({run_cfg.data._target_})"
+        except Exception as e:  # moved data, unresolvable interpolation...: fall through, say why
+            log.warning(
+                "cannot load the training run's data for the parity batch (%s: %s)",
+                type(e).__name__,
+                e,
+            )
+    log.warning(
+        "no real images found: parity is checked on random pixels (pass input=<images> or data=<name>)"
+    )
+    g = torch.Generator().manual_seed(0)
+    shape = (n, spec.in_channels, *spec.image_size)
+    return torch.randint(
+        0, 256, shape, dtype=torch.uint8, generator=g
+    ), "RANDOM pixels (no real images found)"
+
+
+# -- the formats -----------------------------------------------------------------------------
+def _dynamic_batch() -> tuple[dict[int, Any]]:
+    return ({0: torch.export.Dim("batch", min=1, max=65536)},)
+
+
+def export_onnx(
+    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
+) -> Callable[[Tensor], Tensor] | None:
+    """Write ``out`` with the dynamo exporter; return a runner through onnxruntime, or ``None``."""
+    # the exporter's optimizer passes log every step at INFO
+    for name in ("onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        torch.onnx.export(
+            net,
+            (example,),
+            str(out),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=_dynamic_batch(),
+            dynamo=True,
+            verbose=False,
+        )
+    except ImportError as e:  # onnxscript / onnx missing
+        raise ExportError(
+            f"ONNX export needs the 'export' extra (pip install 'imgcls[export]'): {e}"
+        ) from None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta["runtime"] = f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
+    return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+
+
+def export_torchscript(
+    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
+) -> Callable[[Tensor], Tensor]:
+    with warnings.catch_warnings():  # torch.jit is deprecated in favor of torch.export (format=pt2)
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(net, example)
+        torch.jit.save(traced, str(out), _extra_files={"imgcls.json": json.dumps(meta)})
+        loaded = torch.jit.load(str(out))
+    meta["runtime"] = f"torch.jit.load (torch {torch.__version__})"
+    return loaded
+
+
+def export_pt2(
+    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
+) -> Callable[[Tensor], Tensor]:
+    program = torch.export.export(net, (example,), dynamic_shapes=_dynamic_batch())
+    torch.export.save(program, str(out), extra_files={"imgcls.json": json.dumps(meta)})
+    meta["runtime"] = f"torch.export.load (torch {torch.__version__})"
+    return torch.export.load(str(out)).module()
+
+
+EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2}
+
+
+# -- the task --------------------------------------------------------------------------------
+def export(cfg: DictConfig) -> dict[str, float]:
+    """Export ``ckpt_path`` to ``format``, write the sidecar JSON, check parity on a real batch."""
+    apply_extras(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "export needs a checkpoint: python src/export.py ckpt_path=<file.ckpt> format=onnx"
+        )
+    fmt = str(cfg.get("format", "onnx")).lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r} must be one of {sorted(FORMATS)}")
+    model = load_classifier(cfg.ckpt_path)
+    spec: DataSpec = model.spec
+    out = Path(cfg.get("output") or Path(cfg.paths.output_dir) / f"model{FORMATS[fmt]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    images, source = parity_batch(cfg, spec)
+    x = normalize(images, spec.mean, spec.std)
+    with torch.inference_mode():
+        reference = model(x).float()
+    # The net alone (the classifier adds only the memory-format hint), with plain contiguous
+    # weights so the file carries no layout assumption; batch 2 as the example, so the
+    # exported batch dimension stays symbolic rather than specialized to 1.
+    net = copy.deepcopy(model.net).to(memory_format=torch.contiguous_format).eval()
+    example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)
+    meta = sidecar(spec, fmt, out, str(cfg.ckpt_path), str(model.hparams["net"].get("_target_")))
+    log.info("exporting %s to %s (%s)", cfg.ckpt_path, out, fmt)
+    runner = EXPORTERS[fmt](net, example, out, meta)
+
+    tol = float(cfg.get("tolerance", 1e-4))
+    metrics: dict[str, float] = {}
+    if runner is None:
+        meta["parity"] = {"checked": False, "reason": "onnxruntime is not installed"}
+        msg = (
+            f"parity NOT checked: onnxruntime is not installed (pip install 'imgcls[export]'); "
+            f"{out} was written but not run"
+        )
+        log.warning(msg)
+    else:
+        with torch.inference_mode():
+            got = runner(x.contiguous()).float()
+        diff = float((got - reference).abs().max())
+        agree = int((got.argmax(1) == reference.argmax(1)).sum())
+        passed = diff <= tol
+        meta["parity"] = {
+            "checked": True,
+            "passed": passed,
+            "max_abs_diff_logits": diff,
+            "tolerance": tol,
+            "images": len(x),
+            "source": source,
+            "runtime": meta.pop("runtime"),
+        }
+        msg = (
+            f"parity {'OK' if passed else 'FAILED'}: max |Δlogits| = {diff:.3g} (tolerance {tol:g}) on "
+            f"{len(x)} images from {source}, {meta['parity']['runtime']} vs the Lightning module; "
+            f"top-1 agrees on {agree}/{len(x)}"
+        )
+        log.info(msg)
+        metrics = {"export/max_abs_diff": diff, "export/top1_agreement": agree / len(x)}
+    meta.pop("runtime", None)
+    side = out.with_suffix(out.suffix + ".json")
+    side.write_text(json.dumps(meta, indent=2))
+    log.info("model: %s; metadata (class names, preprocessing, parity): %s", out, side)
+    if runner is not None and not meta["parity"]["passed"]:
+        raise ExportError(
+            f"exported model differs from the checkpoint: max |Δlogits| = {meta['parity']['max_abs_diff_logits']:.3g} "
+            f"> tolerance {tol:g} (files kept for inspection: {out}, {side})"
+        )
+    return metrics
+
+
+__all__ = ["export", "parity_batch", "preprocessing", "FORMATS"]

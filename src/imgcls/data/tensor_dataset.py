@@ -16,7 +16,25 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
-class TensorImageDataset(Dataset):
+class BatchTensorDataset(Dataset):
+    """Inputs and int64 targets held as two tensors; ``__getitems__`` gathers a whole batch."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor) -> None:
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.inputs[index], self.targets[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.inputs[idx], self.targets[idx]
+
+
+class TensorImageDataset(BatchTensorDataset):
     """uint8 images ``(N, C, H, W)`` with int64 targets (``-1`` where unlabeled)."""
 
     def __init__(self, images: Tensor, targets: Tensor | None = None) -> None:
@@ -28,18 +46,11 @@ class TensorImageDataset(Dataset):
             targets = torch.full((len(images),), -1, dtype=torch.long)
         if len(targets) != len(images):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        self.images = images.contiguous()
-        self.targets = targets.long()
+        super().__init__(images.contiguous(), targets.long())
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.targets[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx], self.targets[idx]
+    @property
+    def images(self) -> Tensor:
+        return self.inputs
 
     def subset(self, indices: Tensor) -> TensorImageDataset:
         return TensorImageDataset(self.images[indices], self.targets[indices])

@@ -28,9 +28,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from imgcls.data.tensor_dataset import batch_loader
+from imgcls.data.tensor_dataset import BatchTensorDataset, batch_loader
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError
 from imgcls.utils.config import project_root
@@ -40,22 +39,12 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-class FeatureDataset(Dataset):
+class FeatureDataset(BatchTensorDataset):
     """Float features ``(N, D)`` with int64 targets, fetched a whole batch at a time."""
 
-    def __init__(self, features: Tensor, targets: Tensor) -> None:
-        self.features = features
-        self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.features[index], self.targets[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.features[idx], self.targets[idx]
+    @property
+    def features(self) -> Tensor:
+        return self.inputs
 
 
 def parse_mode(value: Any) -> bool | str:

@@ -26,7 +26,9 @@ from imgcls.builder import Built
 from imgcls.callbacks.last_checkpoint import LastCheckpoint, command_line_overrides
 from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError
-from imgcls.utils.checkpoint import check_checkpoint_fits, load_checkpoint_dict, produced_by
+from imgcls.checkpointing.resume_plan import check_resume_plan
+from imgcls.checkpointing.safe_load import read_safe_checkpoint
+from imgcls.utils.checkpoint import check_checkpoint_fits, produced_by
 from imgcls.utils.checkpoint_io import use_atomic_checkpoint_io
 from imgcls.utils.resume import ResumePoint, continue_loggers, find_resume_checkpoint
 from imgcls.utils.storage import check_free_space, check_writable, checkpoint_size_estimate
@@ -64,7 +66,7 @@ def _resume_command(cfg: DictConfig) -> str:
 
 
 def _verified(path: Path, built: Built) -> ResumePoint:
-    point = ResumePoint(path, load_checkpoint_dict(path))
+    point = ResumePoint(path, read_safe_checkpoint(path))
     assert built.model is not None
     net = built.model.hparams["net"].get("_target_")
     check_checkpoint_fits(
@@ -120,6 +122,10 @@ def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
                 )
             return None
         point = _verified(found.path, built)
+    trainer = built.trainer
+    check_resume_plan(
+        point.checkpoint, built.model.hparams, trainer.max_epochs, trainer.max_steps, point.path
+    )
     log.info(
         "resuming from %s (epoch %d, global step %d)", point.path, point.epoch, point.global_step
     )

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from imgcls.builder import build, build_datamodule, build_trainer
+from imgcls.checkpointing.safe_config import register_nets_from_config
 from imgcls.errors import ConfigError, find_user_error
 from imgcls.fault_tolerance import check_run_dir, guarded_fit, prepare_checkpoint
 from imgcls.models.classifier import count_parameters
@@ -36,6 +37,7 @@ def apply_extras(cfg: DictConfig) -> None:
     # A frozen backbone stays in eval mode on purpose (BatchNorm statistics fixed).
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
     extras = cfg.get("extras") or {}
+    register_nets_from_config(cfg)  # users' own nets that checkpoints may name
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     if extras.get("print_config") and _is_rank_zero():

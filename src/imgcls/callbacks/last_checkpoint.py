@@ -201,7 +201,7 @@ class LastCheckpoint(Checkpoint):
         ):
             return
         self._check_finite(trainer, pl_module)
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # full state, said explicitly
         self._last_saved = (step, kind)
         routine = why in ("periodic", "epoch end", "training end")
         level = logging.DEBUG if routine else logging.WARNING

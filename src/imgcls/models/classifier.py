@@ -14,33 +14,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from imgcls.checkpointing.safe_config import call_registered, scheduler_class, validate_hparams
 from imgcls.data.spec import DataSpec
 from imgcls.errors import ConfigError
 from imgcls.models.transfer import transfer_callbacks, transfer_plan
 from imgcls.utils.config import to_plain
 
 log = logging.getLogger(__name__)
-
-# Checkpoints name classes to build; only these packages may be named, so a checkpoint can
-# never make us import arbitrary code.
-ALLOWED_TARGET_PREFIXES = ("imgcls.", "torch.", "torchvision.")
-
-
-def check_target(cfg: Mapping[str, Any] | None, what: str) -> None:
-    """Raise ``ConfigError`` unless ``cfg['_target_']`` lives in an allowed package."""
-    if cfg is None:
-        return
-    target = str(cfg.get("_target_", ""))
-    if not target.startswith(ALLOWED_TARGET_PREFIXES):
-        raise ConfigError(
-            f"{what}._target_={target!r} is not in an allowed package {ALLOWED_TARGET_PREFIXES}"
-        )
-
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
@@ -89,7 +73,8 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         channels_last: run convolutions in NHWC memory format (about 1.7x faster for small
             CNNs on CPU here; also the fast path on GPUs with tensor cores).
-        compile: wrap the net with ``torch.compile`` for fit.
+        compile: compile the net in place (``nn.Module.compile``) for fit; the state-dict keys
+            stay those of the plain net.
         weights: initial weights of a net that has pretrained ones (``model.weights``, e.g.
             ``DEFAULT``). Not stored: the checkpoint holds the trained weights, so reloading
             it never needs the pretrained file.
@@ -132,12 +117,12 @@ class ImageClassifier(L.LightningModule):
             "unfreeze_at_epoch": unfreeze_at_epoch,
             "backbone_lr_ratio": float(backbone_lr_ratio),
         }
-        check_target(hparams["net"], "model.net")
-        check_target(hparams["optimizer"], "model.optimizer")
-        check_target(hparams["scheduler"], "model.scheduler")
+        # names resolve against the registry only (imgcls.checkpointing.safe_config)
+        validate_hparams(hparams, root="model")
         self.save_hyperparameters(hparams)
         self.spec = DataSpec.from_dict(hparams["spec"])
-        self.net: nn.Module = instantiate(
+        self.net: nn.Module = call_registered(
+            "net",
             hparams["net"],
             in_channels=self.spec.in_channels,
             num_classes=self.spec.num_classes,
@@ -175,7 +160,35 @@ class ImageClassifier(L.LightningModule):
         return getattr(self.net, "backbone", None)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return transfer_callbacks(self)
+        from imgcls.checkpointing.resume_plan import ReplanSchedulerOnResume
+
+        return [*transfer_callbacks(self), ReplanSchedulerOnResume()]
+
+    # -- checkpoints are data (imgcls.checkpointing) ---------------------------------------------
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifier:
+        """Lightning's ``load_from_checkpoint``, with the stored config validated as data first
+        (see ``imgcls.checkpointing.safe_load.load_safe_classifier``)."""
+        from imgcls.checkpointing.safe_load import load_safe_classifier
+
+        return load_safe_classifier(
+            cls, checkpoint_path, map_location, strict, weights_only, hparams_file, **kwargs
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume/test from a file (``trainer.fit(ckpt_path=...)``): refuse an unsafe stored
+        config; accept weights saved by older versions under ``net._orig_mod.``."""
+        from imgcls.checkpointing.safe_load import check_loaded_checkpoint
+
+        check_loaded_checkpoint(self, checkpoint)
 
     # -- forward / steps ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -252,24 +265,24 @@ class ImageClassifier(L.LightningModule):
         trainable, total = count_parameters(self)
         log.info("parameters: %s trainable / %s total", f"{trainable:,}", f"{total:,}")
         if self.hparams["compile"] and stage == "fit":
-            self.net = torch.compile(self.net)  # type: ignore[assignment]
+            self.net.compile()  # in place: checkpoints keep the plain net's keys
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("the model has no trainable parameters")
-        optimizer = instantiate(self.hparams["optimizer"], _partial_=True)(params)
+        optimizer = call_registered("optimizer", self.hparams["optimizer"], params)
         sched_cfg = self.hparams["scheduler"]
         if not sched_cfg:
             return optimizer
         extra: dict[str, Any] = {}
-        sched_cls = get_class(sched_cfg["_target_"])
+        sched_cls = scheduler_class(sched_cfg)
         if (
             "total_steps" in inspect.signature(sched_cls).parameters
             and "total_steps" not in sched_cfg
         ):
             extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(sched_cfg, _partial_=True)(optimizer, **extra)
+        scheduler = call_registered("scheduler", sched_cfg, optimizer, **extra)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {

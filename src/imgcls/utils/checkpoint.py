@@ -15,8 +15,10 @@ from imgcls.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
+def load_checkpoint_dict(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (never runs code from the file).
+
+    ``mmap=True`` maps the tensors instead of reading them (cheap for picking a file).
 
     Raises:
         CheckpointError: missing, truncated/corrupt, or not a Lightning checkpoint.
@@ -25,7 +27,7 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, pickle of disallowed globals, ...
         raise CheckpointError(
             f"checkpoint {p} cannot be read safely ({type(e).__name__}: {e})"
@@ -118,20 +120,16 @@ def check_checkpoint_fits(
 
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Rebuild an ``ImageClassifier`` from a checkpoint alone (net and data spec come from it).
+    """Rebuild an ``ImageClassifier`` from a checkpoint alone (net and data spec come from it),
+    in eval mode; the stored config is validated as data first (``imgcls.checkpointing``).
 
     Raises:
-        CheckpointError: unreadable file, or weights that do not fit the stored config (the
-            message names each mismatched layer).
+        CheckpointError: unreadable file, an unsafe stored config, or weights that do not fit
+            the stored config (the message names each mismatched layer).
     """
+    from imgcls.checkpointing.safe_load import load_safe_classifier
     from imgcls.models.classifier import ImageClassifier
 
-    ckpt = load_checkpoint_dict(path)
-    hparams = ckpt.get("hyper_parameters")
-    if not hparams or "net" not in hparams or "spec" not in hparams:
-        raise CheckpointError(f"{path} has no ImageClassifier hyper-parameters (net/spec)")
-    model = ImageClassifier(**hparams)
-    check_checkpoint_fits(ckpt, model, path, "the model built from its own config")
-    model.load_state_dict({_plain_key(k): v for k, v in ckpt["state_dict"].items()})
+    model = load_safe_classifier(ImageClassifier, path)
     model.eval()
     return model.to(map_location)

@@ -5,9 +5,11 @@
 SLURM job, a fixed ``hydra.run.dir``) continues from the newest readable one. Which file:
 
 1. ``ckpt_path=<file>``: exactly that file; unreadable means a clear error, no fallback.
-2. otherwise (also ``ckpt_path=last``): the newest ``*.ckpt`` in the checkpoint dir (or a
-   Lightning ``hpc_ckpt_*.ckpt`` in the run dir) that loads with ``weights_only=True``. A
-   damaged ``last.ckpt`` is skipped with a warning, and the previous good file is used.
+2. otherwise (also ``ckpt_path=last``): of the ``*.ckpt`` in the checkpoint dir (and Lightning
+   ``hpc_ckpt_*.ckpt`` in the run dir) that load with ``weights_only=True``, the one with the
+   highest ``global_step`` read from the file (ties: newest mtime, then ``last.ckpt``). So
+   ``cp -r`` or an rsync without ``-t`` cannot make an older checkpoint win. A damaged file is
+   skipped with a warning, and the best good one is used.
 """
 
 from __future__ import annotations
@@ -53,14 +55,18 @@ def _candidates(ckpt_dir: Path, run_dir: Path | None) -> list[Path]:
     files = list(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     if run_dir is not None and run_dir.is_dir():
         files += list(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning's SLURM requeue checkpoints
-    # newest first; on equal times prefer last.ckpt, which the LastCheckpoint callback keeps newest
-    return sorted(set(files), key=lambda p: (p.stat().st_mtime, p.stem == "last"), reverse=True)
+    return sorted(set(files))
+
+
+def _rank(point: ResumePoint) -> tuple[int, float, bool]:
+    # most training first; on equal steps the newest file, then last.ckpt (LastCheckpoint's)
+    return point.global_step, point.path.stat().st_mtime, point.path.stem == "last"
 
 
 def find_resume_checkpoint(
     ckpt_dir: str | Path, run_dir: str | Path | None = None
 ) -> ResumePoint | None:
-    """The newest checkpoint in ``ckpt_dir`` that reads safely; ``None`` when there is none.
+    """The readable checkpoint in ``ckpt_dir`` with the most training; ``None`` when there is none.
 
     Raises:
         CheckpointError: checkpoint files exist but none of them can be read (each one is
@@ -68,20 +74,21 @@ def find_resume_checkpoint(
     """
     ckpt_dir = Path(ckpt_dir)
     remove_stale_temp_files(ckpt_dir)
-    failures = []
+    failures, points = [], []
     for path in _candidates(ckpt_dir, Path(run_dir) if run_dir else None):
-        try:
-            point = ResumePoint(path, load_checkpoint_dict(path))
+        try:  # mmap: only the header and the small entries are read to rank the files
+            points.append(ResumePoint(path, load_checkpoint_dict(path, mmap=True)))
         except CheckpointError as e:
             log.warning("skipping %s", e)
             failures.append(str(e))
-            continue
+    if not points:
         if failures:
-            log.warning("resuming from the previous good checkpoint %s instead", path)
-        return point
+            raise CheckpointError("no readable checkpoint to resume from: " + "; ".join(failures))
+        return None
+    best = max(points, key=_rank)
     if failures:
-        raise CheckpointError("no readable checkpoint to resume from: " + "; ".join(failures))
-    return None
+        log.warning("resuming from the best good checkpoint %s instead", best.path)
+    return best
 
 
 def continue_loggers(loggers: list[Logger], step: int) -> None:

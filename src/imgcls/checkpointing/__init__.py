@@ -1,0 +1,1 @@
+"""Checkpoints: safe loading of stored configs, resume planning."""

@@ -1,0 +1,153 @@
+"""Resume that extends a run, or refuses clearly: epochs, steps and the LR schedule.
+
+* A resumed run may train longer (larger ``trainer.max_epochs``/``max_steps``) than the run
+  that wrote the checkpoint; fewer epochs/steps than it already trained is refused.
+* The configured scheduler must be the stored one (same class, same interval); a different one
+  is refused, since its restored state would not mean the same thing.
+* The scheduler's *plan* comes from the new run, its *progress* from the checkpoint. The plan is
+  every state entry except the progress entries below (OneCycleLR: ``total_steps`` and its
+  phase boundaries, filled in from the new run's estimated steps; StepLR: ``step_size``, ...).
+  So OneCycleLR continues at the current step on the one-cycle schedule of the whole new run:
+  when a 1-epoch run is extended to 2 epochs, step 87 of 172 is in the annealing phase of the
+  172-step cycle (the LR rises back to that plan's value and anneals to the end). One log line
+  says what was re-planned. A plan shorter than the steps already taken is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from imgcls.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# scheduler state entries that record where the run is, kept from the checkpoint on resume
+PROGRESS_KEYS = frozenset(
+    {
+        "last_epoch",
+        "_step_count",
+        "_last_lr",
+        "_is_initial",
+        "_get_lr_called_within_step",
+        "base_lrs",
+        "T_cur",  # CosineAnnealingWarmRestarts
+        "T_i",
+        "best",  # ReduceLROnPlateau
+        "num_bad_epochs",
+        "cooldown_counter",
+        "mode_worse",
+    }
+)
+# schedulers that cannot step past their planned length (OneCycleLR raises there)
+LENGTH_KEYS = {"OneCycleLR": "total_steps"}
+
+
+def _target(cfg: Any) -> str | None:
+    return str(cfg.get("_target_")) if isinstance(cfg, Mapping) and cfg else None
+
+
+def _short(target: str | None) -> str:
+    return target.rsplit(".", 1)[-1] if target else "none"
+
+
+def epochs_started(ckpt: Mapping[str, Any]) -> int:
+    """Epochs the checkpoint's run has begun (a mid-epoch checkpoint counts its epoch)."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["total"]["started"])
+    except (KeyError, TypeError):
+        return int(ckpt.get("epoch", 0)) + 1
+
+
+def check_resume_plan(
+    ckpt: Mapping[str, Any],
+    hparams: Mapping[str, Any],
+    max_epochs: int | None,
+    max_steps: int | None,
+    path: str | Path,
+) -> None:
+    """Refuse a resume that cannot continue the stored run (one message, what to change).
+
+    Args:
+        ckpt: the checkpoint to resume from (read with ``weights_only=True``).
+        hparams: the configured model's hyper-parameters.
+        max_epochs / max_steps: the trainer's limits (``None``/``-1``: none).
+        path: the checkpoint file, for the message.
+
+    Raises:
+        CheckpointError: fewer epochs/steps than already trained, or another scheduler.
+    """
+    stored = ckpt.get("hyper_parameters") or {}
+    started, step = epochs_started(ckpt), int(ckpt.get("global_step", 0))
+    if max_epochs is not None and max_epochs >= 0 and max_epochs < started:
+        raise CheckpointError(
+            f"checkpoint {path} has already trained {started} epoch(s) (global step {step}); "
+            f"trainer.max_epochs={max_epochs} is fewer. Resume with trainer.max_epochs>={started}, "
+            f"or evaluate it with python src/eval.py ckpt_path={path}"
+        )
+    if max_steps is not None and 0 <= max_steps < step:
+        raise CheckpointError(
+            f"checkpoint {path} is at global step {step}; trainer.max_steps={max_steps} is fewer"
+        )
+    if "scheduler" not in stored:
+        return
+    theirs, ours = _target(stored.get("scheduler")), _target(hparams.get("scheduler"))
+    interval = (stored.get("scheduler_interval"), hparams.get("scheduler_interval"))
+    if _short(theirs) != _short(ours) or (theirs and interval[0] != interval[1]):
+        raise CheckpointError(
+            f"checkpoint {path} was trained with scheduler {_short(theirs)} "
+            f"(interval {interval[0]}); this run configures {_short(ours)} (interval "
+            f"{interval[1]}): a different scheduler cannot continue the stored schedule. Resume "
+            f"with the checkpoint's model.scheduler, or start a new run"
+        )
+
+
+def plan_of(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a scheduler's ``state_dict`` that the new run's config decides."""
+    return {k: copy.deepcopy(v) for k, v in state.items() if k not in PROGRESS_KEYS}
+
+
+def _describe(changed: dict[str, tuple[Any, Any]]) -> str:
+    simple = [f"{k} {a} -> {b}" for k, (a, b) in changed.items() if not k.startswith("_")]
+    return ", ".join(simple) or ", ".join(changed)
+
+
+class ReplanSchedulerOnResume(L.Callback):
+    """On resume, give each restored scheduler the plan of the new run (see module doc)."""
+
+    def __init__(self) -> None:
+        self._fresh: list[dict[str, Any]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # configure_optimizers has run; the checkpoint's scheduler state is not loaded yet
+        self._fresh = [plan_of(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.ckpt_path:
+            return
+        for config, fresh in zip(trainer.lr_scheduler_configs, self._fresh, strict=False):
+            sched = config.scheduler
+            state = sched.state_dict()
+            changed = {k: (state.get(k), v) for k, v in fresh.items() if state.get(k) != v}
+            if not changed:
+                continue
+            name, step = type(sched).__name__, int(state.get("last_epoch", 0))
+            length_key = LENGTH_KEYS.get(name)
+            if length_key and int(fresh[length_key]) < step:
+                raise CheckpointError(
+                    f"resumed {name} is at step {step}, but this run plans {length_key}="
+                    f"{fresh[length_key]}: train at least as long as the checkpoint's run"
+                )
+            sched.load_state_dict({**state, **copy.deepcopy(fresh)})
+            log.info(
+                "resumed %s at %s %d with this run's plan (%s); its progress is the checkpoint's",
+                name,
+                config.interval,
+                step,
+                _describe(changed),
+            )

@@ -1,0 +1,208 @@
+"""Checkpoint-held configs are data: an explicit registry of what a stored config may name.
+
+A checkpoint's ``hyper_parameters`` name a net, an optimizer and a scheduler. Nothing read from
+a file is handed to ``hydra.utils.instantiate``: the whole tree is validated first, then each of
+the three names is resolved against the registry below and called with plain keyword values.
+
+* ``net._target_``: a project net by exact class path or short name (``lenet``, ``mlp``,
+  ``simple_cnn``, ``resnet``), or a user net registered through config
+  (``extras.allowed_nets``, never through a checkpoint).
+* ``optimizer._target_`` / ``scheduler._target_``: an exact list of ``torch.optim`` optimizers and
+  ``torch.optim.lr_scheduler`` schedulers.
+* Any other ``_target_`` (nested anywhere, or at another key) and any other Hydra special key
+  (``_args_``, ``_recursive_``, ``_instantiator``, ...) is refused before anything is imported
+  or called, with one ``UnsafeCheckpointError`` naming the key path and the value.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgcls.errors import CheckpointError, ConfigError
+
+# project nets: exact class path -> short name (both accepted as a target)
+PROJECT_NETS: dict[str, str] = {
+    "imgcls.models.nets.lenet.LeNet": "lenet",
+    "imgcls.models.nets.mlp.MLP": "mlp",
+    "imgcls.models.nets.simple_cnn.SimpleCNN": "simple_cnn",
+    "imgcls.models.nets.resnet.FrozenResNet": "resnet",
+}
+OPTIMIZERS = frozenset(
+    f"torch.optim.{n}"
+    for n in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta")
+)
+# SequentialLR / ChainedScheduler / LambdaLR take objects or callables: not expressible as data
+SCHEDULERS = frozenset(
+    f"torch.optim.lr_scheduler.{n}"
+    for n in (
+        "OneCycleLR",
+        "CosineAnnealingLR",
+        "CosineAnnealingWarmRestarts",
+        "StepLR",
+        "MultiStepLR",
+        "ExponentialLR",
+        "LinearLR",
+        "ConstantLR",
+        "PolynomialLR",
+        "ReduceLROnPlateau",
+    )
+)
+# Hydra keys a stored config may carry at an allowed position (ignored: we call the class)
+HARMLESS_KEYS = frozenset({"_target_", "_partial_"})
+ROLES = ("net", "optimizer", "scheduler")
+
+_user_nets: set[str] = set()
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A stored config names something outside the registry, or where no name is allowed."""
+
+
+def register_nets(paths: Iterable[str]) -> None:
+    """Allow the user's own nets (exact ``module.Class`` paths, from config) in checkpoints.
+
+    Raises:
+        ConfigError: a path that does not name an ``nn.Module`` subclass.
+    """
+    for path in paths:
+        path = str(path)
+        cls = _import(path, "extras.allowed_nets")
+        if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+            raise ConfigError(f"extras.allowed_nets: {path!r} is not an nn.Module class")
+        _user_nets.add(path)
+
+
+def register_nets_from_config(cfg: Mapping[str, Any]) -> None:
+    """``register_nets(cfg.extras.allowed_nets)``; call once per entry point."""
+    extras = cfg.get("extras") or {}
+    register_nets(extras.get("allowed_nets") or [])
+
+
+def registered_nets() -> dict[str, str]:
+    """Every allowed net target (short names and exact paths) -> exact class path."""
+    table = {path: path for path in [*PROJECT_NETS, *_user_nets]}
+    table.update({short: path for path, short in PROJECT_NETS.items()})
+    return table
+
+
+def _allowed(role: str) -> dict[str, str]:
+    if role == "net":
+        return registered_nets()
+    names = OPTIMIZERS if role == "optimizer" else SCHEDULERS
+    table = {n: n for n in names}
+    table.update({n.rsplit(".", 1)[1]: n for n in names})  # "Adam" for "torch.optim.Adam"
+    return table
+
+
+def _refusal(key: str, value: Any, why: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(f"{key}={value!r} is refused: {why}")
+
+
+def _registry_hint(role: str) -> str:
+    if role == "net":
+        own = ", ".join(f"{s} ({p})" for p, s in PROJECT_NETS.items())
+        users = f"; registered by config: {', '.join(sorted(_user_nets))}" if _user_nets else ""
+        return f"registered nets are {own}{users}; add your own with extras.allowed_nets"
+    names = sorted(OPTIMIZERS if role == "optimizer" else SCHEDULERS)
+    return f"allowed {role}s are {', '.join(n.rsplit('.', 1)[1] for n in names)}"
+
+
+def validate_hparams(hparams: Mapping[str, Any], root: str = "hyper_parameters") -> None:
+    """Check a whole stored hyper-parameter tree before anything is built from it.
+
+    Raises:
+        UnsafeCheckpointError: the first ``_target_`` (or other Hydra special key) found outside
+            ``<root>.{net,optimizer,scheduler}``, or a target there outside the registry; the
+            message names the key path and the value.
+    """
+    if not isinstance(hparams, Mapping):
+        raise UnsafeCheckpointError(f"{root} is a {type(hparams).__name__}, not a mapping")
+    for key, value in hparams.items():
+        path = f"{root}.{key}"
+        if _is_special(key):
+            raise _refusal(path, value, "a checkpoint may not name code to call")
+        if key in ROLES and isinstance(value, Mapping):
+            _check_role(key, value, path)
+        else:
+            _check_data(value, path)
+
+
+def _is_special(key: Any) -> bool:
+    # _target_, _args_, _recursive_, Lightning's _instantiator/_class_path, ...
+    return isinstance(key, str) and key.startswith("_")
+
+
+def _check_role(role: str, cfg: Mapping[str, Any], path: str) -> None:
+    target = cfg.get("_target_")
+    if not isinstance(target, str) or target not in _allowed(role):
+        raise _refusal(f"{path}._target_", target, _registry_hint(role))
+    for key, value in cfg.items():
+        if _is_special(key) and key not in HARMLESS_KEYS:
+            raise _refusal(f"{path}.{key}", value, "only _target_ and _partial_ are allowed here")
+        if key not in HARMLESS_KEYS:
+            _check_data(value, f"{path}.{key}")
+
+
+def _check_data(value: Any, path: str) -> None:
+    """Plain data only: no special key at any depth."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if _is_special(key):
+                where = f"{path}.{key}"
+                raise _refusal(where, item, "a nested config may not name code to call")
+            _check_data(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_data(item, f"{path}[{i}]")
+    elif not isinstance(value, str | int | float | bool | type(None) | torch.Tensor):
+        raise _refusal(path, value, f"a {type(value).__name__} is not plain data")
+
+
+# -- building from validated configs --------------------------------------------------------------
+def _import(path: str, what: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"{what}: cannot import {path!r} ({e})") from None
+
+
+def resolve(role: str, target: str, what: str | None = None) -> type:
+    """The class a validated ``<role>._target_`` names (exact path or short name)."""
+    table = _allowed(role)
+    if target not in table:
+        raise _refusal(f"{what or role}._target_", target, _registry_hint(role))
+    return _import(table[target], f"{what or role}._target_")
+
+
+def _kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in HARMLESS_KEYS}
+
+
+def call_registered(
+    role: str, cfg: Mapping[str, Any], *args: Any, what: str | None = None, **extra: Any
+) -> Any:
+    """Build ``cfg`` (already validated) as ``Class(*args, **cfg_values, **extra)``.
+
+    Raises:
+        ConfigError: an argument the class does not take (named, with the config key).
+    """
+    what = what or f"model.{role}"
+    cls = resolve(role, str(cfg.get("_target_")), what)
+    kwargs = {**_kwargs(cfg), **extra}
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{what} ({cls.__name__}): {e}") from None
+    return cls(*args, **kwargs)
+
+
+def scheduler_class(cfg: Mapping[str, Any]) -> type:
+    """The scheduler class a validated config names."""
+    return resolve("scheduler", str(cfg.get("_target_")), "model.scheduler")

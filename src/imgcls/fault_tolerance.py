@@ -27,7 +27,7 @@ from imgcls.callbacks.last_checkpoint import LastCheckpoint, command_line_overri
 from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError
 from imgcls.checkpointing.resume_plan import check_resume_plan
-from imgcls.checkpointing.safe_load import read_safe_checkpoint
+from imgcls.checkpointing.safe_load import read_safe_checkpoint, validate_checkpoint
 from imgcls.utils.checkpoint import check_checkpoint_fits, produced_by
 from imgcls.utils.checkpoint_io import use_atomic_checkpoint_io
 from imgcls.utils.resume import ResumePoint, continue_loggers, find_resume_checkpoint
@@ -43,6 +43,21 @@ SIGINT_EXIT_CODE = 130
 def check_run_dir(cfg: DictConfig) -> None:
     """The run dir is writable (checked before data loading, which may take long)."""
     check_writable(cfg.paths.output_dir)
+
+
+def check_resume_source(cfg: DictConfig) -> None:
+    """Refuse an unreadable or unsafe checkpoint to start from before data and trainer are
+    built (fast, and the refusal is the only thing printed); ``prepare_checkpoint`` checks the
+    chosen file again against the built model."""
+    requested = cfg.get("ckpt_path")
+    if requested in ("hpc", "best"):
+        return
+    if requested not in (None, "last"):
+        read_safe_checkpoint(Path(str(requested)), mmap=True)
+        return
+    found = find_resume_checkpoint(Path(cfg.paths.output_dir) / "checkpoints", cfg.paths.output_dir)
+    if found is not None:
+        validate_checkpoint(found.checkpoint, found.path)
 
 
 def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:

@@ -20,7 +20,12 @@ from omegaconf import DictConfig
 from imgcls.builder import build, build_datamodule, build_trainer
 from imgcls.checkpointing.safe_config import register_nets_from_config
 from imgcls.errors import ConfigError, find_user_error
-from imgcls.fault_tolerance import check_run_dir, guarded_fit, prepare_checkpoint
+from imgcls.fault_tolerance import (
+    check_resume_source,
+    check_run_dir,
+    guarded_fit,
+    prepare_checkpoint,
+)
 from imgcls.models.classifier import count_parameters
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import flatten, print_config_tree, to_plain
@@ -125,6 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     check_run_dir(cfg)
     apply_extras(cfg)
+    check_resume_source(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     built = build(cfg)

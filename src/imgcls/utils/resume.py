@@ -87,7 +87,7 @@ def find_resume_checkpoint(
         return None
     best = max(points, key=_rank)
     if failures:
-        log.warning("resuming from the best good checkpoint %s instead", best.path)
+        log.warning("resuming from the previous good checkpoint %s instead", best.path)
     return best
 
 

@@ -136,3 +136,54 @@ def test_resume_picks_the_highest_global_step_whatever_the_mtimes(
     # an unreadable file with a higher step in its name does not win
     (ckpt_dir / "step_99.ckpt").write_bytes(b"not a zip")
     assert find_resume_checkpoint(ckpt_dir).path.name == "epoch_001.ckpt"  # type: ignore[union-attr]
+
+
+# -- compiled checkpoints ---------------------------------------------------------------------------
+@pytest.mark.slow  # torch.compile of even the MLP takes ~30-60 s on 2 shared CPU cores
+def test_compiled_checkpoint_loads_evaluates_and_resumes_uncompiled(tmp_path: Path) -> None:
+    from imgcls.models.classifier import ImageClassifier
+
+    run = tmp_path / "run"
+    tiny = ["model=mlp"]
+    first = run_entry(
+        "train", *tiny, "trainer.max_epochs=1", "model.compile=true", *SMALL, f"hydra.run.dir={run}"
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    keys = torch.load(last, weights_only=True)["state_dict"].keys()
+    assert not [k for k in keys if "_orig_mod" in k]
+
+    model = ImageClassifier.load_from_checkpoint(last).eval()
+    x = torch.rand(4, 1, 28, 28)
+    assert model(x).shape == (4, 10)
+
+    ev = run_entry("eval", f"ckpt_path={last}", f"paths.log_dir={tmp_path}", "data.test_size=500")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert "test/acc" in ev.stdout + ev.stderr
+
+    resumed = run_entry(
+        "train", *tiny, "trainer.max_epochs=2", "model.compile=false", *SMALL, f"resume={run}"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _epochs_done(run) == 2
+
+
+def test_old_checkpoints_with_orig_mod_keys_load_and_resume(two_epoch_run: Path, tmp_path: Path):
+    """Checkpoints of versions that wrapped the net in torch.compile: ``net._orig_mod.*``."""
+    from imgcls.models.classifier import ImageClassifier
+    from imgcls.utils.checkpoint import load_classifier
+
+    ckpt = torch.load(two_epoch_run / "checkpoints" / "last.ckpt", weights_only=True)
+    plain = dict(ckpt["state_dict"])
+    ckpt["state_dict"] = {k.replace("net.", "net._orig_mod.", 1): v for k, v in plain.items()}
+    assert any(k.startswith("net._orig_mod.") for k in ckpt["state_dict"])
+    (tmp_path / "checkpoints").mkdir()
+    old = tmp_path / "checkpoints" / "last.ckpt"
+    torch.save(ckpt, old)
+
+    model = ImageClassifier.load_from_checkpoint(old)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.items())
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model.eval()(x), load_classifier(old)(x))
+    train(compose_config("train", ["model=lenet", "trainer.max_epochs=3", *SMALL], tmp_path))
+    assert _epochs_done(tmp_path) == 3

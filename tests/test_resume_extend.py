@@ -7,6 +7,7 @@ accuracy comparisons are on real data but take seconds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -187,3 +188,21 @@ def test_old_checkpoints_with_orig_mod_keys_load_and_resume(two_epoch_run: Path,
     assert torch.equal(model.eval()(x), load_classifier(old)(x))
     train(compose_config("train", ["model=lenet", "trainer.max_epochs=3", *SMALL], tmp_path))
     assert _epochs_done(tmp_path) == 3
+
+
+def test_epoch_scheduler_continues_with_the_configured_plan(tmp_path: Path, caplog) -> None:
+    """A StepLR run extended with another step_size: the new plan, the stored epoch count."""
+    def step_lr(size: int) -> list[str]:
+        sched = f"{{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,gamma:0.5,step_size:{size}}}"
+        return ["model=mlp", "model.scheduler_interval=epoch", f"model.scheduler={sched}", *SMALL]
+
+    train(compose_config("train", [*step_lr(1), "trainer.max_epochs=1"], tmp_path))
+    caplog.set_level(logging.INFO, logger="imgcls")
+    caplog.clear()
+    train(compose_config("train", [*step_lr(5), "trainer.max_epochs=2"], tmp_path))
+    assert "resumed StepLR at epoch 1 with this run's plan (step_size 1 -> 5)" in caplog.text
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    sched = ckpt["lr_schedulers"][0]
+    assert sched["step_size"] == 5 and sched["last_epoch"] == 2
+    # lr 0.003 halved once at epoch 1 under the old plan; no second halving under step_size=5
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0015)

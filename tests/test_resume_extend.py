@@ -44,7 +44,9 @@ def _epochs_done(run: Path) -> int:
 
 def test_lenet_onecycle_run_extends_from_1_to_2_epochs_as_a_user_runs_it(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    first = run_entry("train", "model=lenet", "trainer.max_epochs=1", *SMALL, f"hydra.run.dir={run}")
+    first = run_entry(
+        "train", "model=lenet", "trainer.max_epochs=1", *SMALL, f"hydra.run.dir={run}"
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     acc1 = _val_acc(run)
 
@@ -192,6 +194,7 @@ def test_old_checkpoints_with_orig_mod_keys_load_and_resume(two_epoch_run: Path,
 
 def test_epoch_scheduler_continues_with_the_configured_plan(tmp_path: Path, caplog) -> None:
     """A StepLR run extended with another step_size: the new plan, the stored epoch count."""
+
     def step_lr(size: int) -> list[str]:
         sched = f"{{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,gamma:0.5,step_size:{size}}}"
         return ["model=mlp", "model.scheduler_interval=epoch", f"model.scheduler={sched}", *SMALL]

@@ -20,10 +20,10 @@ from hydra.utils import instantiate
 
 from imgcls.checkpointing.safe_config import UnsafeCheckpointError, register_nets, validate_hparams
 from imgcls.errors import ConfigError
-from imgcls.models.classifier import ImageClassifier
-from imgcls.models.nets.lenet import LeNet
 from imgcls.export import export
 from imgcls.inference import predict
+from imgcls.models.classifier import ImageClassifier
+from imgcls.models.nets.lenet import LeNet
 from imgcls.pipeline import evaluate, train
 from imgcls.utils.checkpoint import load_classifier
 from tests.conftest import compose_config, run_entry
@@ -150,7 +150,11 @@ def _assert_one_line_refusal(proc, key: str, target: str) -> None:
 
 ENTRY_ARGS = {
     "eval": lambda ckpt, out, imgs: [f"ckpt_path={ckpt}", f"paths.log_dir={out}"],
-    "predict": lambda ckpt, out, imgs: [f"ckpt_path={ckpt}", f"input={imgs}", f"paths.log_dir={out}"],
+    "predict": lambda ckpt, out, imgs: [
+        f"ckpt_path={ckpt}",
+        f"input={imgs}",
+        f"paths.log_dir={out}",
+    ],
     "export": lambda ckpt, out, imgs: [f"ckpt_path={ckpt}", f"paths.log_dir={out}"],
     "train": lambda ckpt, out, imgs: [*TINY, f"resume={ckpt.parent.parent}"],
 }
@@ -237,7 +241,9 @@ def test_trainer_fit_with_a_crafted_ckpt_path_refuses(tiny_run: Path, crafted) -
     """Library use: a model from a good file, then ``fit(ckpt_path=<crafted>)``."""
     ckpt, victim, key, _ = crafted("optimizer_nested_truncate")
     model = ImageClassifier.load_from_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     with pytest.raises(UnsafeCheckpointError, match=key):
         trainer.fit(model, train_dataloaders=_tiny_loader(), ckpt_path=ckpt, weights_only=True)
     assert victim.read_text() == PRECIOUS
@@ -245,7 +251,9 @@ def test_trainer_fit_with_a_crafted_ckpt_path_refuses(tiny_run: Path, crafted) -
 
 def test_load_from_checkpoint_then_fit_uses_the_registry(tiny_run: Path) -> None:
     model = ImageClassifier.load_from_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     trainer.fit(model, train_dataloaders=_tiny_loader())
     assert type(trainer.optimizers[0]) is torch.optim.Adam
     assert trainer.global_step == 2
@@ -276,4 +284,3 @@ def test_short_net_names_resolve(tiny_run: Path, tmp_path: Path) -> None:
     original = load_classifier(tiny_run / "checkpoints" / "last.ckpt")
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(model(x), original(x))
-

@@ -24,10 +24,10 @@ from omegaconf import DictConfig
 
 from imgcls.builder import Built
 from imgcls.callbacks.last_checkpoint import LastCheckpoint, command_line_overrides
-from imgcls.data.spec import DataSpec
-from imgcls.errors import CheckpointError, TrainingError
 from imgcls.checkpointing.resume_plan import check_resume_plan
 from imgcls.checkpointing.safe_load import read_safe_checkpoint, validate_checkpoint
+from imgcls.data.spec import DataSpec
+from imgcls.errors import CheckpointError, TrainingError
 from imgcls.utils.checkpoint import check_checkpoint_fits, produced_by
 from imgcls.utils.checkpoint_io import use_atomic_checkpoint_io
 from imgcls.utils.resume import ResumePoint, continue_loggers, find_resume_checkpoint

@@ -69,7 +69,7 @@ def check_resume_plan(
     hparams: Mapping[str, Any],
     max_epochs: int | None,
     max_steps: int | None,
-    path: str | Path,
+    path: str | Path | None,
 ) -> None:
     """Refuse a resume that cannot continue the stored run (one message, what to change).
 

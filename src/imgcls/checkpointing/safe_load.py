@@ -101,7 +101,7 @@ def load_safe_classifier(
         raise CheckpointError(f"{path} has no ImageClassifier hyper-parameters (net/spec)")
     hparams = {**stored, **overrides}
     validate_checkpoint({"hyper_parameters": hparams}, path)
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = inspect.signature(cls).parameters
     model = cls(**{k: v for k, v in hparams.items() if k in accepted})
     if strict is not False:
         check_checkpoint_fits(ckpt, model, path, "the model built from its own config")

@@ -26,6 +26,7 @@ from imgcls.utils.config import to_plain
 
 log = logging.getLogger(__name__)
 
+
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in module.parameters())
@@ -166,7 +167,7 @@ class ImageClassifier(L.LightningModule):
 
     # -- checkpoints are data (imgcls.checkpointing) ---------------------------------------------
     @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
+    def load_from_checkpoint(
         cls,
         checkpoint_path: Any,
         map_location: Any = None,

@@ -22,6 +22,9 @@ from imgcls.data.transforms import normalize
 
 log = logging.getLogger(__name__)
 
+# What run logs, metrics.json and sweep tables say where test/* would be.
+NO_TEST_SPLIT = "no labeled test split"
+
 
 class Splits(dict[str, TensorImageDataset]):
     """``train``/``val``/``test``/``predict`` datasets (any may be absent)."""
@@ -123,6 +126,14 @@ class ImageDataModule(L.LightningDataModule):
             self._served.pop(split, None)
         else:
             self._served[split] = dataset
+
+    @property
+    def has_labeled_test(self) -> bool:
+        """Whether a labeled ``test`` split exists: the only split ``test/*`` metrics may name."""
+        self.setup()
+        assert self.splits is not None
+        test = self.splits.get("test")
+        return test is not None and len(test) > 0 and bool((test.targets >= 0).all())
 
     @property
     def num_classes(self) -> int:

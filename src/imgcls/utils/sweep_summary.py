@@ -50,6 +50,7 @@ class JobRecord:
     run_dir: str
     error: str = ""
     best: bool = False
+    note: str = ""  # e.g. "no labeled test split" (metrics.json's "test"): why test/* is empty
 
 
 @dataclass
@@ -161,6 +162,22 @@ def _read_metric(job_dir: Path, metric: str | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _read_test_note(job_dir: Path) -> str:
+    """metrics.json's ``test`` note (``"no labeled test split"``), or ``""``."""
+    try:
+        note = json.loads((job_dir / "metrics.json").read_text()).get("test", "")
+    except (OSError, ValueError):
+        return ""
+    return note if isinstance(note, str) else ""
+
+
+def _value_cell(job: JobRecord, metric: str | None) -> str:
+    """The job's metric, or why a ``test/*`` metric has no value."""
+    if job.value is None and job.note and str(metric or "").startswith("test/"):
+        return job.note
+    return _fmt(job.value)
+
+
 def collect_jobs(sweep_dir: Path, metric: str | None = None) -> list[JobRecord]:
     """Read every job directory of a sweep (one with a status file or a saved Hydra config)."""
     jobs: list[JobRecord] = []
@@ -182,6 +199,7 @@ def collect_jobs(sweep_dir: Path, metric: str | None = None) -> list[JobRecord]:
                     value=value,
                     run_dir=str(d),
                     error=s.get("error", ""),
+                    note=_read_test_note(d),
                 )
             )
         elif (d / ".hydra" / "overrides.yaml").is_file():
@@ -258,7 +276,9 @@ def to_csv(summary: Summary) -> str:
                 "" if j.num is None else j.num,
                 j.status,
                 int(j.best),
-                "" if j.value is None else repr(float(j.value)),
+                (j.note if str(summary.metric or "").startswith("test/") else "")
+                if j.value is None
+                else repr(float(j.value)),
                 " ".join(j.overrides),
                 j.run_dir,
                 j.error,
@@ -300,6 +320,9 @@ def to_markdown(summary: Summary) -> str:
         f"- optimized_metric: `{metric}` ({summary.mode})",
         f"- jobs: {len(summary.jobs)}, completed {n_ok}, failed {len(summary.failed)}",
     ]
+    no_test = [str(j.num) for j in summary.jobs if j.note]
+    if no_test:
+        lines.append(f"- test/*: none, {next(j.note for j in summary.jobs if j.note)} in job(s) {', '.join(no_test)}")
     common, common_set = _common_overrides(summary.jobs)
     if common and len(summary.jobs) > 1:
         lines.append(f"- overrides of every job: `{' '.join(common)}`")
@@ -328,7 +351,7 @@ def to_markdown(summary: Summary) -> str:
         rel = os.path.relpath(j.run_dir, summary.sweep_dir)
         mark = " ★" if j.best else ""
         lines.append(
-            f"| {j.num}{mark} | {j.status} | {_fmt(j.value)} | `{_md_cell(' '.join(varying))}` "
+            f"| {j.num}{mark} | {j.status} | {_value_cell(j, summary.metric)} | `{_md_cell(' '.join(varying))}` "
             f"| [{rel}]({rel}) | {_md_cell(j.error)} |"
         )
     if summary.has_seed_repeats:

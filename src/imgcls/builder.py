@@ -34,9 +34,19 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """Instantiate ``cfg.data`` and run its validation/loading once (before any training)."""
     log.info("data: %s", cfg.data._target_)
     dm: ImageDataModule = instantiate(cfg.data)
+    store_data_config(dm, cfg)
     dm.prepare_data()
     dm.setup()
     return dm
+
+
+def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
+    """Keep the resolved data config in the datamodule's hparams: Lightning writes it into every
+    checkpoint (``datamodule_hyper_parameters``), so eval can find the run's data without its
+    run dir (see ``imgcls.run_data``)."""
+    from imgcls.run_data import data_hparams
+
+    dm.save_hyperparameters(data_hparams(cfg), logger=False)
 
 
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:

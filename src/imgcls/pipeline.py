@@ -22,6 +22,7 @@ from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.errors import ConfigError, find_user_error
 from imgcls.fault_tolerance import check_run_dir, guarded_fit, prepare_checkpoint
 from imgcls.models.classifier import count_parameters
+from imgcls.run_data import use_run_data
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import flatten, print_config_tree, to_plain
 
@@ -183,13 +184,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test a checkpoint on the configured data; the model is rebuilt from the checkpoint alone."""
+    """Test a checkpoint; the model is rebuilt from the checkpoint alone, the data is the
+    checkpoint's run's own unless ``data=`` is given (see ``imgcls.run_data``).
+
+    Without a labeled test split the validation split is scored, under ``val/*`` names.
+    """
     apply_extras(cfg)
     if not cfg.get("ckpt_path"):
         raise ConfigError(
             "eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>"
         )
     model = load_classifier(cfg.ckpt_path)
+    log.info(use_run_data(cfg))
     dm = build_datamodule(cfg)
     mismatch = model.spec.incompatibilities(dm.spec)
     if mismatch:
@@ -200,10 +206,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # normalize as the model was trained (e.g. with its pretrained weights' statistics)
     dm.set_normalization(model.spec.mean, model.spec.std)
     trainer, _, loggers = build_trainer(cfg)
-    log_hyperparameters(cfg, model, loggers)
-    trainer.test(model, datamodule=dm)
+    has_test = dm.has_labeled_test
+    log_hyperparameters(cfg, model, loggers, hparam_metrics(has_test))
+    if has_test:
+        trainer.test(model, datamodule=dm)
+    else:
+        log.warning("%s: scoring the validation split (val/* metrics, no test/*)", NO_TEST_SPLIT)
+        trainer.validate(model, datamodule=dm)
     metrics = _floats(trainer.callback_metrics)
-    _write_summary(cfg, metrics, {"checkpoint": str(cfg.ckpt_path)})
+    _write_summary(cfg, metrics, {"checkpoint": str(cfg.ckpt_path), **_test_note(has_test)})
     for name in sorted(metrics):
         log.info("%s = %.5f", name, metrics[name])
     return metrics

@@ -38,7 +38,8 @@ class ImageDataModule(L.LightningDataModule):
         eval_batch_size: batch size for val/test/predict (defaults to ``batch_size``).
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
         pin_memory: pin host memory (useful with a GPU).
-        train_augment: batch transform applied to normalized training batches only.
+        train_augment: batch transform applied to training batches only, in pixel space
+            (float 0..255, before normalization), so exposed borders are black as in torchvision.
         mean: per-channel mean; ``None`` uses the subclass default.
         std: per-channel std; ``None`` uses the subclass default.
     """
@@ -197,7 +198,11 @@ class ImageDataModule(L.LightningDataModule):
         if images.dtype != torch.uint8:  # e.g. cached features: nothing to decode
             return batch
         spec = self.spec
-        x = normalize(images, spec.mean, spec.std)
-        if self.train_augment is not None and self.trainer is not None and self.trainer.training:
-            x = self.train_augment(x)
-        return x, targets
+        return normalize(self._augment(images), spec.mean, spec.std), targets
+
+    def _augment(self, images: Tensor) -> Tensor:
+        """Training augmentation on pixel values (float 0..255): its zero fill is black, the
+        value evaluation images' borders have, not the dataset mean of normalized space."""
+        if self.train_augment is None or self.trainer is None or not self.trainer.training:
+            return images
+        return self.train_augment(images.float())

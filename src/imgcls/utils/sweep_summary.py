@@ -88,6 +88,9 @@ class Summary:
     jobs: list[JobRecord]
     groups: list[ConfigGroup]
     optuna: dict[str, Any] | None = None
+    # every trial of a study resumed from storage (optuna_trials.csv), and the searched keys
+    trials: list[dict[str, str]] = field(default_factory=list)
+    searched: set[str] = field(default_factory=set)
 
     @property
     def failed(self) -> list[JobRecord]:
@@ -251,18 +254,51 @@ def summarize(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
     if results.is_file():
         loaded = OmegaConf.to_container(OmegaConf.load(results))
         optuna = {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else None
-    return Summary(sweep_dir, metric, mode, jobs, groups, optuna)
+    return Summary(
+        sweep_dir, metric, mode, jobs, groups, optuna, _read_trials(sweep_dir), _searched(sweep_dir)
+    )
+
+
+def _read_trials(sweep_dir: Path) -> list[dict[str, str]]:
+    path = sweep_dir / "optuna_trials.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _searched(sweep_dir: Path) -> set[str]:
+    """Keys a sweeper searches over (``hydra.sweeper.params`` with a choice/range/interval):
+    per-job values, never "overrides of every job" even when the trials drew one value."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return set()
+    params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params", default=None) or {}
+    return {str(k) for k, v in params.items() if any(c in str(v) for c in "(,")}
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.5g}"
 
 
-def _common_overrides(jobs: list[JobRecord]) -> tuple[list[str], set[str]]:
-    """Overrides shared by every job (shown once) and the ones that vary (shown per row)."""
+def _common_overrides(
+    jobs: list[JobRecord], searched: set[str] | None = None
+) -> tuple[list[str], set[str]]:
+    """Overrides shared by every job (shown once) and the ones that vary (shown per row).
+
+    A searched parameter stays per row even when every trial drew the same value.
+    """
     if not jobs:
         return [], set()
-    common = [o for o in jobs[0].overrides if all(o in j.overrides for j in jobs[1:])]
+
+    def key(o: str) -> str:
+        return o.lstrip("+~").split("=", 1)[0]
+
+    common = [
+        o
+        for o in jobs[0].overrides
+        if all(o in j.overrides for j in jobs[1:]) and key(o) not in (searched or set())
+    ]
     return common, set(common)
 
 
@@ -323,7 +359,7 @@ def to_markdown(summary: Summary) -> str:
     no_test = [str(j.num) for j in summary.jobs if j.note]
     if no_test:
         lines.append(f"- test/*: none, {next(j.note for j in summary.jobs if j.note)} in job(s) {', '.join(no_test)}")
-    common, common_set = _common_overrides(summary.jobs)
+    common, common_set = _common_overrides(summary.jobs, summary.searched)
     if common and len(summary.jobs) > 1:
         lines.append(f"- overrides of every job: `{' '.join(common)}`")
     best = summary.best
@@ -354,6 +390,19 @@ def to_markdown(summary: Summary) -> str:
             f"| {j.num}{mark} | {j.status} | {_value_cell(j, summary.metric)} | `{_md_cell(' '.join(varying))}` "
             f"| [{rel}]({rel}) | {_md_cell(j.error)} |"
         )
+    if summary.trials:
+        lines += [
+            "",
+            f"## Every trial of the study ({len(summary.trials)}, all runs on its storage)",
+            "",
+            f"| trial | state | {metric} | params |",
+            "|---|---|---|---|",
+        ]
+        for t in summary.trials:
+            value = _fmt(float(t["value"])) if t.get("value") else ""
+            lines.append(
+                f"| {t['trial']} | {t['state']} | {value} | `{_md_cell(t.get('params', ''))}` |"
+            )
     if summary.has_seed_repeats:
         lines += [
             "",

@@ -36,6 +36,7 @@ def folder_cfg(root: Path, out: Path, *overrides: str):
         [
             "model=resnet18",
             "model.weights=null",
+            "model.net.freeze=true",  # a frozen random backbone: the feature cache's case
             "data=folder",
             f"data.root={root}",
             "data.cache_dir=null",

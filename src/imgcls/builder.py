@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from imgcls.data.base_datamodule import ImageDataModule
 from imgcls.models.classifier import ImageClassifier
-from imgcls.models.transfer import check_weights, use_weights_normalization
+from imgcls.models.transfer import check_weights, resolve_freeze, use_weights_normalization
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
     """Instantiate ``cfg.model`` with the sizes and class names taken from the data."""
     log.info("model: %s (net %s)", cfg.model._target_, cfg.model.net._target_)
     use_weights_normalization(cfg.model, dm)
+    resolve_freeze(cfg.model)
     return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
 
 

@@ -428,13 +428,19 @@ CONSOLE_ROWS = 20
 
 def results_table(table: pd.DataFrame, id_column: str, limit: int = CONSOLE_ROWS) -> str:
     """The first ``limit`` rows as a short text table: id, predicted class, probability, error."""
-    rows = [(str(r[id_column]), str(r["pred"]), r["prob"], str(r["error"])) for _, r in table.head(limit).iterrows()]
-    width = max([len(id_column), *(min(len(r[0]), 40) for r in rows)])
+    def short_id(rid: str) -> str:  # the end of a long path is the part that tells
+        return rid if len(rid) <= 40 else "..." + rid[-37:]
+
+    rows = [
+        (short_id(str(r[id_column])), str(r["pred"]), r["prob"], str(r["error"]))
+        for _, r in table.head(limit).iterrows()
+    ]
+    width = max([len(id_column), *(len(r[0]) for r in rows)])
     lines = [f"  {id_column:<{width}}  {'pred':<12} {'prob':>7}  error"]
     for rid, pred, prob, err in rows:
         p = f"{float(prob):.4f}" if prob is not None and prob == prob else ""
         short = err if len(err) <= 70 else err[:67] + "..."
-        lines.append(f"  {rid[:40]:<{width}}  {pred[:12]:<12} {p:>7}  {short}")
+        lines.append(f"  {rid:<{width}}  {pred[:12]:<12} {p:>7}  {short}")
     if len(table) > limit:
         lines.append(f"  ... and {len(table) - limit} more rows")
     return "\n".join(lines)

@@ -120,7 +120,9 @@ def test_misclassified_grid_samples_errors_across_classes() -> None:
     one._start(m1)
     yy = torch.zeros(200, dtype=torch.long)
     xx = (torch.arange(200.0) / 255).view(200, 1, 1, 1).expand(200, 1, 4, 4)
-    one._collect(m1, torch.nn.functional.one_hot(torch.ones(200, dtype=torch.long), 2).float(), (xx, yy))
+    one._collect(
+        m1, torch.nn.functional.one_hot(torch.ones(200, dtype=torch.long), 2).float(), (xx, yy)
+    )
     values = [int(img[0, 0, 0]) for img, *_ in one._grid_errors()]
     assert len(values) == 4 and max(values) >= 8, values
 

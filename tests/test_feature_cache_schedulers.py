@@ -48,17 +48,23 @@ class ImagesThroughBackbone(L.Callback):
     def __init__(self, backbone) -> None:
         self.images: Counter[str] = Counter()
         self.phase = "setup"
-        backbone.register_forward_hook(lambda m, inp, out: self.images.update({self.phase: len(inp[0])}))
+        backbone.register_forward_hook(
+            lambda m, inp, out: self.images.update({self.phase: len(inp[0])})
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.phase = f"train{trainer.current_epoch}"
 
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_start(
+        self, trainer, pl_module, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self.phase = "val"
 
 
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
-def test_cache_serves_training_under_each_scheduler(scheduler, tiny_folder, make_cfg, tmp_path) -> None:
+def test_cache_serves_training_under_each_scheduler(
+    scheduler, tiny_folder, make_cfg, tmp_path
+) -> None:
     cfg = make_cfg(
         "train",
         [

@@ -8,7 +8,12 @@ import logging
 from imgcls.builder import build_datamodule, build_model
 from imgcls.models.classifier import count_parameters
 
-TINY = ["model=resnet18", "data._target_=tests._tiny_mnist.TinyMNIST", "logger=none", "callbacks=none"]
+TINY = [
+    "model=resnet18",
+    "data._target_=tests._tiny_mnist.TinyMNIST",
+    "logger=none",
+    "callbacks=none",
+]
 
 
 def test_weights_null_trains_the_whole_resnet(make_cfg, caplog) -> None:

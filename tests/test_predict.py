@@ -143,7 +143,10 @@ def test_predict_csv_keeps_every_row_in_order(
         predict(cfg)
     message = str(e.value)
     assert message.startswith("submission.csv not written: 3 of 6 rows of ")
-    assert "'': empty image name (ask.csv row 2" in message and "'missing_one': image file not found" in message
+    assert (
+        "'': empty image name (ask.csv row 2" in message
+        and "'missing_one': image file not found" in message
+    )
     assert "'../../etc/passwd': " in message and "pass submission=false" in message
     assert not (tmp_path / "submission.csv").exists()
     df = read_predictions(tmp_path / "predictions.csv")

@@ -60,8 +60,12 @@ def mixed_images(mnist_png_folder, tmp_path_factory) -> Path:
     for i, src in enumerate(sorted(folder.glob("*.png"))[:12]):
         digit = Image.open(src).convert("L")
         shutil.copy(src, out / f"{i:02d}_png.png")
-        digit.resize((224, 224), Image.Resampling.BICUBIC).save(out / f"{i:02d}_gray.jpg", quality=90)
-        rgb = Image.merge("RGB", [digit, digit.point(lambda v: v // 2), digit.point(lambda v: 255 - v)])
+        digit.resize((224, 224), Image.Resampling.BICUBIC).save(
+            out / f"{i:02d}_gray.jpg", quality=90
+        )
+        rgb = Image.merge(
+            "RGB", [digit, digit.point(lambda v: v // 2), digit.point(lambda v: 255 - v)]
+        )
         rgb.resize((300, 260), Image.Resampling.BICUBIC).save(out / f"{i:02d}_rgb.jpg", quality=85)
     return out
 
@@ -71,7 +75,11 @@ def test_sidecar_steps_reproduce_predict_probabilities(
 ) -> None:
     import onnxruntime as ort
 
-    export(make_cfg("export", [f"ckpt_path={trained_lenet_ckpt}", "format=onnx", f"input={mixed_images}"]))
+    export(
+        make_cfg(
+            "export", [f"ckpt_path={trained_lenet_ckpt}", "format=onnx", f"input={mixed_images}"]
+        )
+    )
     meta = json.loads((tmp_path / "model.onnx.json").read_text())
     assert meta["files"] == ["model.onnx"]  # one self-contained file: no model.onnx.data
     assert [s["op"] for s in meta["preprocessing"]["steps"]][:3] == ["open", "jpeg_draft", "load"]
@@ -79,9 +87,15 @@ def test_sidecar_steps_reproduce_predict_probabilities(
     shipped.mkdir()
     for name in meta["files"]:
         shutil.copy(tmp_path / name, shipped / name)
-    session = ort.InferenceSession(str(shipped / meta["files"][0]), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(shipped / meta["files"][0]), providers=["CPUExecutionProvider"]
+    )
 
-    predict(make_cfg("predict", [f"ckpt_path={trained_lenet_ckpt}", f"input={mixed_images}", "top_k=10"]))
+    predict(
+        make_cfg(
+            "predict", [f"ckpt_path={trained_lenet_ckpt}", f"input={mixed_images}", "top_k=10"]
+        )
+    )
     table = pd.read_csv(tmp_path / "predictions.csv", dtype={"file": str})
     assert len(table) == 36 and (table["error"].isna()).all()
     classes = meta["class_names"]

@@ -87,24 +87,32 @@ def test_test_fraction_scores_images_in_neither_train_nor_val(run_with_test) -> 
     summary = _summary(run)
     assert "test" not in summary and "holding out 10% of each class as the test split" in log_text
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    dm = build_datamodule(OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=True)}))
+    dm = build_datamodule(
+        OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=True)})
+    )
     names = {s: [e.path.name for e in dm.entries[s]] for s in ("train", "val", "test")}
     all_labels = [e.label for s in ("train", "val", "test") for e in dm.entries[s]]
     for c in set(all_labels):  # 10 % of each class, rounded per class
         n_test = sum(e.label == c for e in dm.entries["test"])
         assert n_test == round(0.1 * all_labels.count(c)), c
     assert len(set(names["test"])) == len(names["test"]) > 0
-    assert not set(names["test"]) & set(names["train"]) and not set(names["test"]) & set(names["val"])
+    assert not set(names["test"]) & set(names["train"]) and not set(names["test"]) & set(
+        names["val"]
+    )
     assert not set(names["train"]) & set(names["val"])
     assert len(names["train"]) + len(names["val"]) + len(names["test"]) == 600
     # test/acc is the best checkpoint's accuracy on exactly these files, decoded from disk
     model = load_classifier(summary["best_checkpoint"])
     spec = model.spec
-    x = torch.stack([load_image(e.path, channels=1, size=spec.image_size) for e in dm.entries["test"]])
+    x = torch.stack(
+        [load_image(e.path, channels=1, size=spec.image_size) for e in dm.entries["test"]]
+    )
     y = torch.tensor([spec.class_names.index(e.label) for e in dm.entries["test"]])
     with torch.no_grad():
         pred = model(normalize(x, spec.mean, spec.std)).argmax(1)
-    assert summary["metrics"]["test/acc"] == pytest.approx((pred == y).float().mean().item(), abs=1e-6)
+    assert summary["metrics"]["test/acc"] == pytest.approx(
+        (pred == y).float().mean().item(), abs=1e-6
+    )
 
 
 def test_test_fraction_refused_where_a_labeled_test_split_exists(tmp_path: Path) -> None:
@@ -122,7 +130,9 @@ def test_test_fraction_refused_where_a_labeled_test_split_exists(tmp_path: Path)
                 Image.new("L", (8, 8), 40 * i).save(p)
     cfg.data.image_size = [8, 8]
     cfg.data.cache_dir = None
-    with pytest.raises(ConfigError, match="already has a labeled test split; set data.test_fraction=null"):
+    with pytest.raises(
+        ConfigError, match="already has a labeled test split; set data.test_fraction=null"
+    ):
         build_datamodule(cfg)
 
 
@@ -138,20 +148,29 @@ def test_eval_uses_the_run_config_beside_the_checkpoint(run_with_test, tmp_path:
         "~callbacks.diagnostics",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"data config: the checkpoint's run ({run}/.hydra/config.yaml)" in proc.stdout + proc.stderr
+    assert (
+        f"data config: the checkpoint's run ({run}/.hydra/config.yaml)" in proc.stdout + proc.stderr
+    )
     evaluated = _summary(next(tmp_path.glob("eval/runs/*")))["metrics"]
     assert evaluated["test/acc"] == summary["metrics"]["test/acc"]
     assert evaluated["test/loss"] == pytest.approx(summary["metrics"]["test/loss"], rel=1e-6)
 
 
-def test_eval_uses_the_checkpoints_stored_data_config(run_without_test: Path, tmp_path, caplog) -> None:
+def test_eval_uses_the_checkpoints_stored_data_config(
+    run_without_test: Path, tmp_path, caplog
+) -> None:
     summary = _summary(run_without_test)
     ckpt = tmp_path / "moved.ckpt"  # no run dir around it: only the checkpoint tells
     shutil.copy(summary["best_checkpoint"], ckpt)
-    cfg = compose_config("eval", [f"ckpt_path={ckpt}", "logger=csv", "~callbacks.diagnostics"], tmp_path)
+    cfg = compose_config(
+        "eval", [f"ckpt_path={ckpt}", "logger=csv", "~callbacks.diagnostics"], tmp_path
+    )
     with caplog.at_level("INFO"):
         metrics = evaluate(cfg)
-    assert f"data config: stored in the checkpoint {ckpt} (datamodule_hyper_parameters): " in caplog.text
+    assert (
+        f"data config: stored in the checkpoint {ckpt} (datamodule_hyper_parameters): "
+        in caplog.text
+    )
     assert "no labeled test split" in caplog.text and not [k for k in metrics if "test/" in k]
     # the best checkpoint's validation accuracy, exactly (it was chosen on it)
     assert metrics["val/acc"] == summary["metrics"]["val/acc_best"]
@@ -164,6 +183,9 @@ def test_stored_data_config_may_only_name_our_data_classes() -> None:
     check_data_targets({"_target_": "imgcls.data.csv_datamodule.CSVDataModule"}, "x")
     with pytest.raises(ConfigError, match="not a datamodule of this package"):
         check_data_targets(
-            {"_target_": "imgcls.data.csv_datamodule.CSVDataModule", "a": {"_target_": "os.system"}},
+            {
+                "_target_": "imgcls.data.csv_datamodule.CSVDataModule",
+                "a": {"_target_": "os.system"},
+            },
             "x.ckpt",
         )

@@ -428,6 +428,7 @@ CONSOLE_ROWS = 20
 
 def results_table(table: pd.DataFrame, id_column: str, limit: int = CONSOLE_ROWS) -> str:
     """The first ``limit`` rows as a short text table: id, predicted class, probability, error."""
+
     def short_id(rid: str) -> str:  # the end of a long path is the part that tells
         return rid if len(rid) <= 40 else "..." + rid[-37:]
 

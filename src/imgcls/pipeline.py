@@ -119,7 +119,11 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
 
 def hparam_metrics(has_test: bool) -> tuple[str, ...]:
     """The HParams columns for a run: ``test/*`` only with a labeled test split."""
-    return HPARAM_METRICS if has_test else tuple(m for m in HPARAM_METRICS if not m.startswith("test/"))
+    return (
+        HPARAM_METRICS
+        if has_test
+        else tuple(m for m in HPARAM_METRICS if not m.startswith("test/"))
+    )
 
 
 def _test_note(has_test: bool) -> dict[str, Any]:
@@ -176,7 +180,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("testing checkpoint %s", ckpt)
         trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
-    extra = {"best_checkpoint": best, "output_dir": str(cfg.paths.output_dir), **_test_note(has_test)}
+    extra = {
+        "best_checkpoint": best,
+        "output_dir": str(cfg.paths.output_dir),
+        **_test_note(has_test),
+    }
     _write_summary(cfg, metrics, extra)
     for name in sorted(metrics):
         log.info("%s = %.5f", name, metrics[name])

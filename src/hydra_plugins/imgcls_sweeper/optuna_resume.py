@@ -94,4 +94,9 @@ class ResumableOptunaSweeper(OptunaSweeper):
                         t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else "",
                     ]
                 )
-        log.info("all %d trials of study %r: %s", len(study.trials), study.study_name, sweep_dir / TRIALS_FILE)
+        log.info(
+            "all %d trials of study %r: %s",
+            len(study.trials),
+            study.study_name,
+            sweep_dir / TRIALS_FILE,
+        )

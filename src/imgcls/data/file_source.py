@@ -551,11 +551,15 @@ class FileImageDataModule(ImageDataModule):
                 "labeled test split; set data.test_fraction=null"
             )
         if not 0.0 < float(self.test_fraction or 0.0) < 1.0:
-            raise ConfigError(f"data.test_fraction must be in (0, 1) or null, got {self.test_fraction}")
+            raise ConfigError(
+                f"data.test_fraction must be in (0, 1) or null, got {self.test_fraction}"
+            )
         train_entries = listed["train"]
         train_y = [class_index[e.label] for e in train_entries]  # type: ignore[index]
         # a seed of its own: the validation draw that follows stays seeded by split_seed
-        rest, test = stratified_split(train_y, float(self.test_fraction or 0.0), self.split_seed + 1)
+        rest, test = stratified_split(
+            train_y, float(self.test_fraction or 0.0), self.split_seed + 1
+        )
         if not test:
             raise DataError(f"{self.describe()}: too few training images to hold out a test set")
         listed["train"] = [train_entries[i] for i in rest]

@@ -176,7 +176,12 @@ def decode_steps(channels: int, size: Sequence[int]) -> list[dict[str, Any]]:
             "why": "reduced-size DCT decode (scale 1/2, 1/4 or 1/8, never below twice the target)",
         },
         {"op": "load", "call": "img.load()"},
-        {"op": "convert", "when": f"img.mode != {mode!r}", "call": f"img.convert({mode!r})", "mode": mode},
+        {
+            "op": "convert",
+            "when": f"img.mode != {mode!r}",
+            "call": f"img.convert({mode!r})",
+            "mode": mode,
+        },
         {
             "op": "resize",
             "when": f"the size differs from height {h} x width {w}",

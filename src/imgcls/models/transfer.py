@@ -61,7 +61,9 @@ def resolve_freeze(model_cfg: Any) -> None:
         log.info(
             "model.net.freeze=%s (%s)",
             str(net["freeze"]).lower(),
-            "pretrained backbone frozen" if weights is not None else "model.weights=null: the whole net trains from scratch",
+            "pretrained backbone frozen"
+            if weights is not None
+            else "model.weights=null: the whole net trains from scratch",
         )
     elif net.get("freeze") and weights is None:
         log.warning(

@@ -358,7 +358,9 @@ def to_markdown(summary: Summary) -> str:
     ]
     no_test = [str(j.num) for j in summary.jobs if j.note]
     if no_test:
-        lines.append(f"- test/*: none, {next(j.note for j in summary.jobs if j.note)} in job(s) {', '.join(no_test)}")
+        lines.append(
+            f"- test/*: none, {next(j.note for j in summary.jobs if j.note)} in job(s) {', '.join(no_test)}"
+        )
     common, common_set = _common_overrides(summary.jobs, summary.searched)
     if common and len(summary.jobs) > 1:
         lines.append(f"- overrides of every job: `{' '.join(common)}`")

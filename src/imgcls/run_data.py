@@ -7,8 +7,10 @@ Two places tell, tried in order:
 2. the checkpoint's ``datamodule_hyper_parameters``: the resolved ``data`` config that the
    builder stores in the datamodule's hparams (runs started without Hydra's run dir).
 
-What a checkpoint stores is data, not code: a stored data config is used only when every
-``_target_`` in it names one of this package's data classes (``imgcls.data.``).
+What a checkpoint stores is data, not code: a data config stored in a checkpoint is used only
+when every ``_target_`` in it names one of this package's data classes (``imgcls.data.``). The
+run's ``.hydra/config.yaml`` is a config file like any other (it may name your own datamodule).
+``data=<source>`` or ``data._target_=...`` on the command line chooses the data instead.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def _data_overrides() -> tuple[bool, list[str]]:
     except ValueError:  # no Hydra context
         return False, []
     keys = [o.lstrip("+~").split("=", 1)[0] for o in task]
-    explicit = any(k == "data" for k in keys)
+    # data=<source>, or a whole other datamodule class: the command chooses the data
+    explicit = any(k in ("data", "data._target_") for k in keys)
     return explicit, [o for o, k in zip(task, keys, strict=True) if k.startswith("data.")]
 
 
@@ -97,7 +100,8 @@ def use_run_data(cfg: DictConfig) -> str:
             "pass data=<source> to choose"
         )
     data, where = found
-    check_data_targets(data, where)
+    if where.startswith("stored in the checkpoint"):  # a checkpoint is data: no foreign targets
+        check_data_targets(data, str(ckpt_path))
     stored = OmegaConf.create(data)
     if dotted:
         stored = OmegaConf.merge(

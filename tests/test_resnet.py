@@ -237,6 +237,10 @@ def test_frozen_backbone_keeps_batchnorm_statistics_bit_identical(tiny):
 def test_resnet152_default_head_is_the_seed_head(make_cfg):
     cfg = make_cfg("train", ["model=resnet152"])
     assert cfg.model.weights == "DEFAULT" and cfg.model.optimizer.lr == 0.001
+    from imgcls.models.transfer import resolve_freeze
+
+    resolve_freeze(cfg.model)  # as the builder does: pretrained weights -> frozen backbone
+    assert cfg.model.net.freeze is True
     net = instantiate(
         {**cfg.model.net, "weights": None}, in_channels=3, num_classes=102, image_size=[64, 64]
     )

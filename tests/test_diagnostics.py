@@ -87,10 +87,44 @@ def test_per_class_metrics_from_logits() -> None:
     assert table[2] == "| cat | 0.5000 | 0.5000 | 0.5000 | 2 |"
     assert table[3] == "| dog | 0.6667 | 1.0000 | 0.8000 | 2 |"
     assert table[4] == "| fox | 0.0000 | 0.0000 | 0.0000 | 1 |"
-    # the first two misclassified images are kept, with their true and predicted classes
-    images, true, predicted, _ = cb._wrong[0]
-    assert true.tolist() == [0, 2] and predicted.tolist() == [1, 0]
-    assert images[:, 0, 0, 0].tolist() == [1.0, 4.0]
+    # both misclassified images are shown, with their true and predicted classes
+    shown = cb._grid_errors()
+    assert [(t, p) for _, t, p, _ in shown] == [(0, 1), (2, 0)]
+    # display uint8 of x = 1.0 and 4.0 (normalized with 0.5/0.5): 255 after clamping
+    assert [int(img[0, 0, 0]) for img, *_ in shown] == [255, 255]
+
+
+def test_misclassified_grid_samples_errors_across_classes() -> None:
+    """Class-sorted validation data (all of class 0 first): the grid still shows every class."""
+    k = 10
+    spec = DataSpec(k, 1, (4, 4), tuple(str(i) for i in range(k)), (0.5,), (0.5,))
+    module = SimpleNamespace(spec=spec, device=torch.device("cpu"))
+    cb = ClassificationDiagnostics(max_misclassified=32)
+    cb.setup(None, module, "fit")
+    cb._start(module)
+    y = torch.arange(k).repeat_interleave(50)  # sorted by class, 50 errors per class
+    pred = (y + 1) % k
+    x = torch.zeros(len(y), 1, 4, 4)
+    for start in range(0, len(y), 64):  # in batches, like validation
+        sl = slice(start, start + 64)
+        cb._collect(module, torch.nn.functional.one_hot(pred[sl], k).float(), (x[sl], y[sl]))
+    shown = [t for _, t, _, _ in cb._grid_errors()]
+    assert len(shown) == 32
+    counts = [shown.count(c) for c in range(k)]
+    assert min(counts) >= 3 and max(counts) <= 4, counts  # 32 over 10 classes
+    # within a class, later errors are sampled too (a reservoir, not the first ones)
+    one = ClassificationDiagnostics(max_misclassified=4)
+    spec1 = DataSpec(2, 1, (4, 4), ("a", "b"), (0.0,), (1.0,))
+    m1 = SimpleNamespace(spec=spec1, device=torch.device("cpu"))
+    one.setup(None, m1, "fit")
+    one._start(m1)
+    yy = torch.zeros(200, dtype=torch.long)
+    xx = (torch.arange(200.0) / 255).view(200, 1, 1, 1).expand(200, 1, 4, 4)
+    one._collect(
+        m1, torch.nn.functional.one_hot(torch.ones(200, dtype=torch.long), 2).float(), (xx, yy)
+    )
+    values = [int(img[0, 0, 0]) for img, *_ in one._grid_errors()]
+    assert len(values) == 4 and max(values) >= 8, values
 
 
 def test_confusion_matrix_colors_follow_row_fractions() -> None:

@@ -130,6 +130,7 @@ def resnet18_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [
             "model=resnet18",
             "model.weights=null",
+            "model.net.freeze=true",
             "model.cache_features=false",
             "trainer.max_epochs=1",
             "+trainer.limit_train_batches=2",

@@ -138,8 +138,17 @@ def test_predict_csv_keeps_every_row_in_order(
         "predict",
         [f"ckpt_path={trained_lenet_ckpt}", f"input={tmp_path / 'ask.csv'}", f"image_dir={folder}"],
     )
-    metrics = predict(cfg)
-    assert metrics["predict/images"] == 3 and metrics["predict/failed"] == 3
+    # no submission with holes: one error naming every row without a prediction
+    with pytest.raises(DataError) as e:
+        predict(cfg)
+    message = str(e.value)
+    assert message.startswith("submission.csv not written: 3 of 6 rows of ")
+    assert (
+        "'': empty image name (ask.csv row 2" in message
+        and "'missing_one': image file not found" in message
+    )
+    assert "'../../etc/passwd': " in message and "pass submission=false" in message
+    assert not (tmp_path / "submission.csv").exists()
     df = read_predictions(tmp_path / "predictions.csv")
     assert df["id"].tolist() == rows
     errors = df["error"].tolist()
@@ -150,10 +159,19 @@ def test_predict_csv_keeps_every_row_in_order(
     assert (
         df.loc[0, "pred"] == truth["digit_002.png"] and df.loc[4, "pred"] == truth["digit_004.png"]
     )
-    submission = read_predictions(tmp_path / "submission.csv")
+    readable = [r for r in rows if r.startswith("digit")]
+    (tmp_path / "ok.csv").write_text("id\n" + "".join(f"{r}\n" for r in readable))
+    ok = make_cfg(
+        "predict",
+        [f"ckpt_path={trained_lenet_ckpt}", f"input={tmp_path / 'ok.csv'}", f"image_dir={folder}"],
+        out=tmp_path / "ok",
+    )
+    metrics = predict(ok)
+    assert metrics["predict/images"] == 3 and metrics["predict/failed"] == 0
+    submission = read_predictions(tmp_path / "ok" / "submission.csv")
     assert list(submission.columns) == ["id", "label"]
-    assert submission["id"].tolist() == rows
-    assert submission["label"].tolist() == df["pred"].tolist()
+    assert submission["id"].tolist() == readable
+    assert submission["label"].tolist() == [df.loc[i, "pred"] for i in (0, 4, 5)]
 
     stop = make_cfg(
         "predict",
@@ -210,3 +228,56 @@ def test_predict_digits_csv_submission_scores_on_hidden_truth(make_cfg, tmp_path
     assert submission["id"].tolist() == asked["id"].tolist() == truth["id"].tolist()
     accuracy = (submission["label"] == truth["label"]).mean()
     assert accuracy >= 0.95, accuracy
+
+
+@pytest.mark.slow
+def test_predict_console_table_and_counts(
+    trained_lenet_ckpt, folder_with_bad_files, tmp_path: Path
+) -> None:
+    """A single image prints its prediction; a folder with 2 unreadable files says so in counts
+    and table; the entry point exits 1 on a CSV whose submission would have holes."""
+    folder, truth = folder_with_bad_files
+    one = run_entry(
+        "predict",
+        f"ckpt_path={trained_lenet_ckpt}",
+        f"input={folder / 'digit_001.png'}",
+        f"paths.log_dir={tmp_path / 'one'}",
+        "extras.print_config=false",
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    text = one.stdout + one.stderr
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["file", "pred", "prob"])
+    row = lines[header + 1].split()
+    assert row[0].endswith("digit_001.png") and row[1] == truth["digit_001.png"]
+    assert 0 < float(row[2]) <= 1
+    assert "1 row(s), 1 predicted, 0 failed" in text
+
+    many = run_entry(
+        "predict",
+        f"ckpt_path={trained_lenet_ckpt}",
+        f"input={folder}",
+        f"paths.log_dir={tmp_path / 'many'}",
+        "extras.print_config=false",
+    )
+    assert many.returncode == 0, many.stderr[-3000:]
+    text = many.stdout + many.stderr
+    n = len(truth) + 2
+    assert f"{n} row(s), {n - 2} predicted, 2 failed (rows with an 'error')" in text
+    assert f"... and {n - 20} more rows" in text
+    assert "2 image(s) could not be read" in text
+
+    (tmp_path / "holes.csv").write_text("id\ndigit_002\nnot_there\n")
+    holes = run_entry(
+        "predict",
+        f"ckpt_path={trained_lenet_ckpt}",
+        f"input={tmp_path / 'holes.csv'}",
+        f"image_dir={folder}",
+        f"paths.log_dir={tmp_path / 'holes'}",
+        "extras.print_config=false",
+    )
+    assert holes.returncode == 1
+    assert holes.stderr.count("error: submission.csv not written: 1 of 2 rows") == 1
+    assert "'not_there': image file not found" in holes.stderr and "Traceback" not in holes.stderr
+    assert not list((tmp_path / "holes").glob("predict/runs/*/submission.csv"))
+    assert list((tmp_path / "holes").glob("predict/runs/*/predictions.csv"))

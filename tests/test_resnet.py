@@ -27,6 +27,8 @@ from tests.conftest import run_entry
 
 TINY = [
     "model=resnet18",
+    # frozen even with model.weights=null (random init would otherwise train the whole net)
+    "model.net.freeze=true",
     "data._target_=tests._tiny_mnist.TinyMNIST",
     "data.batch_size=32",
     "data.eval_batch_size=64",
@@ -140,7 +142,7 @@ def test_missing_weights_stop_at_once_with_one_line(tmp_path):
     assert [line for line in r.stderr.splitlines() if line.startswith("error")] == [
         f"error: pretrained weights ResNet18_Weights.IMAGENET1K_V1 not found at {expected} "
         f"(offline: nothing is downloaded); put the file from "
-        f"https://download.pytorch.org/models/{RESNET18_FILE} there, or train from scratch with model.weights=null"
+        f"https://download.pytorch.org/models/{RESNET18_FILE} there, or train the whole net from scratch with model.weights=null"
     ]
     assert "Traceback" not in r.stdout + r.stderr
     assert " images " not in r.stdout  # stopped before the data was loaded
@@ -235,6 +237,10 @@ def test_frozen_backbone_keeps_batchnorm_statistics_bit_identical(tiny):
 def test_resnet152_default_head_is_the_seed_head(make_cfg):
     cfg = make_cfg("train", ["model=resnet152"])
     assert cfg.model.weights == "DEFAULT" and cfg.model.optimizer.lr == 0.001
+    from imgcls.models.transfer import resolve_freeze
+
+    resolve_freeze(cfg.model)  # as the builder does: pretrained weights -> frozen backbone
+    assert cfg.model.net.freeze is True
     net = instantiate(
         {**cfg.model.net, "weights": None}, in_channels=3, num_classes=102, image_size=[64, 64]
     )

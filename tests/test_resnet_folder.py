@@ -36,7 +36,10 @@ def folder_cfg(root: Path, out: Path, *overrides: str):
         [
             "model=resnet18",
             "model.weights=null",
+            "model.net.freeze=true",  # a frozen random backbone: the feature cache's case
             "data=folder",
+            # the folder set has no test/: hold out a labeled test split from train/
+            "data.test_fraction=0.1",
             f"data.root={root}",
             "data.cache_dir=null",
             # fixed normalization: measured on the training images it would change (and with it
@@ -133,6 +136,9 @@ def test_resnet152_on_flowers_as_typed_with_weights_in_place(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads(next((tmp_path / "logs").glob("train/runs/*/metrics.json")).read_text())
-    assert {"val/acc", "val/acc_top5", "test/acc"} <= set(summary["metrics"])
+    assert {"val/acc", "val/acc_top5"} <= set(summary["metrics"])
+    # train/ and valid/ only: no test split, so no test/* (val chose the checkpoint)
+    assert summary["test"] == "no labeled test split"
+    assert not [k for k in summary["metrics"] if k.startswith("test/")]
     assert "ResNet152_Weights.IMAGENET1K_V2" in r.stdout  # the DEFAULT weights file was loaded
     assert "feature cache off: the training data is augmented" in r.stdout

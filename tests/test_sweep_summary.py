@@ -111,3 +111,18 @@ def test_ddp_rank_reruns_the_job_not_the_sweep() -> None:
         # hparams_search configs switch to multirun themselves; a rank is one run
         "hydra.mode=RUN",
     ]
+
+
+def test_jobs_without_a_labeled_test_split_say_so(tmp_path: Path) -> None:
+    """optimized_metric=test/acc on data without a test split: the table names the reason."""
+    for num, data in ((0, "data=csv"), (1, "data=mnist")):
+        _job(tmp_path, num, [data], None if num == 0 else 0.98)
+        metrics = {"val/acc_best": 0.9} if num == 0 else {"test/acc": 0.98}
+        note = {"test": "no labeled test split"} if num == 0 else {}
+        (tmp_path / str(num) / "metrics.json").write_text(json.dumps({"metrics": metrics, **note}))
+    write_summary(tmp_path, "test/acc", "max")
+    rows = _rows(tmp_path / "summary.csv")
+    assert [r["optimized_metric"] for r in rows] == ["no labeled test split", "0.98"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "- test/*: none, no labeled test split in job(s) 0" in md
+    assert "| 0 | completed | no labeled test split | `data=csv` |" in md

@@ -127,6 +127,8 @@ def test_optuna_search_reports_best_value_and_params(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_optuna_search_resumes_from_sqlite(tmp_path: Path) -> None:
+    """A rerun on the same storage continues the study: new trial numbers (job dirs too), new
+    parameters (the seeded sampler does not replay), one table of every trial."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["hparams_search=mnist_optuna", f"hydra.sweeper.storage={storage}", *TINY]
     first = run_entry("train", *args, "hydra.sweeper.n_trials=2", f"paths.log_dir={tmp_path}/a")
@@ -138,7 +140,22 @@ def test_optuna_search_resumes_from_sqlite(tmp_path: Path) -> None:
 
     study = optuna.load_study(study_name="mnist_optuna", storage=storage)
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
-    results = OmegaConf.load(_sweep_dir(tmp_path / "b") / "optimization_results.yaml")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    first_params = [t.params for t in study.trials[:2]]
+    second_params = [t.params for t in study.trials[2:]]
+    assert not any(p in first_params for p in second_params), (first_params, second_params)
+    sweep_b = _sweep_dir(tmp_path / "b")
+    assert sorted(r["job"] for r in _rows(sweep_b / "summary.csv")) == ["2", "3"]
+    assert sorted(p.name for p in sweep_b.iterdir() if p.name.isdigit()) == ["2", "3"]
+    trials = _rows(sweep_b / "optuna_trials.csv")
+    assert [r["trial"] for r in trials] == ["0", "1", "2", "3"]
+    assert [json.loads(r["params"]) for r in trials] == first_params + second_params
+    md = (sweep_b / "summary.md").read_text()
+    assert "## Every trial of the study (4, all runs on its storage)" in md
+    # searched parameters are per-trial values, never "overrides of every job"
+    common = next(line for line in md.splitlines() if line.startswith("- overrides of every job"))
+    assert "model.scheduler.max_lr" not in common and "model.net.hidden" not in common
+    results = OmegaConf.load(sweep_b / "optimization_results.yaml")
     assert results.best_value == pytest.approx(study.best_value)  # best over both runs
 
 

@@ -106,7 +106,7 @@ def run(args) -> list[str]:
     tmp = Path(tempfile.mkdtemp(prefix="bench_feature_cache_"))
     dm = Digits(n_train, n_val, size, batch_size=batch, eval_batch_size=batch)
     dm.setup()
-    base = [f"model={arch}", "model.weights=null"]
+    base = [f"model={arch}", "model.weights=null", "model.net.freeze=true"]
     model = build_model(compose_cfg(base, tmp / "cfg"), dm)
 
     bare_backbone(dm, model)  # warm-up: first calls set up kernels for each input shape

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from imgcls.data.base_datamodule import ImageDataModule
 from imgcls.models.classifier import ImageClassifier
-from imgcls.models.transfer import check_weights, use_weights_normalization
+from imgcls.models.transfer import check_weights, resolve_freeze, use_weights_normalization
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,26 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """Instantiate ``cfg.data`` and run its validation/loading once (before any training)."""
     log.info("data: %s", cfg.data._target_)
     dm: ImageDataModule = instantiate(cfg.data)
+    store_data_config(dm, cfg)
     dm.prepare_data()
     dm.setup()
     return dm
+
+
+def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
+    """Keep the resolved data config in the datamodule's hparams: Lightning writes it into every
+    checkpoint (``datamodule_hyper_parameters``), so eval can find the run's data without its
+    run dir (see ``imgcls.run_data``)."""
+    from imgcls.run_data import data_hparams
+
+    dm.save_hyperparameters(data_hparams(cfg), logger=False)
 
 
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
     """Instantiate ``cfg.model`` with the sizes and class names taken from the data."""
     log.info("model: %s (net %s)", cfg.model._target_, cfg.model.net._target_)
     use_weights_normalization(cfg.model, dm)
+    resolve_freeze(cfg.model)
     return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from imgcls.builder import build_datamodule
-from imgcls.data.images import load_image
+from imgcls.data.images import decode_steps, load_image
 from imgcls.data.spec import DataSpec
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, ExportError, UserError
@@ -38,17 +38,29 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 # -- metadata ------------------------------------------------------------------------------
 def preprocessing(spec: DataSpec) -> dict[str, Any]:
-    """How to turn an image file into the exported model's input (what predict.py does)."""
-    h, w = spec.image_size
-    color = "grayscale (PIL mode L)" if spec.in_channels == 1 else "RGB (PIL mode RGB)"
+    """How to turn an image file into the exported model's input: exactly what predict.py does.
+
+    ``steps`` are machine-readable (``op`` plus the PIL ``call``); the decode steps come from
+    ``imgcls.data.images.decode_steps``, the description of the one decode function that
+    predict.py, eval and the datamodules use.
+    """
+    steps = decode_steps(spec.in_channels, spec.image_size)
+    steps += [
+        {
+            "op": "scale",
+            "call": "x.astype(np.float32) / 255, stack a batch (N, C, H, W)",
+            "factor": 1 / 255,
+            "dtype": "float32",
+        },
+        {
+            "op": "normalize",
+            "call": "(x - mean[c]) / std[c] per channel c",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        },
+    ]
     return {
-        "steps": [
-            f"decode the image and convert it to {color}",
-            f"resize to height {h} x width {w} (PIL bilinear, antialiased when shrinking; aspect "
-            "ratio not kept)",
-            "to float32 in [0, 1] (pixel / 255), layout (C, H, W), stack a batch (N, C, H, W)",
-            "subtract mean and divide by std per channel",
-        ],
+        "steps": steps,
         "channels": spec.in_channels,
         "image_size": list(spec.image_size),
         "scale": 1 / 255,
@@ -158,6 +170,20 @@ def _dynamic_batch() -> tuple[dict[int, Any]]:
     return ({0: torch.export.Dim("batch", min=1, max=65536)},)
 
 
+ONNX_MAX_INLINE_BYTES = 1_800_000_000  # protobuf caps one file at 2 GB
+
+
+def _needs_external_data(net: nn.Module) -> bool:
+    size = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
+    return size > ONNX_MAX_INLINE_BYTES
+
+
+def model_files(out: Path) -> list[str]:
+    """Every file the exported model needs, beside the sidecar (ONNX external data included)."""
+    extra = out.with_name(out.name + ".data")
+    return [out.name] + ([extra.name] if extra.is_file() else [])
+
+
 def export_onnx(
     net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
 ) -> Callable[[Tensor], Tensor] | None:
@@ -165,6 +191,10 @@ def export_onnx(
     # the exporter's optimizer passes log every step at INFO
     for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    external = _needs_external_data(net)
+    stale = out.with_name(out.name + ".data")
+    if not external and stale.is_file():  # from an earlier export: not part of this model
+        stale.unlink()
     try:
         torch.onnx.export(
             net,
@@ -175,6 +205,9 @@ def export_onnx(
             dynamic_shapes=_dynamic_batch(),
             dynamo=True,
             verbose=False,
+            # one self-contained file (protobuf's 2 GB limit allows any net shipped here);
+            # weights in a separate model.onnx.data would be lost when only model.onnx is copied
+            external_data=external,
         )
     except ImportError as e:  # onnxscript / onnx missing
         raise ExportError(
@@ -274,6 +307,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
         log.info(msg)
         metrics = {"export/max_abs_diff": diff, "export/top1_agreement": agree / len(x)}
     meta.pop("runtime", None)
+    meta["files"] = model_files(out)
     side = out.with_suffix(out.suffix + ".json")
     side.write_text(json.dumps(meta, indent=2))
     log.info("model: %s; metadata (class names, preprocessing, parity): %s", out, side)

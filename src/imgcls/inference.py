@@ -394,25 +394,68 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     out = Path(cfg.get("predictions_file") or Path(cfg.paths.output_dir) / "predictions.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format="%.7g")
-    failed = {inputs.items[i].id: msg for i, msg in sorted(collector.errors.items())}
-    log.info("predictions for %d image(s) written to %s", len(table) - len(failed), out)
+    failed = {i: msg for i, msg in sorted(collector.errors.items())}
+    log.info(
+        "%s: %d row(s), %d predicted, %d failed%s",
+        out,
+        len(table),
+        len(table) - len(failed),
+        len(failed),
+        " (rows with an 'error')" if failed else "",
+    )
+    log.info("results:\n%s", results_table(table, inputs.id_column))
     if failed:
-        log.warning(
-            "%d image(s) could not be read (rows with an 'error' in %s):", len(failed), out.name
-        )
-        for name, msg in list(failed.items())[:20]:
-            log.warning("  %s: %s", name, msg)
+        log.warning("%d image(s) could not be read:", len(failed))
+        for i, msg in list(failed.items())[:20]:
+            log.warning("  %s: %s", inputs.items[i].id or inputs.items[i].where, msg)
     metrics = {
         "predict/images": float(len(table) - len(failed)),
         "predict/failed": float(len(failed)),
     }
     if inputs.kind == "csv" and cfg.get("submission", True):
+        if failed:
+            raise DataError(missing_rows_message(inputs, failed, out))
         write_submission(cfg, inputs, table)
     if inputs.labels is not None:  # a labeled CSV: score it (unreadable rows count as wrong)
         correct = sum(p == t for p, t in zip(table["pred"], inputs.labels, strict=True))
         metrics["predict/acc"] = correct / len(table)
         log.info("accuracy against the CSV's labels: %.4f", metrics["predict/acc"])
     return metrics
+
+
+CONSOLE_ROWS = 20
+
+
+def results_table(table: pd.DataFrame, id_column: str, limit: int = CONSOLE_ROWS) -> str:
+    """The first ``limit`` rows as a short text table: id, predicted class, probability, error."""
+
+    def short_id(rid: str) -> str:  # the end of a long path is the part that tells
+        return rid if len(rid) <= 40 else "..." + rid[-37:]
+
+    rows = [
+        (short_id(str(r[id_column])), str(r["pred"]), r["prob"], str(r["error"]))
+        for _, r in table.head(limit).iterrows()
+    ]
+    width = max([len(id_column), *(len(r[0]) for r in rows)])
+    lines = [f"  {id_column:<{width}}  {'pred':<12} {'prob':>7}  error"]
+    for rid, pred, prob, err in rows:
+        p = f"{float(prob):.4f}" if prob is not None and prob == prob else ""
+        short = err if len(err) <= 70 else err[:67] + "..."
+        lines.append(f"  {rid:<{width}}  {pred[:12]:<12} {p:>7}  {short}")
+    if len(table) > limit:
+        lines.append(f"  ... and {len(table) - limit} more rows")
+    return "\n".join(lines)
+
+
+def missing_rows_message(inputs: InputList, failed: dict[int, str], out: Path) -> str:
+    """One error for a submission with rows that have no prediction."""
+    shown = [f"{inputs.items[i].id!r}: {msg}" for i, msg in list(failed.items())[:10]]
+    more = f"; ... and {len(failed) - 10} more" if len(failed) > 10 else ""
+    return (
+        f"submission.csv not written: {len(failed)} of {len(inputs.items)} rows of {inputs.source} "
+        f"have no prediction ({'; '.join(shown)}{more}); predictions for the others are in {out} "
+        "(error column). Fix those rows, or pass submission=false"
+    )
 
 
 def write_submission(cfg: DictConfig, inputs: InputList, table: pd.DataFrame) -> Path:

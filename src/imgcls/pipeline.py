@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from imgcls.builder import build, build_datamodule, build_trainer
 from imgcls.checkpointing.safe_config import register_nets_from_config
+from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.errors import ConfigError, find_user_error
 from imgcls.fault_tolerance import (
     check_resume_source,
@@ -27,6 +28,7 @@ from imgcls.fault_tolerance import (
     prepare_checkpoint,
 )
 from imgcls.models.classifier import count_parameters
+from imgcls.run_data import use_run_data
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import flatten, print_config_tree, to_plain
 
@@ -54,8 +56,17 @@ def _is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, loggers: list) -> None:
-    """Send the run's config and parameter counts to every logger (TensorBoard hparams tab)."""
+def log_hyperparameters(
+    cfg: DictConfig,
+    model: L.LightningModule,
+    loggers: list,
+    metrics: tuple[str, ...] | None = None,
+) -> None:
+    """Send the run's config and parameter counts to every logger (TensorBoard hparams tab).
+
+    ``metrics``: the HParams columns (default ``HPARAM_METRICS``); without a labeled test split
+    the caller leaves ``test/*`` out, so no column suggests a test score exists.
+    """
     if not loggers:
         return
     trainable, total = count_parameters(model)
@@ -74,7 +85,7 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, loggers: list
     for logger in loggers:
         logger.log_hyperparams(params)
         if isinstance(logger, TensorBoardLogger):
-            write_tensorboard_hparams(logger, params, HPARAM_METRICS)
+            write_tensorboard_hparams(logger, params, metrics or HPARAM_METRICS)
 
 
 # Metrics the TensorBoard HParams view shows against each run's hyper-parameters.
@@ -113,6 +124,20 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     return path or None
 
 
+def hparam_metrics(has_test: bool) -> tuple[str, ...]:
+    """The HParams columns for a run: ``test/*`` only with a labeled test split."""
+    return (
+        HPARAM_METRICS
+        if has_test
+        else tuple(m for m in HPARAM_METRICS if not m.startswith("test/"))
+    )
+
+
+def _test_note(has_test: bool) -> dict[str, Any]:
+    """What metrics.json says about the test split (read back by the sweep tables)."""
+    return {} if has_test else {"test": NO_TEST_SPLIT}
+
+
 def _write_summary(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> None:
     if not _is_rank_zero():
         return
@@ -136,7 +161,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     built = build(cfg)
     assert built.model is not None
     ckpt_path = prepare_checkpoint(cfg, built)
-    log_hyperparameters(cfg, built.model, built.loggers)
+    has_test = built.datamodule.has_labeled_test
+    log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
     trainer = built.trainer
 
     metrics: dict[str, float] = {}
@@ -148,7 +174,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             )
         metrics.update(_floats(trainer.callback_metrics))
     best = _best_checkpoint(trainer)
-    if cfg.get("test"):
+    if cfg.get("test") and not has_test:
+        log.warning(
+            "%s: no test/* metrics (val/* chose the checkpoint, so they are not a test score); "
+            "set data.test_fraction=0.1 to hold out a test split",
+            NO_TEST_SPLIT,
+        )
+    elif cfg.get("test"):
         ckpt = best if cfg.get("train") else ckpt_path
         if ckpt is None:
             log.warning("no checkpoint to test (checkpointing off?): testing the current weights")
@@ -156,20 +188,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("testing checkpoint %s", ckpt)
         trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
-    _write_summary(cfg, metrics, {"best_checkpoint": best, "output_dir": str(cfg.paths.output_dir)})
+    extra = {
+        "best_checkpoint": best,
+        "output_dir": str(cfg.paths.output_dir),
+        **_test_note(has_test),
+    }
+    _write_summary(cfg, metrics, extra)
     for name in sorted(metrics):
         log.info("%s = %.5f", name, metrics[name])
     return metrics
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test a checkpoint on the configured data; the model is rebuilt from the checkpoint alone."""
+    """Test a checkpoint; the model is rebuilt from the checkpoint alone, the data is the
+    checkpoint's run's own unless ``data=`` is given (see ``imgcls.run_data``).
+
+    Without a labeled test split the validation split is scored, under ``val/*`` names.
+    """
     apply_extras(cfg)
     if not cfg.get("ckpt_path"):
         raise ConfigError(
             "eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>"
         )
     model = load_classifier(cfg.ckpt_path)
+    log.info(use_run_data(cfg))
     dm = build_datamodule(cfg)
     mismatch = model.spec.incompatibilities(dm.spec)
     if mismatch:
@@ -180,10 +222,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # normalize as the model was trained (e.g. with its pretrained weights' statistics)
     dm.set_normalization(model.spec.mean, model.spec.std)
     trainer, _, loggers = build_trainer(cfg)
-    log_hyperparameters(cfg, model, loggers)
-    trainer.test(model, datamodule=dm)
+    has_test = dm.has_labeled_test
+    log_hyperparameters(cfg, model, loggers, hparam_metrics(has_test))
+    if has_test:
+        trainer.test(model, datamodule=dm)
+    else:
+        log.warning("%s: scoring the validation split (val/* metrics, no test/*)", NO_TEST_SPLIT)
+        trainer.validate(model, datamodule=dm)
     metrics = _floats(trainer.callback_metrics)
-    _write_summary(cfg, metrics, {"checkpoint": str(cfg.ckpt_path)})
+    _write_summary(cfg, metrics, {"checkpoint": str(cfg.ckpt_path), **_test_note(has_test)})
     for name in sorted(metrics):
         log.info("%s = %.5f", name, metrics[name])
     return metrics
@@ -215,6 +262,8 @@ def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None
     if name in metrics:
         return metrics[name]
     message = f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}"
+    if str(name).startswith("test/") and not any(k.startswith("test/") for k in metrics):
+        message += f" ({NO_TEST_SPLIT}: set data.test_fraction, or optimize a val/* metric)"
     if _in_multirun():  # a sweeper cannot rank this job
         raise ConfigError(message)
     log.warning(message)  # a single run has finished; its results stand

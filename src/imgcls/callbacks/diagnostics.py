@@ -58,7 +58,9 @@ class ClassificationDiagnostics(L.Callback):
         every_n_epochs: write validation diagnostics every N epochs (the last epoch of a fit
             counts as well); 0 turns validation diagnostics off.
         on_test: write them at the end of ``trainer.test`` too.
-        max_misclassified: misclassified images shown in the grid (0: no grid).
+        max_misclassified: misclassified images shown in the grid (0: no grid), sampled across
+            true classes: a seeded reservoir per class, then one class after the other, so a
+            class-sorted split does not fill the grid with its first class's errors.
         grid_columns: images per row of the grid.
         tile_size: pixel size of each grid image (small images are upscaled, nearest).
     """
@@ -79,8 +81,9 @@ class ClassificationDiagnostics(L.Callback):
         self.tile_size = int(tile_size)
         self.metrics: MetricCollection | None = None
         self._active = False
-        self._wrong: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        self._n_wrong = 0
+        self._pool: dict[int, list[tuple[Tensor, int, int, float]]] = {}
+        self._seen: dict[int, int] = {}
+        self._rng = torch.Generator()
         self._warned = False
 
     # -- set-up --------------------------------------------------------------------------------
@@ -112,7 +115,8 @@ class ClassificationDiagnostics(L.Callback):
         assert self.metrics is not None
         self.metrics.to(pl_module.device)
         self.metrics.reset()
-        self._wrong, self._n_wrong = [], 0
+        self._pool, self._seen = {}, {}
+        self._rng.manual_seed(0)  # the same errors shown for the same predictions
         self._active = True
 
     # -- collection ----------------------------------------------------------------------------
@@ -129,15 +133,49 @@ class ClassificationDiagnostics(L.Callback):
         logits = outputs.detach()
         preds = logits.argmax(1)
         self.metrics.update(preds, y)
-        need = self.max_misclassified - self._n_wrong
         # cached features (not images) cannot be shown
         is_image = x.ndim == 4 and x.shape[1] == _spec(pl_module).in_channels
-        if need > 0 and is_image:
-            idx = (preds != y).nonzero().flatten()[:need]
-            if len(idx):
-                conf = logits[idx].float().softmax(1).gather(1, preds[idx, None]).flatten()
-                self._wrong.append((x[idx].cpu(), y[idx].cpu(), preds[idx].cpu(), conf.cpu()))
-                self._n_wrong += len(idx)
+        if self.max_misclassified > 0 and is_image:
+            self._sample_errors(pl_module, x, y, preds, logits)
+
+    def _per_class_cap(self, num_classes: int) -> int:
+        # room for twice a fair share per class: enough to fill the grid when some classes
+        # have few errors, bounded memory (display uint8) with many classes
+        share = -(-self.max_misclassified // max(1, min(num_classes, self.max_misclassified)))
+        return 2 * share
+
+    def _sample_errors(
+        self, pl_module: L.LightningModule, x: Tensor, y: Tensor, preds: Tensor, logits: Tensor
+    ) -> None:
+        """Reservoir-sample this batch's errors per true class (images kept as display uint8)."""
+        idx = (preds != y).nonzero().flatten()
+        if not len(idx):
+            return
+        spec = _spec(pl_module)
+        cap = self._per_class_cap(spec.num_classes)
+        conf = logits[idx].float().softmax(1).gather(1, preds[idx, None]).flatten().cpu()
+        images = to_display_uint8(x[idx], spec.mean, spec.std)
+        for j, (t, p) in enumerate(zip(y[idx].tolist(), preds[idx].tolist(), strict=True)):
+            seen = self._seen.get(t, 0)
+            self._seen[t] = seen + 1
+            pool = self._pool.setdefault(t, [])
+            item = (images[j], t, p, float(conf[j]))
+            if len(pool) < cap:
+                pool.append(item)
+            else:
+                k = int(torch.randint(0, seen + 1, (1,), generator=self._rng))
+                if k < cap:
+                    pool[k] = item
+
+    def _grid_errors(self) -> list[tuple[Tensor, int, int, float]]:
+        """Up to ``max_misclassified`` sampled errors, one true class after the other."""
+        pools = [list(self._pool[c]) for c in sorted(self._pool)]
+        chosen: list[tuple[Tensor, int, int, float]] = []
+        while len(chosen) < self.max_misclassified and any(pools):
+            for pool in pools:
+                if pool and len(chosen) < self.max_misclassified:
+                    chosen.append(pool.pop(0))
+        return chosen
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._active = False
@@ -177,7 +215,7 @@ class ClassificationDiagnostics(L.Callback):
         pl_module.log(f"{stage}/f1_macro", float(values["f1"].mean()))
         tb = self._tensorboard(trainer)
         if tb is None or not trainer.is_global_zero:
-            self._wrong = []
+            self._pool = {}
             return
         spec = _spec(pl_module)
         names = list(spec.class_names)
@@ -191,19 +229,12 @@ class ClassificationDiagnostics(L.Callback):
             names, {k: values[k].cpu() for k in ("precision", "recall", "f1")}, cm.sum(1)
         )
         exp.add_text(f"{stage}/per_class", table, step)
-        if self._wrong:
-            x = torch.cat([w[0] for w in self._wrong])
-            y, pred, conf = (torch.cat([w[i] for w in self._wrong]) for i in (1, 2, 3))
-            captions = [
-                f"true {names[t]}\npred {names[p]} ({c:.0%})"
-                for t, p, c in zip(y.tolist(), pred.tolist(), conf.tolist(), strict=True)
-            ]
+        errors = self._grid_errors()
+        if errors:
+            captions = [f"true {names[t]}\npred {names[p]} ({c:.0%})" for _, t, p, c in errors]
             grid = captioned_grid(
-                to_display_uint8(x, spec.mean, spec.std),
-                captions,
-                self.tile_size,
-                self.grid_columns,
+                torch.stack([e[0] for e in errors]), captions, self.tile_size, self.grid_columns
             )
             exp.add_image(f"{stage}/misclassified", grid, step)
-        self._wrong = []
+        self._pool = {}
         exp.flush()

@@ -22,6 +22,9 @@ from imgcls.data.transforms import normalize
 
 log = logging.getLogger(__name__)
 
+# What run logs, metrics.json and sweep tables say where test/* would be.
+NO_TEST_SPLIT = "no labeled test split"
+
 
 class Splits(dict[str, TensorImageDataset]):
     """``train``/``val``/``test``/``predict`` datasets (any may be absent)."""
@@ -35,7 +38,8 @@ class ImageDataModule(L.LightningDataModule):
         eval_batch_size: batch size for val/test/predict (defaults to ``batch_size``).
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
         pin_memory: pin host memory (useful with a GPU).
-        train_augment: batch transform applied to normalized training batches only.
+        train_augment: batch transform applied to training batches only, in pixel space
+            (float 0..255, before normalization), so exposed borders are black as in torchvision.
         mean: per-channel mean; ``None`` uses the subclass default.
         std: per-channel std; ``None`` uses the subclass default.
     """
@@ -125,6 +129,14 @@ class ImageDataModule(L.LightningDataModule):
             self._served[split] = dataset
 
     @property
+    def has_labeled_test(self) -> bool:
+        """Whether a labeled ``test`` split exists: the only split ``test/*`` metrics may name."""
+        self.setup()
+        assert self.splits is not None
+        test = self.splits.get("test")
+        return test is not None and len(test) > 0 and bool((test.targets >= 0).all())
+
+    @property
     def num_classes(self) -> int:
         return self.spec.num_classes
 
@@ -186,7 +198,11 @@ class ImageDataModule(L.LightningDataModule):
         if images.dtype != torch.uint8:  # e.g. cached features: nothing to decode
             return batch
         spec = self.spec
-        x = normalize(images, spec.mean, spec.std)
-        if self.train_augment is not None and self.trainer is not None and self.trainer.training:
-            x = self.train_augment(x)
-        return x, targets
+        return normalize(self._augment(images), spec.mean, spec.std), targets
+
+    def _augment(self, images: Tensor) -> Tensor:
+        """Training augmentation on pixel values (float 0..255): its zero fill is black, the
+        value evaluation images' borders have, not the dataset mean of normalized space."""
+        if self.train_augment is None or self.trainer is None or not self.trainer.training:
+            return images
+        return self.train_augment(images.float())

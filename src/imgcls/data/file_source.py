@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from imgcls.data.base_datamodule import ImageDataModule, Splits
+from imgcls.data.base_datamodule import NO_TEST_SPLIT, ImageDataModule, Splits
 from imgcls.data.images import (
     GRAY_MODES,
     check_size_options,
@@ -316,6 +316,10 @@ class FileImageDataModule(ImageDataModule):
         val_fraction: fraction of each class held out for validation when the source lists
             no validation data.
         split_seed: seed of that split (independent of the training seed).
+        test_fraction: for sources without a labeled test split, hold out this fraction of
+            each training class as the test split (stratified, seeded by ``split_seed``,
+            drawn before and apart from the validation split). ``None``: no test split, so
+            no ``test/*`` metrics.
         cache_dir: directory for the on-disk decode cache (memory-mapped on reload, so it also
             serves datasets larger than RAM); ``None`` decodes into memory on every run.
         num_workers: threads that decode the images at set-up. Batches are gathered from the
@@ -336,6 +340,7 @@ class FileImageDataModule(ImageDataModule):
         split_seed: int = 12345,
         cache_dir: str | None = None,
         num_workers: int = 2,
+        test_fraction: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_workers=num_workers, **kwargs)
@@ -351,6 +356,7 @@ class FileImageDataModule(ImageDataModule):
         self.resize_factor = None if resize_factor is None else int(resize_factor)
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
+        self.test_fraction = None if test_fraction is None else float(test_fraction)
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.entries: dict[str, list[ImageEntry]] = {}
         self._fingerprints: dict[str, str] = {}
@@ -424,6 +430,8 @@ class FileImageDataModule(ImageDataModule):
             if split in listed:
                 listed[split] = kept
 
+        if self.test_fraction is not None:
+            self._hold_out_test(listed, class_index)
         if not listed.get("val"):
             train_y = [class_index[e.label] for e in listed["train"]]  # type: ignore[index]
             tr, va = stratified_split(train_y, self.val_fraction, self.split_seed)
@@ -532,6 +540,37 @@ class FileImageDataModule(ImageDataModule):
             time.perf_counter() - t0,
         )
         return splits
+
+    def _hold_out_test(
+        self, listed: dict[str, list[ImageEntry]], class_index: dict[str, int]
+    ) -> None:
+        """Move ``test_fraction`` of each training class into a labeled ``test`` split."""
+        if listed.get("test"):
+            raise ConfigError(
+                f"data.test_fraction={self.test_fraction} but {self.describe()} already has a "
+                "labeled test split; set data.test_fraction=null"
+            )
+        if not 0.0 < float(self.test_fraction or 0.0) < 1.0:
+            raise ConfigError(
+                f"data.test_fraction must be in (0, 1) or null, got {self.test_fraction}"
+            )
+        train_entries = listed["train"]
+        train_y = [class_index[e.label] for e in train_entries]  # type: ignore[index]
+        # a seed of its own: the validation draw that follows stays seeded by split_seed
+        rest, test = stratified_split(
+            train_y, float(self.test_fraction or 0.0), self.split_seed + 1
+        )
+        if not test:
+            raise DataError(f"{self.describe()}: too few training images to hold out a test set")
+        listed["train"] = [train_entries[i] for i in rest]
+        listed["test"] = [train_entries[i] for i in test]
+        log.info(
+            "data.test_fraction: holding out %.0f%% of each class as the test split "
+            "(%d images, stratified, seed %d), apart from validation",
+            100 * float(self.test_fraction or 0.0),
+            len(test),
+            self.split_seed + 1,
+        )
 
     def missing_hint(self, path: Path) -> str:
         """Extra words for a missing file (sources that know similar names override this)."""
@@ -728,11 +767,12 @@ class FileImageDataModule(ImageDataModule):
     def test_dataloader(self) -> DataLoader:
         self.setup()
         assert self.splits is not None
-        if "test" not in self.splits:
-            log.warning(
-                "%s has no labeled test split: testing on the validation split", self.describe()
+        if not self.has_labeled_test:
+            # never score the validation split under test/* names (it chose the checkpoint)
+            raise DataError(
+                f"{self.describe()} has {NO_TEST_SPLIT}: set data.test_fraction (e.g. 0.1) "
+                "to hold one out, or give labeled test data"
             )
-            return self._loader("val")
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:

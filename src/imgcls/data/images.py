@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,6 +150,51 @@ def decode_image(
     except _DECODE_ERRORS as e:
         raise DataError(f"cannot decode image {p}: {e}") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def decode_steps(channels: int, size: Sequence[int]) -> list[dict[str, Any]]:
+    """What ``decode_image`` does to a file for a model input of ``channels`` x ``size``, as data.
+
+    The export sidecar writes these steps down (then scale and normalize), so that code
+    outside this package can reproduce predict.py from a file on disk with PIL. Change this
+    list and ``decode_image`` together: a test replays it against predict.py.
+    """
+    mode = "L" if channels == 1 else "RGB"
+    h, w = int(size[0]), int(size[1])
+    return [
+        {
+            "op": "open",
+            "library": "PIL",
+            "call": "Image.open(path)",
+        },
+        {
+            "op": "jpeg_draft",
+            "when": "the file is a JPEG (img.format == 'JPEG') and its size differs from the target",
+            "call": f"img.draft({mode!r}, ({2 * w}, {2 * h}))",
+            "mode": mode,
+            "size_wh": [2 * w, 2 * h],
+            "why": "reduced-size DCT decode (scale 1/2, 1/4 or 1/8, never below twice the target)",
+        },
+        {"op": "load", "call": "img.load()"},
+        {
+            "op": "convert",
+            "when": f"img.mode != {mode!r}",
+            "call": f"img.convert({mode!r})",
+            "mode": mode,
+        },
+        {
+            "op": "resize",
+            "when": f"the size differs from height {h} x width {w}",
+            "call": f"img.resize(({w}, {h}), Image.Resampling.BILINEAR)",
+            "size_hw": [h, w],
+            "resample": "bilinear (PIL, antialiased when shrinking); aspect ratio not kept",
+        },
+        {
+            "op": "to_array",
+            "call": "np.asarray(img, dtype=np.uint8), (H, W) -> (1, H, W), (H, W, 3) -> (3, H, W)",
+            "layout": "CHW",
+        },
+    ]
 
 
 def load_image(

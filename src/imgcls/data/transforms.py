@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 ``(N, C, H, W)`` in [0, 255] -> float32 normalized per channel."""
-    x = images.float().div_(255.0)
+    """uint8 (or float) ``(N, C, H, W)`` in [0, 255] -> float32 normalized per channel."""
+    # a copy either way: the caller's tensor (uint8 batch, augmented pixels) is left untouched
+    x = images.float().div_(255.0) if images.dtype != torch.float32 else images.div(255.0)
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return x.sub_(m).div_(s)
@@ -27,6 +28,8 @@ class BatchRandomAffine(nn.Module):
 
     One ``affine_grid`` + ``grid_sample`` for the whole batch: a per-sample transform at the
     cost of a single kernel, unlike torchvision's batch transforms that share one draw.
+    Exposed borders are filled with 0: the datamodules apply it to pixel values before
+    normalization, so that is black (torchvision's default fill).
 
     Args:
         degrees: max absolute rotation in degrees.

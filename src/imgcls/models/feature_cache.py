@@ -61,6 +61,19 @@ def parse_mode(value: Any) -> bool | str:
     raise ConfigError(f"model.cache_features={value!r}: use true, false or auto")
 
 
+def _drop_built_train_loader(trainer: L.Trainer) -> None:
+    """Make the fit loop request its train loader again, now that the datamodule serves features.
+
+    ``trainer.estimated_stepping_batches`` (read by ``configure_optimizers`` for schedulers
+    that need the total step count, e.g. OneCycle) builds the image loader before
+    ``on_fit_start``; the fit loop would then keep it, and the backbone would run every epoch.
+    The features dataset has as many items as the images, so the step count stays right.
+    """
+    loop = trainer.fit_loop
+    if getattr(loop, "_combined_loader", None) is not None:
+        loop._combined_loader = None
+
+
 class FeatureCache(L.Callback):
     """Serve cached backbone features for the ``train`` and ``val`` splits during ``fit``.
 
@@ -100,6 +113,8 @@ class FeatureCache(L.Callback):
             features = self._load_or_compute(trainer, pl_module, net, dm, split, signature)
             dm.use_dataset(split, features)
             self._swapped.append(split)
+        if "train" in self._swapped:
+            _drop_built_train_loader(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm: Any = trainer.datamodule  # type: ignore[attr-defined]

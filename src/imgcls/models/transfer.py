@@ -45,6 +45,33 @@ def check_weights(model_cfg: Mapping[str, Any]) -> None:
     hook(weights, **net_cfg)
 
 
+def resolve_freeze(model_cfg: Any) -> None:
+    """``model.net.freeze: null`` -> frozen with pretrained weights, whole net from scratch.
+
+    Written into the config (and so into the checkpoint's hparams) before the model is built:
+    ``model.weights=null`` trains the whole ResNet, as "from scratch" promises. A frozen random
+    backbone is possible but must be asked for with ``model.net.freeze=true``, and is announced.
+    """
+    net = model_cfg.get("net") or {}
+    if "freeze" not in net:
+        return
+    weights = model_cfg.get("weights")
+    if net.get("freeze") is None:
+        net["freeze"] = weights is not None
+        log.info(
+            "model.net.freeze=%s (%s)",
+            str(net["freeze"]).lower(),
+            "pretrained backbone frozen"
+            if weights is not None
+            else "model.weights=null: the whole net trains from scratch",
+        )
+    elif net.get("freeze") and weights is None:
+        log.warning(
+            "model.net.freeze=true with model.weights=null: a frozen RANDOM backbone, only the head "
+            "trains (set model.net.freeze=false or null to train the whole net from scratch)"
+        )
+
+
 def use_weights_normalization(model_cfg: Mapping[str, Any], dm: Any) -> None:
     """Make ``dm`` normalize as the pretrained weights expect (before its spec reaches the model)."""
     weights = model_cfg.get("weights")

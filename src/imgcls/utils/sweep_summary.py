@@ -50,6 +50,7 @@ class JobRecord:
     run_dir: str
     error: str = ""
     best: bool = False
+    note: str = ""  # e.g. "no labeled test split" (metrics.json's "test"): why test/* is empty
 
 
 @dataclass
@@ -87,6 +88,9 @@ class Summary:
     jobs: list[JobRecord]
     groups: list[ConfigGroup]
     optuna: dict[str, Any] | None = None
+    # every trial of a study resumed from storage (optuna_trials.csv), and the searched keys
+    trials: list[dict[str, str]] = field(default_factory=list)
+    searched: set[str] = field(default_factory=set)
 
     @property
     def failed(self) -> list[JobRecord]:
@@ -161,6 +165,22 @@ def _read_metric(job_dir: Path, metric: str | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _read_test_note(job_dir: Path) -> str:
+    """metrics.json's ``test`` note (``"no labeled test split"``), or ``""``."""
+    try:
+        note = json.loads((job_dir / "metrics.json").read_text()).get("test", "")
+    except (OSError, ValueError):
+        return ""
+    return note if isinstance(note, str) else ""
+
+
+def _value_cell(job: JobRecord, metric: str | None) -> str:
+    """The job's metric, or why a ``test/*`` metric has no value."""
+    if job.value is None and job.note and str(metric or "").startswith("test/"):
+        return job.note
+    return _fmt(job.value)
+
+
 def collect_jobs(sweep_dir: Path, metric: str | None = None) -> list[JobRecord]:
     """Read every job directory of a sweep (one with a status file or a saved Hydra config)."""
     jobs: list[JobRecord] = []
@@ -182,6 +202,7 @@ def collect_jobs(sweep_dir: Path, metric: str | None = None) -> list[JobRecord]:
                     value=value,
                     run_dir=str(d),
                     error=s.get("error", ""),
+                    note=_read_test_note(d),
                 )
             )
         elif (d / ".hydra" / "overrides.yaml").is_file():
@@ -233,18 +254,51 @@ def summarize(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
     if results.is_file():
         loaded = OmegaConf.to_container(OmegaConf.load(results))
         optuna = {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else None
-    return Summary(sweep_dir, metric, mode, jobs, groups, optuna)
+    return Summary(
+        sweep_dir, metric, mode, jobs, groups, optuna, _read_trials(sweep_dir), _searched(sweep_dir)
+    )
+
+
+def _read_trials(sweep_dir: Path) -> list[dict[str, str]]:
+    path = sweep_dir / "optuna_trials.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _searched(sweep_dir: Path) -> set[str]:
+    """Keys a sweeper searches over (``hydra.sweeper.params`` with a choice/range/interval):
+    per-job values, never "overrides of every job" even when the trials drew one value."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return set()
+    params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params", default=None) or {}
+    return {str(k) for k, v in params.items() if any(c in str(v) for c in "(,")}
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.5g}"
 
 
-def _common_overrides(jobs: list[JobRecord]) -> tuple[list[str], set[str]]:
-    """Overrides shared by every job (shown once) and the ones that vary (shown per row)."""
+def _common_overrides(
+    jobs: list[JobRecord], searched: set[str] | None = None
+) -> tuple[list[str], set[str]]:
+    """Overrides shared by every job (shown once) and the ones that vary (shown per row).
+
+    A searched parameter stays per row even when every trial drew the same value.
+    """
     if not jobs:
         return [], set()
-    common = [o for o in jobs[0].overrides if all(o in j.overrides for j in jobs[1:])]
+
+    def key(o: str) -> str:
+        return o.lstrip("+~").split("=", 1)[0]
+
+    common = [
+        o
+        for o in jobs[0].overrides
+        if all(o in j.overrides for j in jobs[1:]) and key(o) not in (searched or set())
+    ]
     return common, set(common)
 
 
@@ -258,7 +312,9 @@ def to_csv(summary: Summary) -> str:
                 "" if j.num is None else j.num,
                 j.status,
                 int(j.best),
-                "" if j.value is None else repr(float(j.value)),
+                (j.note if str(summary.metric or "").startswith("test/") else "")
+                if j.value is None
+                else repr(float(j.value)),
                 " ".join(j.overrides),
                 j.run_dir,
                 j.error,
@@ -300,7 +356,12 @@ def to_markdown(summary: Summary) -> str:
         f"- optimized_metric: `{metric}` ({summary.mode})",
         f"- jobs: {len(summary.jobs)}, completed {n_ok}, failed {len(summary.failed)}",
     ]
-    common, common_set = _common_overrides(summary.jobs)
+    no_test = [str(j.num) for j in summary.jobs if j.note]
+    if no_test:
+        lines.append(
+            f"- test/*: none, {next(j.note for j in summary.jobs if j.note)} in job(s) {', '.join(no_test)}"
+        )
+    common, common_set = _common_overrides(summary.jobs, summary.searched)
     if common and len(summary.jobs) > 1:
         lines.append(f"- overrides of every job: `{' '.join(common)}`")
     best = summary.best
@@ -328,9 +389,22 @@ def to_markdown(summary: Summary) -> str:
         rel = os.path.relpath(j.run_dir, summary.sweep_dir)
         mark = " ★" if j.best else ""
         lines.append(
-            f"| {j.num}{mark} | {j.status} | {_fmt(j.value)} | `{_md_cell(' '.join(varying))}` "
+            f"| {j.num}{mark} | {j.status} | {_value_cell(j, summary.metric)} | `{_md_cell(' '.join(varying))}` "
             f"| [{rel}]({rel}) | {_md_cell(j.error)} |"
         )
+    if summary.trials:
+        lines += [
+            "",
+            f"## Every trial of the study ({len(summary.trials)}, all runs on its storage)",
+            "",
+            f"| trial | state | {metric} | params |",
+            "|---|---|---|---|",
+        ]
+        for t in summary.trials:
+            value = _fmt(float(t["value"])) if t.get("value") else ""
+            lines.append(
+                f"| {t['trial']} | {t['state']} | {value} | `{_md_cell(t.get('params', ''))}` |"
+            )
     if summary.has_seed_repeats:
         lines += [
             "",

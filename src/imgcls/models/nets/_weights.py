@@ -47,11 +47,11 @@ class PretrainedWeights:
             return
         if self.enum is None:
             raise WeightsError(
-                f"weights file {self.path} not found; fix model.weights or train from scratch with model.weights=null"
+                f"weights file {self.path} not found; fix model.weights or train the whole net from scratch with model.weights=null"
             )
         raise WeightsError(
             f"pretrained weights {self.name} not found at {self.path} (offline: nothing is downloaded); "
-            f"put the file from {self.enum.url} there, or train from scratch with model.weights=null"
+            f"put the file from {self.enum.url} there, or train the whole net from scratch with model.weights=null"
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class FrozenResNet(nn.Module):
             random init. A checkpoint rebuilds the net with ``None`` and loads its own weights.
         hidden: hidden layer sizes of the head (``Linear-ReLU`` each).
         dropout: dropout before the output layer (the seed's head layout).
-        freeze: start with the backbone frozen (``unfreeze_backbone`` lifts it).
+        freeze: start with the backbone frozen (``unfreeze_backbone`` lifts it); ``None``:
+            frozen when ``weights`` are given, the whole net trainable from random init.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class FrozenResNet(nn.Module):
         weights: str | os.PathLike | None = None,
         hidden: Sequence[int] = (1600, 1024),
         dropout: float = 0.1,
-        freeze: bool = True,
+        freeze: bool | None = True,
     ) -> None:
         super().__init__()
         if arch not in ARCHS:
@@ -83,7 +84,7 @@ class FrozenResNet(nn.Module):
 
         self.backbone_frozen = False
         self.backbone_bn_frozen = False
-        if freeze:
+        if freeze if freeze is not None else pretrained is not None:
             self.freeze_backbone()
 
     # -- freezing ------------------------------------------------------------------------------

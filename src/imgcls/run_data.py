@@ -1,0 +1,118 @@
+"""Which data a checkpoint was trained on: what ``eval.py`` scores it on unless ``data=`` is given.
+
+Two places tell, tried in order:
+
+1. the run's composed config, ``<run dir>/.hydra/config.yaml`` beside ``<run dir>/checkpoints/``
+   (written by Hydra for every run of ``src/train.py``);
+2. the checkpoint's ``datamodule_hyper_parameters``: the resolved ``data`` config that the
+   builder stores in the datamodule's hparams (runs started without Hydra's run dir).
+
+What a checkpoint stores is data, not code: a data config stored in a checkpoint is used only
+when every ``_target_`` in it names one of this package's data classes (``imgcls.data.``). The
+run's ``.hydra/config.yaml`` is a config file like any other (it may name your own datamodule).
+``data=<source>`` or ``data._target_=...`` on the command line chooses the data instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from imgcls.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DATA_TARGET_PREFIX = "imgcls.data."
+
+
+def _targets(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [str(node["_target_"])] if "_target_" in node else []
+        return own + [t for v in node.values() for t in _targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _targets(v)]
+    return []
+
+
+def check_data_targets(data: dict[str, Any], where: str) -> None:
+    """Refuse a stored data config that would build anything but our own data classes."""
+    bad = [t for t in _targets(data) if not t.startswith(DATA_TARGET_PREFIX)]
+    if bad or "_target_" not in data:
+        raise ConfigError(
+            f"the data config stored in {where} names {bad or 'no _target_'}, not a datamodule of "
+            f"this package ({DATA_TARGET_PREFIX}*): give data=<source> explicitly"
+        )
+
+
+def _from_run_config(ckpt_path: Path) -> tuple[dict[str, Any], str] | None:
+    run_cfg = ckpt_path.parent.parent / ".hydra" / "config.yaml"
+    if ckpt_path.parent.name != "checkpoints" or not run_cfg.is_file():
+        return None
+    stored = OmegaConf.load(run_cfg)
+    if "data" not in stored:
+        return None
+    data = OmegaConf.to_container(stored.data, resolve=True)  # in the run's own paths
+    assert isinstance(data, dict)
+    return data, f"the checkpoint's run ({run_cfg})"
+
+
+def _from_checkpoint(ckpt_path: Path) -> tuple[dict[str, Any], str] | None:
+    from imgcls.utils.checkpoint import load_checkpoint_dict
+
+    data = load_checkpoint_dict(ckpt_path).get("datamodule_hyper_parameters")
+    if not isinstance(data, dict) or "_target_" not in data:
+        return None
+    return dict(data), f"stored in the checkpoint {ckpt_path} (datamodule_hyper_parameters)"
+
+
+def _data_overrides() -> tuple[bool, list[str]]:
+    """(whether ``data=`` was given, the ``data.*`` overrides) of the running command."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra context
+        return False, []
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in task]
+    # data=<source>, or a whole other datamodule class: the command chooses the data
+    explicit = any(k in ("data", "data._target_") for k in keys)
+    return explicit, [o for o, k in zip(task, keys, strict=True) if k.startswith("data.")]
+
+
+def use_run_data(cfg: DictConfig) -> str:
+    """Point ``cfg.data`` at the checkpoint's own data unless ``data=`` was given; says which.
+
+    ``data.*`` overrides of the command apply on top of the stored config (batch sizes, ...).
+    Returns a sentence for the log naming where the data config came from.
+    """
+    explicit, dotted = _data_overrides()
+    if explicit:
+        return f"data config: data={cfg.data._target_} as given on the command line"
+    ckpt_path = Path(cfg.ckpt_path)
+    found = _from_run_config(ckpt_path) or _from_checkpoint(ckpt_path)
+    if found is None:
+        return (
+            f"data config: {cfg.data._target_} from the eval config's default; the checkpoint "
+            "names no data of its own (no .hydra/config.yaml beside its run's checkpoints/): "
+            "pass data=<source> to choose"
+        )
+    data, where = found
+    if where.startswith("stored in the checkpoint"):  # a checkpoint is data: no foreign targets
+        check_data_targets(data, str(ckpt_path))
+    stored = OmegaConf.create(data)
+    if dotted:
+        stored = OmegaConf.merge(
+            stored, OmegaConf.from_dotlist([o.split(".", 1)[1] for o in dotted])
+        )
+    with open_dict(cfg):
+        cfg.data = stored
+    return f"data config: {where}: {data['_target_']} (data=<source> chooses another)"
+
+
+def data_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved ``data`` config as plain types, for the datamodule's checkpoint hparams."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return data if isinstance(data, dict) else {}

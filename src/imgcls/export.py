@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from imgcls.builder import build_datamodule
 from imgcls.data.images import load_image
 from imgcls.data.spec import DataSpec
+from imgcls.data.streaming import describe_eval_transform, load_for_eval
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, ExportError, UserError
 from imgcls.inference import list_inputs
@@ -41,7 +42,7 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
     """How to turn an image file into the exported model's input (what predict.py does)."""
     h, w = spec.image_size
     color = "grayscale (PIL mode L)" if spec.in_channels == 1 else "RGB (PIL mode RGB)"
-    return {
+    out: dict[str, Any] = {
         "steps": [
             f"decode the image and convert it to {color}",
             f"resize to height {h} x width {w} (PIL bilinear, antialiased when shrinking; aspect "
@@ -57,6 +58,13 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
         "output": "logits (N, num_classes); softmax gives probabilities, argmax indexes class_names",
         "reference_implementation": "imgcls.data.images.load_image + imgcls.data.transforms.normalize",
     }
+    if spec.eval_transform:  # a streamed checkpoint: resize + center crop, recorded exactly
+        out["steps"][1] = describe_eval_transform(spec.eval_transform)
+        out["eval_transform"] = dict(spec.eval_transform)
+        out["reference_implementation"] = (
+            "imgcls.data.streaming.load_for_eval + imgcls.data.transforms.normalize"
+        )
+    return out
 
 
 def sidecar(
@@ -100,7 +108,10 @@ def _from_datamodule(cfg: DictConfig, spec: DataSpec, n: int) -> Tensor:
         )
     assert dm.splits is not None
     name = next(s for s in ("test", "val", "predict", "train") if s in dm.splits)
-    return dm.splits[name].images[:n]
+    ds = dm.splits[name]
+    if not hasattr(ds, "images"):  # stream path: decode the first n through the eval transform
+        return torch.stack([x for x, _, _ in (ds[i] for i in range(min(n, len(ds)))) if x is not None])
+    return ds.images[:n]
 
 
 def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
@@ -110,7 +121,14 @@ def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
             log.warning("parity batch: skipping %s", item.error)
             continue
         try:
-            images.append(load_image(item.path, spec.in_channels, spec.image_size, item.where))
+            if spec.eval_transform:
+                images.append(
+                    load_for_eval(item.path, spec.in_channels, spec.eval_transform, item.where)
+                )
+            else:
+                images.append(
+                    load_image(item.path, spec.in_channels, spec.image_size, item.where)
+                )
         except UserError as e:
             log.warning("parity batch: skipping %s", e)
         if len(images) == n:

@@ -277,3 +277,34 @@ def stream_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def load_for_eval(
+    path: str | Path, channels: int, eval_transform: Mapping[str, Any], where: str = ""
+) -> Tensor:
+    """One file through a streamed checkpoint's eval transform: uint8 ``(C, crop_h, crop_w)``.
+
+    The predict/export counterpart of the stream path's eval split (native decode, then
+    ``build_eval_transform``); memory-path checkpoints (no ``eval_transform``) keep
+    ``imgcls.data.images.load_image`` at ``image_size``.
+    """
+    try:
+        arr = decode_image(path, channels)
+    except DataError as e:
+        raise DataError(f"{e} ({where})" if where else str(e)) from None
+    return build_eval_transform(eval_transform)(torch.from_numpy(arr).permute(2, 0, 1)).contiguous()
+
+
+def describe_eval_transform(desc: Mapping[str, Any]) -> str:
+    """One sentence for the export sidecar's preprocessing steps."""
+    resize = desc["resize"]
+    how = (
+        f"resize to height {resize[0]} x width {resize[1]}"
+        if isinstance(resize, (list, tuple))
+        else f"resize the shorter side to {resize} (aspect ratio kept)"
+    )
+    h, w = desc["crop"]
+    return (
+        f"decode at native size, {how} (torchvision v2 Resize, {desc.get('interpolation', 'bilinear')}, "
+        f"antialias={desc.get('antialias', True)}), then center-crop to height {h} x width {w}"
+    )

@@ -54,7 +54,8 @@ def _verify(dm: FileImageDataModule, threads: int) -> None:
 
 
 def convert(
-    out: Path, overrides: list[str], chunk_bytes: str, workers: int, verify: bool, seed: int = 0
+    out: Path, overrides: list[str], chunk_bytes: str, workers: int, verify: bool, seed: int = 0,
+    chunk_size: int | None = None,
 ) -> dict:
     with initialize_config_dir(str(project_root() / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "data.loading=stream", "data.cache_dir=null"])
@@ -80,7 +81,7 @@ def convert(
         # so the shards are written in one seeded random order (``index`` keeps the listing's).
         random.Random(seed).shuffle(items)
         t0 = time.perf_counter()
-        write_split(items, out / split, chunk_bytes=chunk_bytes, num_workers=workers)
+        write_split(items, out / split, chunk_bytes, workers, chunk_size)
         sizes[split] = len(items)
         log.info("%s: %d samples -> %s (%.1f s)", split, len(items), out / split, time.perf_counter() - t0)
     meta = {
@@ -102,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True, help="shard root to write")
     parser.add_argument("--chunk-bytes", default="64MB", help="LitData chunk size (e.g. 64MB)")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="samples per chunk instead of --chunk-bytes. LitData gives each rank and loader "
+        "worker whole training chunks: write at least ranks x workers chunks",
+    )
     parser.add_argument("--workers", type=int, default=1, help="writer processes / verify threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the order samples are written in")
     parser.add_argument("--no-verify", action="store_true", help="skip the full decode check")
@@ -111,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         meta = convert(
-            args.out, args.overrides, args.chunk_bytes, args.workers, not args.no_verify, args.seed
+            args.out, args.overrides, args.chunk_bytes, args.workers, not args.no_verify, args.seed,
+            args.chunk_size,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

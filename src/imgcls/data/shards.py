@@ -58,6 +58,7 @@ def write_split(
     out_dir: str | Path,
     chunk_bytes: str = "64MB",
     num_workers: int = 1,
+    chunk_size: int | None = None,
 ) -> None:
     """Write one split's ``(path, label, index, name)`` items into LitData chunks at ``out_dir``.
 
@@ -74,7 +75,10 @@ def write_split(
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
+        if chunk_size:
+            writer = BinaryWriter(str(tmp), chunk_size=int(chunk_size))
+        else:
+            writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
         for i, item in enumerate(items):
             writer[i] = _sample(item)
         writer.done()
@@ -91,7 +95,8 @@ def write_split(
         fn=_sample,
         inputs=list(items),
         output_dir=str(out_dir),
-        chunk_bytes=chunk_bytes,
+        chunk_bytes=None if chunk_size else chunk_bytes,
+        chunk_size=int(chunk_size) if chunk_size else None,
         num_workers=max(1, int(num_workers)),
         mode="overwrite",
         reorder_files=False,

@@ -127,15 +127,37 @@ class ShardsDataModule(ImageDataModule):
             if train
             else build_eval_transform(self.stream_info["eval_transform"])
         )
-        return shard_loader(
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batch_size = self.batch_size
+        if not train:
+            # LitData splits evaluation data by whole batches: a batch larger than a worker's
+            # share would leave ranks without data (and Lightning refuses empty loaders)
+            share = len(self._split(name)) // (world * max(1, self.num_workers))
+            batch_size = max(1, min(self.eval_batch_size, share))
+        loader = shard_loader(
             self.root,
             name,
             ShardSample(self.stream_info["channels"], tf, name),
-            self.batch_size if train else self.eval_batch_size,
+            batch_size,
             self.num_workers,
             train,
             self.seed,
         )
+        if train:
+            per_rank = loader.dataset.get_len(self.num_workers, batch_size)
+            total = len(self._split(name))
+            if per_rank * world < total:
+                log.warning(
+                    "%s: %d of %d training samples per epoch (%d per rank): LitData gives every "
+                    "rank and worker whole chunks and trims them to equal length; the rest "
+                    "rotates between epochs (write ranks x workers x k chunks of equal size "
+                    "with make_shards.py --chunk-size to use all)",
+                    self.describe(),
+                    per_rank * world,
+                    total,
+                    per_rank,
+                )
+        return loader
 
     def test_dataloader(self) -> DataLoader:
         self.setup()

@@ -67,8 +67,7 @@ def test_stream_path_learns_and_records_its_eval_transform(digits: Path, tmp_pat
     metrics = train(cfg)
     assert metrics["val/acc_best"] >= 0.75, metrics
 
-    (ckpt,) = tmp_path.rglob("*.ckpt")[:1] or [None]
-    assert ckpt is not None
+    ckpt = next(tmp_path.rglob("*.ckpt"))
     blob = torch.load(ckpt, map_location="cpu", weights_only=False)
     spec = DataSpec.from_dict(blob["hyper_parameters"]["spec"])
     assert spec.eval_transform == {

@@ -21,10 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import imgcls  # noqa: F401  (registers the ${project_root:} resolver)
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+import imgcls  # noqa: F401  (registers the ${project_root:} resolver)
 from imgcls.data.file_source import FileImageDataModule, Problems
 from imgcls.data.images import decode_image
 from imgcls.data.shards import write_meta, write_split
@@ -54,14 +54,21 @@ def _verify(dm: FileImageDataModule, threads: int) -> None:
 
 
 def convert(
-    out: Path, overrides: list[str], chunk_bytes: str, workers: int, verify: bool, seed: int = 0,
+    out: Path,
+    overrides: list[str],
+    chunk_bytes: str,
+    workers: int,
+    verify: bool,
+    seed: int = 0,
     chunk_size: int | None = None,
 ) -> dict:
     with initialize_config_dir(str(project_root() / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "data.loading=stream", "data.cache_dir=null"])
     dm = instantiate(cfg.data)
     if not isinstance(dm, FileImageDataModule):
-        raise UserError(f"data={cfg.data._target_}: make_shards converts the csv and folder sources")
+        raise UserError(
+            f"data={cfg.data._target_}: make_shards converts the csv and folder sources"
+        )
     dm.setup()  # listing, validation, header pre-pass, mean/std
     assert dm.splits is not None
     if verify:
@@ -83,7 +90,13 @@ def convert(
         t0 = time.perf_counter()
         write_split(items, out / split, chunk_bytes, workers, chunk_size)
         sizes[split] = len(items)
-        log.info("%s: %d samples -> %s (%.1f s)", split, len(items), out / split, time.perf_counter() - t0)
+        log.info(
+            "%s: %d samples -> %s (%.1f s)",
+            split,
+            len(items),
+            out / split,
+            time.perf_counter() - t0,
+        )
     meta = {
         "source": dm.describe(),
         "class_names": list(dm.class_names),
@@ -111,22 +124,33 @@ def main(argv: list[str] | None = None) -> int:
         "worker whole training chunks: write at least ranks x workers chunks",
     )
     parser.add_argument("--workers", type=int, default=1, help="writer processes / verify threads")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the order samples are written in")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the order samples are written in"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the full decode check")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=folder data.root=...")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. data=folder data.root=..."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         meta = convert(
-            args.out, args.overrides, args.chunk_bytes, args.workers, not args.no_verify, args.seed,
+            args.out,
+            args.overrides,
+            args.chunk_bytes,
+            args.workers,
+            not args.no_verify,
+            args.seed,
             args.chunk_size,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"shards written to {args.out}: {meta['splits']}; train with: "
-          f"python src/train.py data=shards data.root={args.out}")
+    print(
+        f"shards written to {args.out}: {meta['splits']}; train with: "
+        f"python src/train.py data=shards data.root={args.out}"
+    )
     return 0
 
 

@@ -16,7 +16,6 @@ import torch
 
 from imgcls.data.folder_datamodule import FolderDataModule
 from imgcls.data.spec import DataSpec
-from imgcls.data.streaming import build_eval_transform
 from imgcls.errors import DataError
 from imgcls.inference import ImageFiles, list_inputs
 from imgcls.pipeline import train
@@ -77,8 +76,13 @@ def test_stream_path_learns_and_records_its_eval_transform(digits: Path, tmp_pat
         "antialias": True,
     }
     # predict decodes like the stream path's validation split: same pixels, bit for bit
-    dm = FolderDataModule(root=str(digits), image_size=[28, 28], loading="stream",
-                          stream={"eval_resize": 32}, num_workers=0)
+    dm = FolderDataModule(
+        root=str(digits),
+        image_size=[28, 28],
+        loading="stream",
+        stream={"eval_resize": 32},
+        num_workers=0,
+    )
     dm.setup()
     val = dm.splits["val"]
     inputs = list_inputs(str(digits / "valid"))
@@ -93,19 +97,27 @@ def test_stream_path_learns_and_records_its_eval_transform(digits: Path, tmp_pat
 
 def test_auto_picks_stream_when_the_budget_is_small(digits: Path, caplog) -> None:
     caplog.set_level(logging.INFO)
-    small = FolderDataModule(root=str(digits), image_size=[28, 28], loading="auto",
-                             memory_budget_mb=1, num_workers=0)
+    small = FolderDataModule(
+        root=str(digits), image_size=[28, 28], loading="auto", memory_budget_mb=1, num_workers=0
+    )
     small.setup()
     assert small.loading_used == "stream"
-    assert "data.loading=auto chose stream" in caplog.text and "over data.memory_budget_mb=1" in caplog.text
+    assert (
+        "data.loading=auto chose stream" in caplog.text
+        and "over data.memory_budget_mb=1" in caplog.text
+    )
     assert not hasattr(small.splits["train"], "images")  # nothing decoded up front
 
     caplog.clear()
-    big = FolderDataModule(root=str(digits), image_size=[28, 28], loading="auto",
-                           memory_budget_mb=64, num_workers=0)
+    big = FolderDataModule(
+        root=str(digits), image_size=[28, 28], loading="auto", memory_budget_mb=64, num_workers=0
+    )
     big.setup()
     assert big.loading_used == "memory"
-    assert "data.loading=auto chose memory" in caplog.text and "within data.memory_budget_mb=64" in caplog.text
+    assert (
+        "data.loading=auto chose memory" in caplog.text
+        and "within data.memory_budget_mb=64" in caplog.text
+    )
     # 1500 files x 3 x 28 x 28 uint8 = 3.4 MB
     assert "3.4 MB (1500 images x 3x28x28 uint8)" in caplog.text
 
@@ -146,18 +158,28 @@ def test_decode_error_mid_epoch_stops_naming_the_file(digits: Path, tmp_path: Pa
     assert "Traceback" not in r.stderr
 
 
-def test_decode_error_mid_epoch_is_skipped_and_counted(digits: Path, tmp_path: Path, caplog) -> None:
+def test_decode_error_mid_epoch_is_skipped_and_counted(
+    digits: Path, tmp_path: Path, caplog
+) -> None:
     root = _copy(digits, tmp_path / "d")
     bad = _truncate(root)
     cfg = compose_config(
         "train",
-        ["data=folder", f"data.root={root}", "data.loading=stream", "data.on_decode_error=skip",
-         "trainer.max_epochs=1", *FAST],
+        [
+            "data=folder",
+            f"data.root={root}",
+            "data.loading=stream",
+            "data.on_decode_error=skip",
+            "trainer.max_epochs=1",
+            *FAST,
+        ],
         tmp_path,
     )
     caplog.set_level(logging.WARNING)
     metrics = train(cfg)
     assert metrics["train/loss_epoch"] > 0
-    skipped = [r.getMessage() for r in caplog.records if "skipped an unreadable image" in r.getMessage()]
+    skipped = [
+        r.getMessage() for r in caplog.records if "skipped an unreadable image" in r.getMessage()
+    ]
     # seen once per epoch: the 1st epoch skips it once (the file is in the train split)
     assert len(skipped) == 1 and str(bad) in skipped[0] and "(1 so far)" in skipped[0], skipped

@@ -41,8 +41,14 @@ def full_folder(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_stream_matches_memory_within_one_point(full_folder: Path, tmp_path: Path) -> None:
     """data=folder data.loading=stream vs memory: same seed, same epochs, val acc within 1 point."""
-    common = ["data=folder", f"data.root={full_folder}", "model=lenet", "trainer.max_epochs=5",
-              "seed=12345", "data.cache_dir=null"]
+    common = [
+        "data=folder",
+        f"data.root={full_folder}",
+        "model=lenet",
+        "trainer.max_epochs=5",
+        "seed=12345",
+        "data.cache_dir=null",
+    ]
     memory = _train(tmp_path / "memory", *common, "data.loading=memory")
     stream = _train(tmp_path / "stream", *common, "data.loading=stream")
     assert memory["val/acc_best"] >= 0.95, memory
@@ -65,8 +71,20 @@ def test_shards_one_ddp_epoch_sees_every_sample_once(tmp_path: Path) -> None:
     args = ["--out", str(out), "--train", "512", "--test", "101", "--forms", "folder"]
     assert make_digit_datasets.main(args) == 0
     shards = tmp_path / "shards"
-    assert make_shards.main(["--out", str(shards), "--chunk-size", "64", "data=folder",
-                             f"data.root={out}/digits_folder", "data.val_dir=valid"]) == 0
+    assert (
+        make_shards.main(
+            [
+                "--out",
+                str(shards),
+                "--chunk-size",
+                "64",
+                "data=folder",
+                f"data.root={out}/digits_folder",
+                "data.val_dir=valid",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((shards / "meta.json").read_text())
     n_train, n_val = meta["splits"]["train"], meta["splits"]["val"]
     assert (n_train, n_val) == (512, 101)

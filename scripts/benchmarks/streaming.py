@@ -75,16 +75,25 @@ def _epoch(loader) -> int:
 
 def throughput(root: Path, repeats: int) -> list[str]:
     dm = FolderDataModule(
-        root=str(root), image_size=[MODEL, MODEL], channels=3, loading="stream",
-        num_workers=WORKERS, batch_size=BATCH, mean=[0.5] * 3, std=[0.5] * 3,
+        root=str(root),
+        image_size=[MODEL, MODEL],
+        channels=3,
+        loading="stream",
+        num_workers=WORKERS,
+        batch_size=BATCH,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
         stream={"train_crop": "random_resized_crop"},
     )
     dm.setup()
     stream = dm.train_dataloader()
     tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop([MODEL, MODEL], antialias=True)])
     plain = DataLoader(
-        ImageFolder(str(root / "train"), transform=tf), batch_size=BATCH, shuffle=True,
-        num_workers=WORKERS, persistent_workers=True,
+        ImageFolder(str(root / "train"), transform=tf),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=WORKERS,
+        persistent_workers=True,
     )
     best = {"stream": float("inf"), "plain": float("inf")}
     n = {"stream": _epoch(stream), "plain": _epoch(plain)}  # warm-up: workers start, page cache
@@ -133,7 +142,9 @@ def peak_pss(overrides: list[str]) -> tuple[float, int]:
     """Run ``src/train.py overrides`` and sample its tree's PSS; (peak MB, exit code)."""
     proc = subprocess.Popen(
         [sys.executable, str(project_root() / "src" / "train.py"), *overrides],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     peak = [0]
 
@@ -162,15 +173,29 @@ def memory(roots: list[tuple[Path, int]], tmp: Path) -> list[str]:
     for root, n in roots:
         decoded = n * 3 * MODEL * MODEL / 2**20
         for loading in ("auto", "memory"):
-            mb, rc = peak_pss([
-                "data=folder", f"data.root={root}", f"data.image_size=[{MODEL},{MODEL}]",
-                "data.channels=3", f"data.loading={loading}", f"data.memory_budget_mb={BUDGET_MB}",
-                f"data.num_workers={WORKERS}", f"data.batch_size={BATCH}", "data.cache_dir=null",
-                "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]",
-                "model=simple_cnn", "trainer.max_epochs=1", "test=false", "logger=none",
-                "callbacks=none", "+trainer.enable_progress_bar=false", "extras.print_config=false",
-                f"paths.log_dir={tmp}/logs",
-            ])
+            mb, rc = peak_pss(
+                [
+                    "data=folder",
+                    f"data.root={root}",
+                    f"data.image_size=[{MODEL},{MODEL}]",
+                    "data.channels=3",
+                    f"data.loading={loading}",
+                    f"data.memory_budget_mb={BUDGET_MB}",
+                    f"data.num_workers={WORKERS}",
+                    f"data.batch_size={BATCH}",
+                    "data.cache_dir=null",
+                    "data.mean=[0.5,0.5,0.5]",
+                    "data.std=[0.5,0.5,0.5]",
+                    "model=simple_cnn",
+                    "trainer.max_epochs=1",
+                    "test=false",
+                    "logger=none",
+                    "callbacks=none",
+                    "+trainer.enable_progress_bar=false",
+                    "extras.print_config=false",
+                    f"paths.log_dir={tmp}/logs",
+                ]
+            )
             shown = "stream (auto)" if loading == "auto" else "memory"
             status = "" if rc == 0 else f" (exit {rc})"
             lines.append(

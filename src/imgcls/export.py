@@ -110,7 +110,9 @@ def _from_datamodule(cfg: DictConfig, spec: DataSpec, n: int) -> Tensor:
     name = next(s for s in ("test", "val", "predict", "train") if s in dm.splits)
     ds = dm.splits[name]
     if not hasattr(ds, "images"):  # stream path: decode the first n through the eval transform
-        return torch.stack([x for x, _, _ in (ds[i] for i in range(min(n, len(ds)))) if x is not None])
+        return torch.stack(
+            [x for x, _, _ in (ds[i] for i in range(min(n, len(ds)))) if x is not None]
+        )
     return ds.images[:n]
 
 
@@ -126,9 +128,7 @@ def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
                     load_for_eval(item.path, spec.in_channels, spec.eval_transform, item.where)
                 )
             else:
-                images.append(
-                    load_image(item.path, spec.in_channels, spec.image_size, item.where)
-                )
+                images.append(load_image(item.path, spec.in_channels, spec.image_size, item.where))
         except UserError as e:
             log.warning("parity batch: skipping %s", e)
         if len(images) == n:

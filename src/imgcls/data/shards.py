@@ -50,7 +50,12 @@ def litdata() -> Any:
 def _sample(item: tuple[str, int, int, str]) -> dict[str, Any]:
     """One shard sample: the file's bytes as stored, its label, index and name."""
     path, label, index, name = item
-    return {"image": Path(path).read_bytes(), "label": int(label), "index": int(index), "name": name}
+    return {
+        "image": Path(path).read_bytes(),
+        "label": int(label),
+        "index": int(index),
+        "name": name,
+    }
 
 
 def write_split(
@@ -125,7 +130,9 @@ def read_meta(root: str) -> dict[str, Any]:
         for key in ("class_names", "channels", "image_size", "splits", "mean", "std"):
             meta[key]  # noqa: B018 - presence check
     except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{path} is not a shard meta file written by make_shards.py ({e})") from None
+        raise DataError(
+            f"{path} is not a shard meta file written by make_shards.py ({e})"
+        ) from None
     return meta
 
 

@@ -92,7 +92,9 @@ class ShardsDataModule(ImageDataModule):
         splits = Splits()
         for name, n in meta["splits"].items():
             if not (Path(self.root) / name).exists() and "://" not in self.root:
-                raise DataError(f"{self.describe()}: split folder {Path(self.root) / name} is missing")
+                raise DataError(
+                    f"{self.describe()}: split folder {Path(self.root) / name} is missing"
+                )
             splits[name] = ShardSplit(self.root, name, n)  # type: ignore[assignment]
         if "train" not in splits:
             raise DataError(f"{self.describe()} has no train split")
@@ -109,7 +111,9 @@ class ShardsDataModule(ImageDataModule):
     def fingerprint(self, split: str) -> str:
         self.setup()
         index = Path(self.root) / split / "index.json"
-        digest = hashlib.sha256(index.read_bytes()).hexdigest()[:32] if index.is_file() else "remote"
+        digest = (
+            hashlib.sha256(index.read_bytes()).hexdigest()[:32] if index.is_file() else "remote"
+        )
         return f"{type(self).__name__}/{split}/{digest}"
 
     def _input_shape(self) -> tuple[int, int, int]:

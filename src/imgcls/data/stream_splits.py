@@ -74,7 +74,11 @@ def resolve_loading(dm: FileImageDataModule, order: list[Path], stats: dict) -> 
 
 
 def _prepass(
-    dm: FileImageDataModule, order: list[Path], where: dict[Path, str], stats: dict, problems: Problems
+    dm: FileImageDataModule,
+    order: list[Path],
+    where: dict[Path, str],
+    stats: dict,
+    problems: Problems,
 ) -> dict[Path, tuple[tuple[int, int], str]]:
     """Header of every present file (size, mode); unreadable ones are added to ``problems``."""
     present = [p for p in order if p in stats]

@@ -92,7 +92,9 @@ class StreamOptions:
                 d[key] = (float(d[key][0]), float(d[key][1]))
         opts = cls(**d)
         if opts.train_crop not in TRAIN_CROPS:
-            raise ConfigError(f"data.stream.train_crop must be one of {TRAIN_CROPS}, got {opts.train_crop!r}")
+            raise ConfigError(
+                f"data.stream.train_crop must be one of {TRAIN_CROPS}, got {opts.train_crop!r}"
+            )
         if opts.auto_augment not in AUTO_AUGMENTS:
             raise ConfigError(
                 f"data.stream.auto_augment must be null, trivial or randaugment, got {opts.auto_augment!r}"
@@ -153,7 +155,11 @@ def build_train_transform(
     if opts.train_crop == "random_resized_crop":
         steps = [
             v2.RandomResizedCrop(
-                list(image_size), scale=opts.scale, ratio=opts.ratio, interpolation=interp, antialias=True
+                list(image_size),
+                scale=opts.scale,
+                ratio=opts.ratio,
+                interpolation=interp,
+                antialias=True,
             )
         ]
     else:
@@ -219,7 +225,9 @@ class StreamImageDataset(Dataset):
         return self.transform(image).contiguous(), item.label, ""
 
 
-def collate_stream(samples: list[tuple[Tensor | None, int, str]]) -> tuple[Tensor, Tensor, list[str]]:
+def collate_stream(
+    samples: list[tuple[Tensor | None, int, str]],
+) -> tuple[Tensor, Tensor, list[str]]:
     """Stack the decoded samples; failed ones leave only their error message."""
     good = [(x, y) for x, y, err in samples if x is not None]
     errors = [err for x, _, err in samples if x is None]

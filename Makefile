@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,sweep,export,flowers]"
+	$(PY) -m pip install --quiet -e ".[dev,sweep,export,flowers,stream]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from imgcls.builder import build_datamodule
 from imgcls.data.images import decode_steps, load_image
 from imgcls.data.spec import DataSpec
+from imgcls.data.streaming import describe_eval_transform, load_for_eval
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, ExportError, UserError
 from imgcls.inference import list_inputs
@@ -42,9 +43,19 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
 
     ``steps`` are machine-readable (``op`` plus the PIL ``call``); the decode steps come from
     ``imgcls.data.images.decode_steps``, the description of the one decode function that
-    predict.py, eval and the datamodules use.
+    predict.py, eval and the datamodules use. A streamed checkpoint decodes at native size and
+    applies its recorded eval transform (resize + center crop) instead of the fixed resize.
     """
     steps = decode_steps(spec.in_channels, spec.image_size)
+    if spec.eval_transform:
+        steps = [st for st in steps if st["op"] not in ("jpeg_draft", "resize")]
+        steps.append(
+            {
+                "op": "resize_center_crop",
+                "call": describe_eval_transform(spec.eval_transform),
+                **dict(spec.eval_transform),
+            }
+        )
     steps += [
         {
             "op": "scale",
@@ -59,7 +70,7 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
             "std": list(spec.std),
         },
     ]
-    return {
+    out: dict[str, Any] = {
         "steps": steps,
         "channels": spec.in_channels,
         "image_size": list(spec.image_size),
@@ -69,6 +80,12 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
         "output": "logits (N, num_classes); softmax gives probabilities, argmax indexes class_names",
         "reference_implementation": "imgcls.data.images.load_image + imgcls.data.transforms.normalize",
     }
+    if spec.eval_transform:  # a streamed checkpoint: resize + center crop, recorded exactly
+        out["eval_transform"] = dict(spec.eval_transform)
+        out["reference_implementation"] = (
+            "imgcls.data.streaming.load_for_eval + imgcls.data.transforms.normalize"
+        )
+    return out
 
 
 def sidecar(
@@ -112,7 +129,12 @@ def _from_datamodule(cfg: DictConfig, spec: DataSpec, n: int) -> Tensor:
         )
     assert dm.splits is not None
     name = next(s for s in ("test", "val", "predict", "train") if s in dm.splits)
-    return dm.splits[name].images[:n]
+    ds = dm.splits[name]
+    if not hasattr(ds, "images"):  # stream path: decode the first n through the eval transform
+        return torch.stack(
+            [x for x, _, _ in (ds[i] for i in range(min(n, len(ds)))) if x is not None]
+        )
+    return ds.images[:n]
 
 
 def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
@@ -122,7 +144,12 @@ def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
             log.warning("parity batch: skipping %s", item.error)
             continue
         try:
-            images.append(load_image(item.path, spec.in_channels, spec.image_size, item.where))
+            if spec.eval_transform:
+                images.append(
+                    load_for_eval(item.path, spec.in_channels, spec.eval_transform, item.where)
+                )
+            else:
+                images.append(load_image(item.path, spec.in_channels, spec.image_size, item.where))
         except UserError as e:
             log.warning("parity batch: skipping %s", e)
         if len(images) == n:

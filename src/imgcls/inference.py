@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcls.builder import build_trainer
 from imgcls.data.images import IMAGE_EXTENSIONS, load_image
 from imgcls.data.spec import DataSpec
+from imgcls.data.streaming import load_for_eval
 from imgcls.data.tensor_dataset import batch_loader
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, DataError
@@ -210,6 +211,7 @@ class ImageFiles(Dataset):
         self.items = list(items)
         self.channels = spec.in_channels
         self.size = spec.image_size
+        self.eval_transform = spec.eval_transform  # streamed checkpoints: resize + center crop
 
     def __len__(self) -> int:
         return len(self.items)
@@ -226,6 +228,12 @@ class ImageFiles(Dataset):
                 errors.append(item.error)
                 continue
             try:
+                if self.eval_transform:
+                    images[slot] = load_for_eval(
+                        item.path, self.channels, self.eval_transform, item.where
+                    )
+                    errors.append("")
+                    continue
                 images[slot] = load_image(
                     item.path, channels=self.channels, size=self.size, where=item.where
                 )

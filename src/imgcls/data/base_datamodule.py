@@ -88,7 +88,9 @@ class ImageDataModule(L.LightningDataModule):
         if self.splits is None:  # idempotent: the builder calls it before the Trainer does
             self.splits = self.load_splits()
             for name, ds in self.splits.items():
-                log.info("%s: %d images %s", name, len(ds), tuple(ds.images.shape[1:]))
+                images = getattr(ds, "images", None)  # stream datasets decode per sample
+                shape = tuple(images.shape[1:]) if images is not None else "(decoded per sample)"
+                log.info("%s: %d images %s", name, len(ds), shape)
 
     @property
     def spec(self) -> DataSpec:
@@ -100,8 +102,7 @@ class ImageDataModule(L.LightningDataModule):
     def _make_spec(self) -> DataSpec:
         if self.splits is None:
             raise RuntimeError("call setup() before reading the data spec")
-        sample = next(iter(self.splits.values())).images
-        c, h, w = sample.shape[1:]
+        c, h, w = self._input_shape()
         mean = self._mean or self.default_mean
         std = self._std or self.default_std
         if len(mean) == 1 and c > 1:
@@ -113,7 +114,18 @@ class ImageDataModule(L.LightningDataModule):
             class_names=self.class_names,
             mean=tuple(float(m) for m in mean),
             std=tuple(float(s) for s in std),
+            eval_transform=self._eval_transform(),
         )
+
+    def _input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the model input."""
+        assert self.splits is not None
+        c, h, w = next(iter(self.splits.values())).images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def _eval_transform(self) -> dict[str, Any] | None:
+        """The eval transform as plain data when it is more than a resize to ``image_size``."""
+        return None
 
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Normalize with ``mean``/``std`` from now on (set by pretrained weights, checkpoints)."""

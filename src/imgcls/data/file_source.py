@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,8 @@ from imgcls.data.images import (
     probe_image,
     target_size,
 )
+from imgcls.data.stream_splits import resolve_loading, stream_splits
+from imgcls.data.streaming import DecodeErrors, StreamOptions, check_loading, stream_loader
 from imgcls.data.tensor_dataset import TensorImageDataset
 from imgcls.errors import ConfigError, DataError
 
@@ -324,7 +326,16 @@ class FileImageDataModule(ImageDataModule):
             serves datasets larger than RAM); ``None`` decodes into memory on every run.
         num_workers: threads that decode the images at set-up. Batches are gathered from the
             decoded tensor in the main process, where DataLoader worker processes would only
-            add inter-process copies, so the loaders themselves use no workers.
+            add inter-process copies, so the loaders themselves use no workers. On the stream
+            path they are the DataLoader worker processes that decode each sample.
+        loading: ``memory`` (decode once at set-up), ``stream`` (decode per sample in workers,
+            see ``imgcls.data.streaming``) or ``auto`` (memory when the decoded set fits
+            ``memory_budget_mb``, else stream; the log says which and why).
+        memory_budget_mb: decoded size (uint8 at ``image_size``) up to which ``auto`` decodes
+            into memory.
+        on_decode_error: stream path, a file failing to decode mid-epoch: ``stop`` with an
+            error naming it, or ``skip`` it (counted and logged).
+        stream: per-sample transform options of the stream path (``StreamOptions``).
         **kwargs: batch sizes, pinning, augmentation, normalization (see ``ImageDataModule``).
             ``mean``/``std`` ``None`` are measured on the training images.
     """
@@ -341,9 +352,20 @@ class FileImageDataModule(ImageDataModule):
         cache_dir: str | None = None,
         num_workers: int = 2,
         test_fraction: float | None = None,
+        loading: str = "memory",
+        memory_budget_mb: float = 2048,
+        on_decode_error: str = "stop",
+        stream: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_workers=num_workers, **kwargs)
+        check_loading(loading, on_decode_error, memory_budget_mb)
+        self.loading = loading
+        self.memory_budget_mb = float(memory_budget_mb)
+        self.stream_options = StreamOptions.from_config(stream)
+        self.decode_errors = DecodeErrors(on_decode_error, self.source_name)
+        self.loading_used: str | None = None  # "memory" or "stream" once set up
+        self.stream_info: dict[str, Any] = {}
         if channels not in (None, 1, 3):
             raise ConfigError(
                 f"data.channels must be 1 (grayscale), 3 (RGB) or null, got {channels}"
@@ -469,6 +491,9 @@ class FileImageDataModule(ImageDataModule):
                 continue
             stats[p] = (st.st_size, st.st_mtime_ns)
 
+        self.loading_used = resolve_loading(self, order, stats)
+        if self.loading_used == "stream":
+            return stream_splits(self, order, where, stats, problems, class_index, t0)
         settings = {
             "channels": self.channels,
             "image_size": self.target_image_size,
@@ -761,8 +786,33 @@ class FileImageDataModule(ImageDataModule):
 
     # -- loaders -------------------------------------------------------------------------------
     def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
+        self.setup()
+        if self.loading_used == "stream" and name not in self._served:
+            dataset = self._split(name)
+            return stream_loader(
+                dataset,
+                self.batch_size if train else self.eval_batch_size,
+                shuffle=train,
+                num_workers=self.num_workers,
+                sampler=None if train else self._eval_sampler(dataset),
+            )
         # in-memory gathers: worker processes would only add copies (see ``num_workers``)
         return super()._loader(name, train, num_workers=0)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if len(batch) == 3 and isinstance(batch[2], list) and self.loading_used == "stream":
+            self.decode_errors.handle(batch[2])  # stop: raises naming the file; skip: counts
+            batch = batch[:2]
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def _input_shape(self) -> tuple[int, int, int]:
+        if self.loading_used == "stream":
+            h, w = self.stream_info["image_size"]
+            return int(self.stream_info["channels"]), int(h), int(w)
+        return super()._input_shape()
+
+    def _eval_transform(self) -> dict[str, Any] | None:
+        return self.stream_info.get("eval_transform") if self.loading_used == "stream" else None
 
     def test_dataloader(self) -> DataLoader:
         self.setup()

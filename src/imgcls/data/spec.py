@@ -18,6 +18,10 @@ class DataSpec:
         class_names: class names in label-index order (predictions print these).
         mean: per-channel normalization mean (input in [0, 1]).
         std: per-channel normalization std.
+        eval_transform: how an eval/predict image becomes the model input before normalizing,
+            as plain data; ``None``: resized to ``image_size`` (the memory path). The stream
+            path records ``{"resize": [h, w] | shorter_side, "crop": [h, w], "interpolation",
+            "antialias"}`` (``imgcls.data.streaming.build_eval_transform`` applies it).
     """
 
     num_classes: int
@@ -26,6 +30,7 @@ class DataSpec:
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    eval_transform: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
@@ -46,6 +51,7 @@ class DataSpec:
             class_names=tuple(str(c) for c in d["class_names"]),
             mean=tuple(float(m) for m in d["mean"]),
             std=tuple(float(s) for s in d["std"]),
+            eval_transform=dict(d["eval_transform"]) if d.get("eval_transform") else None,
         )
 
     def incompatibilities(self, other: DataSpec) -> list[str]:

@@ -130,6 +130,14 @@ class FeatureCache(L.Callback):
             if self.mode is True:
                 raise ConfigError("model.cache_features=true needs an imgcls ImageDataModule")
             return False
+        if getattr(dm, "loading_used", None) == "stream":  # per-sample decode, per-epoch transforms
+            if self.mode is True:
+                raise ConfigError(
+                    "model.cache_features=true needs data.loading=memory (the stream path "
+                    "transforms each sample anew every epoch)"
+                )
+            log.info("feature cache off: data.loading chose stream")
+            return False
         augment = getattr(dm, "train_augment", None)
         if self.mode == "auto" and augment is not None:
             log.info(

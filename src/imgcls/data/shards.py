@@ -1,0 +1,204 @@
+"""Sharded datasets through LitData: write once (``litdata.optimize``), stream on every rank.
+
+Layout written by ``scripts/make_shards.py`` (or ``write_split``)::
+
+    <root>/meta.json                  classes, channels, image size, mean/std, split sizes
+    <root>/<split>/index.json         LitData's index of the split's chunks
+    <root>/<split>/chunk-*.bin        samples {"image": encoded file bytes, "label", "index", "name"}
+
+The encoded bytes of each file are stored as they are (no re-encoding, no resize), so the
+stream path's per-sample transforms run at native resolution. ``<root>`` may be a local
+directory or any URL LitData reads (``s3://``, ``gs://``, ...); LitData assigns chunks to
+ranks and workers (no ``DistributedSampler``), and caches remote chunks locally.
+
+LitData is an optional dependency (``pip install -e '.[stream]'``): imported here only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from imgcls.data.streaming import decode_bytes
+from imgcls.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+META_VERSION = 1
+
+
+def litdata() -> Any:
+    """The ``litdata`` module, or a ``ConfigError`` saying how to install it."""
+    try:
+        import litdata as ld
+    except ImportError:
+        raise ConfigError(
+            "data=shards needs LitData: pip install -e '.[stream]' (or pip install litdata==0.2.76)"
+        ) from None
+    return ld
+
+
+def _sample(item: tuple[str, int, int, str]) -> dict[str, Any]:
+    """One shard sample: the file's bytes as stored, its label, index and name."""
+    path, label, index, name = item
+    return {
+        "image": Path(path).read_bytes(),
+        "label": int(label),
+        "index": int(index),
+        "name": name,
+    }
+
+
+def write_split(
+    items: Sequence[tuple[str, int, int, str]],
+    out_dir: str | Path,
+    chunk_bytes: str = "64MB",
+    num_workers: int = 1,
+    chunk_size: int | None = None,
+) -> None:
+    """Write one split's ``(path, label, index, name)`` items into LitData chunks at ``out_dir``.
+
+    Items are kept in order, so ``index`` is the position in the split. One worker writes in
+    this process with LitData's ``BinaryWriter`` (what ``optimize`` runs in each of its
+    workers; no process start-up); more workers, or a remote ``out_dir``, use ``optimize``.
+    """
+    ld = litdata()
+    if int(num_workers) <= 1 and "://" not in str(out_dir):
+        from litdata.streaming.writer import BinaryWriter
+
+        # into a fresh folder, swapped in when complete: a killed run leaves the old shards
+        out = Path(out_dir)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if chunk_size:
+            writer = BinaryWriter(str(tmp), chunk_size=int(chunk_size))
+        else:
+            writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
+        for i, item in enumerate(items):
+            writer[i] = _sample(item)
+        writer.done()
+        writer.merge()
+        if out.exists():
+            old = out.with_name(f".{out.name}.{os.getpid()}.old")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+        return
+    ld.optimize(
+        fn=_sample,
+        inputs=list(items),
+        output_dir=str(out_dir),
+        chunk_bytes=None if chunk_size else chunk_bytes,
+        chunk_size=int(chunk_size) if chunk_size else None,
+        num_workers=max(1, int(num_workers)),
+        mode="overwrite",
+        reorder_files=False,
+        keep_data_ordered=True,
+        verbose=False,
+    )
+
+
+def write_meta(root: str | Path, meta: dict[str, Any]) -> None:
+    path = Path(root) / META
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"version": META_VERSION, **meta}, indent=1))
+    tmp.replace(path)
+
+
+def read_meta(root: str) -> dict[str, Any]:
+    """``meta.json`` of a shard root (local path; remote roots need a local copy of it)."""
+    path = Path(root) / META
+    if not path.is_file():
+        raise DataError(
+            f"no shards at {root}: {path} not found; write them with "
+            f"python scripts/make_shards.py --out {root} data=folder data.root=<dataset>"
+        )
+    try:
+        meta = json.loads(path.read_text())
+        for key in ("class_names", "channels", "image_size", "splits", "mean", "std"):
+            meta[key]  # noqa: B018 - presence check
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(
+            f"{path} is not a shard meta file written by make_shards.py ({e})"
+        ) from None
+    return meta
+
+
+class ShardSample:
+    """LitData ``transform``: a stored sample -> ``(image, label, error, index)``.
+
+    A sample that fails to decode keeps its label and index and carries its error instead of
+    an image (see ``imgcls.data.streaming.DecodeErrors``).
+    """
+
+    def __init__(self, channels: int, transform: Callable[[Tensor], Tensor], split: str) -> None:
+        self.channels = int(channels)
+        self.transform = transform
+        self.split = split
+
+    def __call__(self, sample: dict[str, Any]) -> tuple[Tensor | None, int, str, int]:
+        name = f"{sample['name']} (shard sample {sample['index']} of split {self.split})"
+        try:
+            image = decode_bytes(bytes(sample["image"]), self.channels, name)
+        except DataError as e:
+            return None, int(sample["label"]), str(e), int(sample["index"])
+        return self.transform(image).contiguous(), int(sample["label"]), "", int(sample["index"])
+
+
+def collate_shards(samples: list[tuple[Tensor | None, int, str, int]]) -> tuple[Any, ...]:
+    """Stack decoded samples: ``(images, targets, errors, indices)`` (indices of good samples)."""
+    good = [s for s in samples if s[0] is not None]
+    errors = [s[2] for s in samples if s[0] is None]
+    if good:
+        images = torch.stack([s[0] for s in good])  # type: ignore[misc]
+    else:
+        images = torch.empty(0, 1, 1, 1, dtype=torch.uint8)
+    targets = torch.tensor([s[1] for s in good], dtype=torch.long)
+    indices = torch.tensor([s[3] for s in good], dtype=torch.long)
+    return images, targets, errors, indices
+
+
+def shard_loader(
+    root: str,
+    split: str,
+    sample: ShardSample,
+    batch_size: int,
+    num_workers: int,
+    train: bool,
+    seed: int,
+) -> Any:
+    """A LitData ``StreamingDataLoader`` over ``<root>/<split>``.
+
+    Training shuffles (chunks, then items, reseeded each epoch) and, under DDP, lets LitData
+    trim every rank to the same number of batches (``drop_last``), which DDP's gradient sync
+    needs. Evaluation keeps every sample exactly once (``drop_last=False``): ranks may then
+    run different numbers of batches, which is safe without gradient sync.
+    """
+    ld = litdata()
+    dataset = ld.StreamingDataset(
+        f"{root.rstrip('/')}/{split}",
+        shuffle=train,
+        drop_last=None if train else False,
+        seed=seed,
+        transform=sample,
+    )
+    return ld.StreamingDataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_shards,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )

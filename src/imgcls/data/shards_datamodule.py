@@ -1,0 +1,182 @@
+"""``data=shards``: train from LitData shards written by ``scripts/make_shards.py``.
+
+Every rank streams its own chunks (LitData's sharding), each sample is decoded in a loader
+worker and goes through the stream path's transforms (``imgcls.data.streaming``), so a model
+trained here has the same ``DataSpec`` (with its ``eval_transform``), checkpoints, metrics,
+predict and export as one trained on the files with ``data.loading=stream``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from imgcls.data.base_datamodule import ImageDataModule, Splits
+from imgcls.data.shards import ShardSample, read_meta, shard_loader
+from imgcls.data.streaming import (
+    DecodeErrors,
+    StreamOptions,
+    build_eval_transform,
+    build_train_transform,
+    check_loading,
+    eval_transform_dict,
+)
+from imgcls.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class ShardSplit:
+    """A split's size and location (the data itself stays in the shards)."""
+
+    def __init__(self, root: str, name: str, size: int) -> None:
+        self.root, self.name, self.size = root, name, int(size)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class ShardsDataModule(ImageDataModule):
+    """Streams LitData shards (``<root>/meta.json`` + one folder per split).
+
+    Args:
+        root: shard root written by ``scripts/make_shards.py`` (local path or LitData URL;
+            ``meta.json`` must be readable locally).
+        on_decode_error: ``stop`` (error naming the sample) or ``skip`` (counted, logged).
+        stream: per-sample transforms, as ``data.stream`` of the file sources.
+        seed: shuffling seed (LitData reseeds it per epoch).
+        num_workers: loader worker processes per rank.
+        **kwargs: batch sizes, mean/std overrides (``ImageDataModule``); mean/std default to
+            the values measured when the shards were written.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        on_decode_error: str = "stop",
+        stream: Mapping[str, Any] | None = None,
+        seed: int = 42,
+        num_workers: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_workers=num_workers, **kwargs)
+        check_loading("stream", on_decode_error, 1)
+        self.root = str(root)
+        self.stream_options = StreamOptions.from_config(stream)
+        self.decode_errors = DecodeErrors(on_decode_error, f"shards {self.root}")
+        self.seed = int(seed)
+        self.loading_used = "stream"
+        self.meta: dict[str, Any] = {}
+        self.stream_info: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        return f"shards {self.root}"
+
+    def load_splits(self) -> Splits:
+        self.meta = meta = read_meta(self.root)
+        self.class_names = tuple(str(c) for c in meta["class_names"])
+        size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
+        eval_desc = eval_transform_dict(self.stream_options, size)
+        self.stream_info = {
+            "channels": int(meta["channels"]),
+            "image_size": size,
+            "eval_transform": eval_desc,
+        }
+        if self._mean is None:
+            self._mean, self._std = tuple(meta["mean"]), tuple(meta["std"])
+        splits = Splits()
+        for name, n in meta["splits"].items():
+            if not (Path(self.root) / name).exists() and "://" not in self.root:
+                raise DataError(
+                    f"{self.describe()}: split folder {Path(self.root) / name} is missing"
+                )
+            splits[name] = ShardSplit(self.root, name, n)  # type: ignore[assignment]
+        if "train" not in splits:
+            raise DataError(f"{self.describe()} has no train split")
+        log.info(
+            "%s: %s; %d classes; %d loader workers per rank; eval %s",
+            self.describe(),
+            ", ".join(f"{s} {len(d)}" for s, d in splits.items()),
+            len(self.class_names),
+            self.num_workers,
+            eval_desc,
+        )
+        return splits
+
+    def fingerprint(self, split: str) -> str:
+        self.setup()
+        index = Path(self.root) / split / "index.json"
+        digest = (
+            hashlib.sha256(index.read_bytes()).hexdigest()[:32] if index.is_file() else "remote"
+        )
+        return f"{type(self).__name__}/{split}/{digest}"
+
+    def _input_shape(self) -> tuple[int, int, int]:
+        h, w = self.stream_info["image_size"]
+        return int(self.stream_info["channels"]), int(h), int(w)
+
+    def _eval_transform(self) -> dict[str, Any] | None:
+        return self.stream_info["eval_transform"]
+
+    def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
+        self._split(name)
+        size = self.stream_info["image_size"]
+        tf = (
+            build_train_transform(self.stream_options, size)
+            if train
+            else build_eval_transform(self.stream_info["eval_transform"])
+        )
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batch_size = self.batch_size
+        if not train:
+            # LitData splits evaluation data by whole batches: a batch larger than a worker's
+            # share would leave ranks without data (and Lightning refuses empty loaders)
+            share = len(self._split(name)) // (world * max(1, self.num_workers))
+            batch_size = max(1, min(self.eval_batch_size, share))
+        loader = shard_loader(
+            self.root,
+            name,
+            ShardSample(self.stream_info["channels"], tf, name),
+            batch_size,
+            self.num_workers,
+            train,
+            self.seed,
+        )
+        if train:
+            per_rank = loader.dataset.get_len(self.num_workers, batch_size)
+            total = len(self._split(name))
+            if per_rank * world < total:
+                log.warning(
+                    "%s: %d of %d training samples per epoch (%d per rank): LitData gives every "
+                    "rank and worker whole chunks and trims them to equal length; the rest "
+                    "rotates between epochs (write ranks x workers x k chunks of equal size "
+                    "with make_shards.py --chunk-size to use all)",
+                    self.describe(),
+                    per_rank * world,
+                    total,
+                    per_rank,
+                )
+        return loader
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        assert self.splits is not None
+        if "test" not in self.splits:
+            log.warning("%s has no test split: testing on the validation split", self.describe())
+            return self._loader("val")
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        raise DataError(
+            f"{self.describe()}: predict from files (python src/predict.py input=<dir or csv>)"
+        )
+
+    def on_after_batch_transfer(self, batch: Sequence[Any], dataloader_idx: int) -> Any:
+        images, targets, errors, _ = batch
+        self.decode_errors.handle(errors)
+        return super().on_after_batch_transfer((images, targets), dataloader_idx)

@@ -1,0 +1,318 @@
+"""The streaming path: per-sample decode in DataLoader workers, torchvision transforms v2.
+
+For datasets whose decoded pixels do not fit ``data.memory_budget_mb``: nothing is decoded at
+set-up beyond a header pre-pass (existence, format, size, mode). Each sample is decoded from
+its file in a worker process at native resolution and transformed there:
+
+- train: ``RandomResizedCrop`` (or a plain resize), optional horizontal flip, optional
+  ``TrivialAugmentWide`` / ``RandAugment``;
+- eval: resize + center crop, described by a plain dict (``eval_transform`` of the
+  ``DataSpec``) so that predict and export rebuild exactly the same transform from a checkpoint.
+
+Samples stay uint8 ``(C, H, W)`` until the batch reaches its device, where the datamodule
+normalizes them exactly as on the memory path: both paths feed the model identically.
+
+A file that fails to decode mid-epoch is never turned into a wrong label: the worker returns
+its error with the sample, and the main process stops with a ``DataError`` naming the file
+(``data.on_decode_error=stop``) or drops the sample, counts it and logs it (``skip``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from imgcls.data.images import _DECODE_ERRORS, decode_image
+from imgcls.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+LOADING_MODES = ("memory", "stream", "auto")
+ERROR_MODES = ("stop", "skip")
+AUTO_AUGMENTS = (None, "trivial", "randaugment")
+TRAIN_CROPS = ("random_resized_crop", "resize")
+_INTERPOLATIONS = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Per-sample transform options of the streaming path (``data.stream.*``).
+
+    Attributes:
+        train_crop: ``random_resized_crop`` (at native resolution, the ImageNet recipe) or
+            ``resize`` (the memory path's plain resize to ``image_size``).
+        scale: ``RandomResizedCrop`` area range.
+        ratio: ``RandomResizedCrop`` aspect-ratio range.
+        hflip: probability of a horizontal flip (0 for digits and text).
+        auto_augment: ``null``, ``trivial`` (TrivialAugmentWide) or ``randaugment``.
+        randaugment_ops: ``RandAugment`` ``num_ops``.
+        randaugment_magnitude: ``RandAugment`` ``magnitude``.
+        eval_resize: ``null`` resizes to ``image_size`` exactly (as the memory path does);
+            an int resizes the shorter side to it and then center-crops ``image_size``.
+        interpolation: ``bilinear``, ``bicubic`` or ``nearest`` (antialiased when shrinking).
+        mean_std_sample: training images decoded to measure mean/std when not given.
+    """
+
+    train_crop: str = "resize"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.0
+    auto_augment: str | None = None
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    eval_resize: int | None = None
+    interpolation: str = "bilinear"
+    mean_std_sample: int = 1000
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> StreamOptions:
+        d = dict(cfg or {})
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"unknown data.stream option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        for key in ("scale", "ratio"):
+            if key in d:
+                d[key] = (float(d[key][0]), float(d[key][1]))
+        opts = cls(**d)
+        if opts.train_crop not in TRAIN_CROPS:
+            raise ConfigError(
+                f"data.stream.train_crop must be one of {TRAIN_CROPS}, got {opts.train_crop!r}"
+            )
+        if opts.auto_augment not in AUTO_AUGMENTS:
+            raise ConfigError(
+                f"data.stream.auto_augment must be null, trivial or randaugment, got {opts.auto_augment!r}"
+            )
+        if opts.interpolation not in _INTERPOLATIONS:
+            raise ConfigError(
+                f"data.stream.interpolation must be one of {sorted(_INTERPOLATIONS)}, got {opts.interpolation!r}"
+            )
+        return opts
+
+
+def check_loading(loading: str, on_decode_error: str, memory_budget_mb: float) -> None:
+    if loading not in LOADING_MODES:
+        raise ConfigError(f"data.loading must be memory, stream or auto, got {loading!r}")
+    if on_decode_error not in ERROR_MODES:
+        raise ConfigError(f"data.on_decode_error must be stop or skip, got {on_decode_error!r}")
+    if float(memory_budget_mb) <= 0:
+        raise ConfigError(f"data.memory_budget_mb must be positive, got {memory_budget_mb}")
+
+
+def eval_transform_dict(opts: StreamOptions, image_size: tuple[int, int]) -> dict[str, Any]:
+    """The eval transform as plain data (stored in the checkpoint's ``DataSpec``)."""
+    h, w = image_size
+    return {
+        "resize": [h, w] if opts.eval_resize is None else int(opts.eval_resize),
+        "crop": [h, w],
+        "interpolation": opts.interpolation,
+        "antialias": True,
+    }
+
+
+def build_eval_transform(desc: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
+    """uint8 ``(C, H, W)`` -> uint8 ``(C, crop_h, crop_w)``: resize, then center crop.
+
+    ``desc`` is ``DataSpec.eval_transform``: ``resize`` ([h, w] exactly, or an int for the
+    shorter side), ``crop`` [h, w], ``interpolation``, ``antialias``.
+    """
+    resize = desc["resize"]
+    size = [int(resize[0]), int(resize[1])] if isinstance(resize, (list, tuple)) else int(resize)
+    return v2.Compose(
+        [
+            v2.Resize(
+                size,
+                interpolation=_INTERPOLATIONS[str(desc.get("interpolation", "bilinear"))],
+                antialias=bool(desc.get("antialias", True)),
+            ),
+            v2.CenterCrop([int(desc["crop"][0]), int(desc["crop"][1])]),
+        ]
+    )
+
+
+def build_train_transform(
+    opts: StreamOptions, image_size: tuple[int, int]
+) -> Callable[[Tensor], Tensor]:
+    """Per-sample training transform on uint8 ``(C, H, W)`` at native resolution."""
+    interp = _INTERPOLATIONS[opts.interpolation]
+    steps: list[Any]
+    if opts.train_crop == "random_resized_crop":
+        steps = [
+            v2.RandomResizedCrop(
+                list(image_size),
+                scale=opts.scale,
+                ratio=opts.ratio,
+                interpolation=interp,
+                antialias=True,
+            )
+        ]
+    else:
+        steps = [v2.Resize(list(image_size), interpolation=interp, antialias=True)]
+    if opts.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(opts.hflip))
+    if opts.auto_augment == "trivial":
+        steps.append(v2.TrivialAugmentWide(interpolation=interp))
+    elif opts.auto_augment == "randaugment":
+        steps.append(
+            v2.RandAugment(opts.randaugment_ops, opts.randaugment_magnitude, interpolation=interp)
+        )
+    return v2.Compose(steps)
+
+
+def decode_bytes(data: bytes, channels: int, name: str) -> Tensor:
+    """Decode encoded image bytes (a shard's sample) into uint8 ``(C, H, W)``."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode = "L" if channels == 1 else "RGB"
+            arr = np.array(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
+    except _DECODE_ERRORS as e:
+        raise DataError(f"cannot decode image {name}: {e}") from None
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One listed file of a split: path, label index (-1: unlabeled), where it was listed."""
+
+    path: Path
+    label: int
+    where: str
+
+
+class StreamImageDataset(Dataset):
+    """Map-style dataset decoding one file per ``__getitem__`` (in DataLoader workers).
+
+    Returns ``(image, label, error)``: on a decode failure ``image`` is ``None`` and ``error``
+    names the file and where it was listed; ``collate_stream`` separates such samples.
+    """
+
+    def __init__(
+        self, items: Sequence[StreamItem], channels: int, transform: Callable[[Tensor], Tensor]
+    ) -> None:
+        self.items = list(items)
+        self.channels = int(channels)
+        self.transform = transform
+        self.targets = torch.tensor([it.label for it in self.items], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int, str]:
+        item = self.items[index]
+        try:
+            arr = decode_image(item.path, self.channels)
+        except DataError as e:
+            return None, item.label, f"{e} ({item.where})"
+        image = torch.from_numpy(arr).permute(2, 0, 1)
+        return self.transform(image).contiguous(), item.label, ""
+
+
+def collate_stream(
+    samples: list[tuple[Tensor | None, int, str]],
+) -> tuple[Tensor, Tensor, list[str]]:
+    """Stack the decoded samples; failed ones leave only their error message."""
+    good = [(x, y) for x, y, err in samples if x is not None]
+    errors = [err for x, _, err in samples if x is None]
+    if good:
+        images = torch.stack([x for x, _ in good])
+        targets = torch.tensor([y for _, y in good], dtype=torch.long)
+    else:
+        images = torch.empty(0, 1, 1, 1, dtype=torch.uint8)
+        targets = torch.empty(0, dtype=torch.long)
+    return images, targets, errors
+
+
+class DecodeErrors:
+    """What the main process does with samples that failed to decode mid-epoch."""
+
+    def __init__(self, mode: str, context: str) -> None:
+        self.mode = mode
+        self.context = context
+        self.skipped: list[str] = []
+
+    def handle(self, errors: list[str]) -> None:
+        if not errors:
+            return
+        if self.mode == "stop":
+            more = f" (and {len(errors) - 1} more in this batch)" if len(errors) > 1 else ""
+            raise DataError(
+                f"{errors[0]}{more} [{self.context}; set data.on_decode_error=skip to skip "
+                f"unreadable images]"
+            )
+        for err in errors:
+            self.skipped.append(err)
+            log.warning("skipped an unreadable image (%d so far): %s", len(self.skipped), err)
+
+
+def stream_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    sampler: Any = None,
+    collate_fn: Callable[..., Any] = collate_stream,
+) -> DataLoader:
+    """A plain map-style DataLoader: Lightning swaps in a ``DistributedSampler`` under DDP.
+
+    Workers persist across epochs (no re-spawn per epoch); host memory is pinned only when
+    there is a CUDA device to copy to.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def load_for_eval(
+    path: str | Path, channels: int, eval_transform: Mapping[str, Any], where: str = ""
+) -> Tensor:
+    """One file through a streamed checkpoint's eval transform: uint8 ``(C, crop_h, crop_w)``.
+
+    The predict/export counterpart of the stream path's eval split (native decode, then
+    ``build_eval_transform``); memory-path checkpoints (no ``eval_transform``) keep
+    ``imgcls.data.images.load_image`` at ``image_size``.
+    """
+    try:
+        arr = decode_image(path, channels)
+    except DataError as e:
+        raise DataError(f"{e} ({where})" if where else str(e)) from None
+    return build_eval_transform(eval_transform)(torch.from_numpy(arr).permute(2, 0, 1)).contiguous()
+
+
+def describe_eval_transform(desc: Mapping[str, Any]) -> str:
+    """One sentence for the export sidecar's preprocessing steps."""
+    resize = desc["resize"]
+    how = (
+        f"resize to height {resize[0]} x width {resize[1]}"
+        if isinstance(resize, (list, tuple))
+        else f"resize the shorter side to {resize} (aspect ratio kept)"
+    )
+    h, w = desc["crop"]
+    return (
+        f"decode at native size, {how} (torchvision v2 Resize, {desc.get('interpolation', 'bilinear')}, "
+        f"antialias={desc.get('antialias', True)}), then center-crop to height {h} x width {w}"
+    )

@@ -280,7 +280,9 @@ def run(args) -> list[str]:
     plain99 = first_reaching(plain_elapsed, paccs)
     tmpl99 = first_reaching(probe.elapsed, probe.acc)
     fmt = lambda v: f"{v:.1f} s" if v is not None else "not reached"  # noqa: E731
-    lines.append(f"- time to 99.0 % test accuracy: plain loop {fmt(plain99)}, template {fmt(tmpl99)}")
+    lines.append(
+        f"- time to 99.0 % test accuracy: plain loop {fmt(plain99)}, template {fmt(tmpl99)}"
+    )
     if plain99 and tmpl99:
         lines.append(f"- ratio template / plain: {tmpl99 / plain99:.2f} (goal <= 1.0)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -55,10 +56,9 @@ def _verified_before(path: Path, md5: str) -> bool:
 
 def _mark_verified(path: Path, md5: str) -> None:
     st = path.stat()
-    try:
+    # a read-only data dir: verify again next time
+    with contextlib.suppress(OSError):
         _stamp(path).write_text(f"{st.st_size} {st.st_mtime_ns} {md5}")
-    except OSError:  # a read-only data dir: verify again next time
-        pass
 
 
 def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -96,3 +97,18 @@ def test_loader_serves_whole_uint8_batches_and_normalizes_on_transfer(mnist_dm) 
     # eval loaders keep order and cover every test image exactly once
     ys = torch.cat([b[1] for b in mnist_dm.test_dataloader()])
     assert torch.equal(ys, mnist_dm.splits["test"].targets)
+
+
+def test_a_raw_file_changed_after_verification_is_caught(tmp_path) -> None:
+    raw = copy_gz(tmp_path)
+    ensure_mnist_raw(tmp_path)  # decompresses, verifies, remembers (size, mtime) per file
+    ensure_mnist_raw(tmp_path)  # unchanged files: no re-hash, no error
+    target = raw / "t10k-labels-idx1-ubyte"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF  # same size, new content and mtime
+    before = target.stat()
+    target.write_bytes(bytes(data))
+    # a coarse file-system clock must not hide the change
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is corrupt"):
+        ensure_mnist_raw(tmp_path)

@@ -30,6 +30,16 @@ def test_one_epoch_reaches_accuracy_floor(lenet_run) -> None:
     assert metrics["test/acc_top5"] >= metrics["test/acc"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [12345])
+def test_default_recipe_reaches_99_percent(tmp_path, seed) -> None:
+    """The default ``python src/train.py`` (3 epochs, batch 256, OneCycle max_lr 0.02)."""
+    cfg = compose_config("train", ["trainer.accelerator=cpu", f"seed={seed}"], tmp_path)
+    assert (cfg.trainer.max_epochs, cfg.data.batch_size) == (3, 256)  # the recipe measured
+    metrics = train(cfg)
+    assert metrics["test/acc"] >= 0.99
+
+
 def test_summary_and_checkpoints_written(lenet_run) -> None:
     out, metrics = lenet_run
     summary = json.loads((out / "metrics.json").read_text())

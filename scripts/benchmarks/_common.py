@@ -55,3 +55,20 @@ class EpochTimer(L.Callback):
 
 def rate(images: int, seconds: float) -> float:
     return images / seconds if seconds > 0 else float("nan")
+
+
+class FirstStepStamp(L.Callback):
+    """Writes the wall-clock time (``time.time()``) of the first training step to ``path``.
+
+    Added to a ``python src/train.py`` run by the benchmark to measure start-up:
+    ``+callbacks.first_step._target_=benchmarks._common.FirstStepStamp +callbacks.first_step.path=...``
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._done = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        if not self._done:
+            self._done = True
+            self.path.write_text(repr(time.time()))

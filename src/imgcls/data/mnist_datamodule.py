@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -36,6 +37,30 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def _stamp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _verified_before(path: Path, md5: str) -> bool:
+    """The file is unchanged (size, mtime) since it was last found to have ``md5``.
+
+    Hashing the 55 MB of raw files costs a noticeable part of a run's start-up, and the
+    datamodule checks them twice per run (``prepare_data`` and ``setup``).
+    """
+    st = path.stat()
+    try:
+        return _stamp(path).read_text() == f"{st.st_size} {st.st_mtime_ns} {md5}"
+    except OSError:
+        return False
+
+
+def _mark_verified(path: Path, md5: str) -> None:
+    st = path.stat()
+    # a read-only data dir: verify again next time
+    with contextlib.suppress(OSError):
+        _stamp(path).write_text(f"{st.st_size} {st.st_mtime_ns} {md5}")
+
+
 def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Path:
     """Make ``<data_dir>/MNIST/raw/<name>`` exist uncompressed and verified; return the raw dir.
 
@@ -50,10 +75,14 @@ def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Pat
     for name, md5 in MNIST_MD5.items():
         target, gz = raw / name, raw / f"{name}.gz"
         if target.is_file():
-            if _md5(target) != md5:
+            if _verified_before(target, md5):
+                continue
+            actual = _md5(target)
+            if actual != md5:
                 raise DataError(
-                    f"MNIST file {target} is corrupt (md5 {_md5(target)}, expected {md5}); delete it"
+                    f"MNIST file {target} is corrupt (md5 {actual}, expected {md5}); delete it"
                 )
+            _mark_verified(target, md5)
             continue
         if gz.is_file():
             tmp = target.with_suffix(".part")
@@ -69,6 +98,7 @@ def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Pat
                     f"MNIST archive {gz} does not hold the canonical {name} (md5 mismatch)"
                 )
             os.replace(tmp, target)  # atomic: a crash never leaves a half-written raw file
+            _mark_verified(target, md5)
             continue
         missing.append(f"{name}.gz")
     if missing:

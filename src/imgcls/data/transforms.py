@@ -15,12 +15,22 @@ from torch import Tensor, nn
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 (or float) ``(N, C, H, W)`` in [0, 255] -> float32 normalized per channel."""
-    # a copy either way: the caller's tensor (uint8 batch, augmented pixels) is left untouched
-    x = images.float().div_(255.0) if images.dtype != torch.float32 else images.div(255.0)
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub_(m).div_(s)
+    """uint8 (or float) ``(N, C, H, W)`` in [0, 255] -> float32 normalized per channel.
+
+    ``(x / 255 - mean) / std`` computed as one multiply and one subtract (it runs on every
+    batch; for one channel with Python scalars, so no small tensors are made per call). The
+    caller's tensor (uint8 batch, augmented float pixels) is left untouched.
+    """
+    x = images.float()
+    mul = x.mul if x is images else x.mul_  # float32 input: the first op makes the copy
+    scale = [1.0 / (255.0 * s) for s in std]
+    shift = [m / s for m, s in zip(mean, std, strict=True)]
+    if len(scale) == 1:
+        return mul(scale[0]).sub_(shift[0])
+    view = (1, -1, 1, 1)
+    a = torch.tensor(scale, dtype=x.dtype, device=x.device).view(view)
+    b = torch.tensor(shift, dtype=x.dtype, device=x.device).view(view)
+    return mul(a).sub_(b)
 
 
 class BatchRandomAffine(nn.Module):

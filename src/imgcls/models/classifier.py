@@ -204,6 +204,8 @@ class ImageClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self._shared_step(batch)
+        # One host check a step (free on CPU; on a GPU it is the step's only sync): a NaN
+        # stops the run at the step that produced it, before any checkpoint sees its update.
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
@@ -211,15 +213,31 @@ class ImageClassifier(L.LightningModule):
                 f"enable gradient clipping (trainer.gradient_clip_val)"
             )
         n = len(y)
-        self.train_acc.update((logits.detach().argmax(1) == y).sum(), n)
-        self.train_loss.update(loss.detach() * n, n)
+        # Epoch accuracy and loss as plain running sums (one fused add a step); they enter the
+        # rank-synced RunningSum metrics once, at the epoch end.
+        step_sums = torch.stack(((logits.detach().argmax(1) == y).sum(), loss.detach() * n))
+        sums = getattr(self, "_train_sums", None)
+        if sums is None or sums.device != step_sums.device:
+            self._train_sums = step_sums.double()
+            self._train_count = n
+        else:
+            sums.add_(step_sums)
+            self._train_count += n
         # Lightning only writes step metrics every log_every_n_steps; logging on the other
         # steps is pure overhead (a few % of a small net's step).
         if (self.global_step + 1) % getattr(self.trainer, "log_every_n_steps", 50) == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self._train_sums: Tensor | None = None  # nothing left over from an interrupted epoch
+
     def on_train_epoch_end(self) -> None:
+        sums = getattr(self, "_train_sums", None)
+        if sums is not None:
+            self.train_acc.update(sums[0], self._train_count)
+            self.train_loss.update(sums[1], self._train_count)
+            self._train_sums = None
         values = {
             "train/acc": self.train_acc.compute(),
             "train/loss_epoch": self.train_loss.compute(),

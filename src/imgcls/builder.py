@@ -8,10 +8,11 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
+from imgcls.callbacks.ddp_preemption import SigtermAgreement
 from imgcls.data.base_datamodule import ImageDataModule
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.transfer import check_weights, use_weights_normalization
@@ -68,6 +69,13 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Lo
         if dropped:
             log.info("no logger: LearningRateMonitor disabled")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.world_size > 1:  # ranks stop on SIGTERM together (nothing to agree on alone)
+        agreement = SigtermAgreement()
+        # before the checkpoint callbacks, which act on the agreed flag in the same hook
+        cbs = trainer.callbacks  # type: ignore[attr-defined]
+        first = next((i for i, c in enumerate(cbs) if isinstance(c, Checkpoint)), len(cbs))
+        cbs.insert(first, agreement)
+        callbacks.append(agreement)
     return trainer, callbacks, loggers
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +36,19 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """Instantiate ``cfg.data`` and run its validation/loading once (before any training)."""
     log.info("data: %s", cfg.data._target_)
     dm: ImageDataModule = instantiate(cfg.data)
-    dm.prepare_data()
+    if _local_rank() == 0:  # as Lightning does: the other ranks' setup waits for its result
+        dm.prepare_data()
     dm.setup()
     return dm
+
+
+def _local_rank() -> int:
+    """This process's rank on its node, from the environment (no trainer exists yet)."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:

@@ -557,30 +557,38 @@ class FileImageDataModule(ImageDataModule):
             return
         plan = self._plan()
         if plan.cache is not None and not plan.problems:
-            self._cached_images(plan)
+            self._ensure_cached(plan)
 
-    def _cached_images(self, plan: _Plan) -> Tensor | None:
-        """The decode cache memory-mapped: loaded, or decoded now by whoever takes the lock first."""
+    def _ensure_cached(self, plan: _Plan) -> Tensor | None:
+        """Decode into the cache unless it is there: whoever takes its lock first decodes.
+
+        Returns the decoded tensor when this process decoded, else ``None``.
+        """
         cache = plan.cache
         assert cache is not None
         with cache.lock():
-            images = cache.load()
-            if images is not None:
-                log.info(
-                    "decode cache: loaded %d decoded images %s from %s in %.1f s, %s (memory-mapped; "
-                    "delete the file to force a fresh decode)",
-                    len(plan.order),
-                    tuple(images.shape[1:]),
-                    cache.data,
-                    time.perf_counter() - plan.t0,
-                    _rank_name(),
-                )
-                return images
-            decoded = self._decode(plan.order, plan.where, plan.stats, plan.problems, cache)
-        if decoded is None or plan.problems:
+            if cache.load() is None:
+                return self._decode(plan.order, plan.where, plan.stats, plan.problems, cache)
+        return None
+
+    def _cached_images(self, plan: _Plan) -> Tensor | None:
+        """The decode cache, memory-mapped (decoded first when no process has done so)."""
+        cache = plan.cache
+        assert cache is not None
+        decoded = self._ensure_cached(plan)
+        images = None if plan.problems else cache.load()
+        if images is None:  # problems to report, or the cache could not be written
             return decoded
-        mapped = cache.load()  # the same read-only mapping every other rank gets
-        return mapped if mapped is not None else decoded  # (cache not writable: in memory)
+        log.info(
+            "decode cache: loaded %d decoded images %s from %s in %.1f s, %s (memory-mapped; "
+            "delete the file to force a fresh decode)",
+            len(plan.order),
+            tuple(images.shape[1:]),
+            cache.data,
+            time.perf_counter() - plan.t0,
+            _rank_name(),
+        )
+        return images  # the same read-only mapping on every rank
 
     def load_splits(self) -> Splits:
         plan = self._plan()

@@ -86,7 +86,8 @@ def finish(proc: subprocess.Popen, out: Path, timeout: float, t0: float) -> Fini
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise AssertionError(f"timed out after {timeout} s: {(out / 'stderr.txt').read_text()[-3000:]}")
+        tail = (out / "stderr.txt").read_text()[-3000:]
+        raise AssertionError(f"timed out after {timeout} s: {tail}") from None
     return Finished(
         code,
         (out / "stdout.txt").read_text(),

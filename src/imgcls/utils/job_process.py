@@ -51,6 +51,10 @@ class JobProcessError(UserError):
     def __init__(self, description: str, detail: str) -> None:
         super().__init__(f"{description} ({detail})")
         self.description = description
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:  # submitit sends job errors back pickled
+        return (type(self), (self.description, self.detail))
 
 
 # -- which jobs -------------------------------------------------------------------------------
@@ -132,12 +136,18 @@ def record_job_error(exc: BaseException) -> None:
             "pid": os.getpid(),
         }
     )
-    try:  # O_EXCL: the first rank that failed names the cause; later ones only followed it
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    # Written whole, then linked into place: the first rank that failed names the cause (the
+    # others only followed it), and a rank killed half-way never leaves a truncated file.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.link(tmp, path)
     except OSError:
-        return
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ only end that job and never the sweep.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -92,6 +93,18 @@ def rank_command(
     return cmd
 
 
+def _script_of(task_function: TaskFunction) -> str:
+    """The entry script that defines ``task_function`` (also when submitit unpickled it:
+    cloudpickle renames the code's file to ``<dynamic-code>`` but keeps ``__file__``)."""
+    candidates = [getattr(task_function, "__globals__", {}).get("__file__")]
+    with contextlib.suppress(TypeError):
+        candidates.append(inspect.getsourcefile(task_function))
+    for path in candidates:
+        if path and os.path.isfile(path):
+            return os.path.abspath(path)
+    return os.path.abspath(sys.argv[0])
+
+
 def _main_config_dir(config: DictConfig) -> str | None:
     for source in config.hydra.runtime.config_sources:
         if source.provider == "main" and source.schema == "file":
@@ -147,7 +160,7 @@ class MultirunDDP(Callback):
         global _current_job
         hydra = config.hydra
         job = JobCommand(
-            script=inspect.getsourcefile(task_function) or os.path.abspath(sys.argv[0]),
+            script=_script_of(task_function),
             task_overrides=tuple(hydra.overrides.task),
             hydra_overrides=tuple(hydra.overrides.hydra),
             output_dir=str(hydra.runtime.output_dir),

@@ -207,3 +207,43 @@ def test_sigterm_to_a_ddp_fit_saves_one_checkpoint_and_resume_finishes(tmp_path:
     assert final["global_step"] == 40
     assert final["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"] == 2
     assert "test/acc" in _metrics(run)
+
+
+# -- which jobs run in their own process group --------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "env", "expected"),
+    [
+        (["trainer=ddp_sim"], {}, True),
+        (["trainer=default"], {}, False),
+        (["trainer=ddp_sim", "trainer.devices=1"], {}, False),
+        (["trainer=ddp_sim", "trainer.strategy=ddp_spawn"], {}, False),
+        # torchrun started every rank itself: Lightning spawns and observes nothing
+        (
+            ["trainer=ddp_sim"],
+            {"TORCHELASTIC_RUN_ID": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"},
+            False,
+        ),
+    ],
+)
+def test_which_trainers_start_rank_processes(make_cfg, monkeypatch, overrides, env, expected):
+    from imgcls.utils.job_process import launches_rank_processes
+
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert launches_rank_processes(make_cfg("train", overrides).trainer) is expected
+
+
+def test_the_first_rank_error_is_the_one_reported(tmp_path: Path, monkeypatch) -> None:
+    import pickle
+
+    from imgcls.utils.job_process import ERROR_FILE, ERROR_FILE_ENV, _failure, record_job_error
+
+    monkeypatch.setenv(ERROR_FILE_ENV, str(tmp_path / ERROR_FILE))
+    record_job_error(ValueError("Invalid learning rate: -1.0"))
+    record_job_error(RuntimeError("Connection closed by peer"))  # a rank that only followed
+    error = pickle.loads(pickle.dumps(_failure(1, tmp_path)))  # as submitit returns it
+    assert error.description == "ValueError: Invalid learning rate: -1.0"
+    assert "exited with code 1" in str(error) and str(tmp_path / "train.log") in str(error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ERROR_FILE]

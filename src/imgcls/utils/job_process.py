@@ -157,9 +157,8 @@ def _forward_signals(pgid: int, received: list[int]) -> Iterator[None]:
         yield
         return
 
-    def forward(signum: int, frame: Any) -> None:
+    def forward(signum: int, frame: Any) -> None:  # no logging in a handler (its lock)
         received.append(signum)
-        log.warning("signal %d: forwarding it to the job's processes (group %d)", signum, pgid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signum)
 
@@ -216,6 +215,9 @@ def run_job_process(cfg: DictConfig) -> dict[str, float]:
     error_file.unlink(missing_ok=True)
     (job_dir / "metrics.json").unlink(missing_ok=True)
     code, received = _run(job, {**os.environ, ERROR_FILE_ENV: str(error_file)})
+    if received:
+        names = ", ".join(signal.Signals(s).name for s in received)
+        log.warning("%s forwarded to the job's processes; the sweep stops", names)
     if signal.SIGINT in received:
         raise KeyboardInterrupt
     if signal.SIGTERM in received:

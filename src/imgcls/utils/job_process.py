@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from imgcls.errors import ConfigError, UserError
+from imgcls.errors import ConfigError, UserError, find_user_error
 from imgcls.fault_tolerance import SIGTERM_EXIT_CODE
 from imgcls.utils.multirun_ddp import JobCommand, current_job
 
@@ -243,7 +243,9 @@ def stop_ranks_on_error(trainer: Any) -> Iterator[None]:
         yield
     except SystemExit:
         raise
-    except BaseException:
+    except BaseException as exc:
+        # recorded first: the observer may SIGKILL this process once a rank it watches died
+        record_job_error(find_user_error(exc) or exc)
         for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
             if proc.poll() is None:
                 log.warning("stopping DDP rank process %d (rank 0 failed)", proc.pid)

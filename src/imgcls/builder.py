@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
+from imgcls.callbacks.ddp_preemption import SigtermAgreement
 from imgcls.data.base_datamodule import ImageDataModule
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.transfer import check_weights, resolve_freeze, use_weights_normalization
@@ -35,7 +37,8 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     log.info("data: %s", cfg.data._target_)
     dm: ImageDataModule = instantiate(cfg.data)
     store_data_config(dm, cfg)
-    dm.prepare_data()
+    if _local_rank() == 0:  # as Lightning does: the other ranks' setup waits for its result
+        dm.prepare_data()
     dm.setup()
     return dm
 
@@ -47,6 +50,15 @@ def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
     from imgcls.run_data import data_hparams
 
     dm.save_hyperparameters(data_hparams(cfg), logger=False)
+
+
+def _local_rank() -> int:
+    """This process's rank on its node, from the environment (no trainer exists yet)."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
@@ -79,6 +91,13 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Lo
         if dropped:
             log.info("no logger: LearningRateMonitor disabled")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.world_size > 1:  # ranks stop on SIGTERM together (nothing to agree on alone)
+        agreement = SigtermAgreement()
+        # before the checkpoint callbacks, which act on the agreed flag in the same hook
+        cbs = trainer.callbacks  # type: ignore[attr-defined]
+        first = next((i for i, c in enumerate(cbs) if isinstance(c, Checkpoint)), len(cbs))
+        cbs.insert(first, agreement)
+        callbacks.append(agreement)
     return trainer, callbacks, loggers
 
 

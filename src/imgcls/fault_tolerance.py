@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from imgcls.builder import Built
+from imgcls.callbacks import ddp_preemption
 from imgcls.callbacks.last_checkpoint import LastCheckpoint, command_line_overrides
 from imgcls.checkpointing.resume_plan import check_resume_plan
 from imgcls.checkpointing.safe_load import read_safe_checkpoint, validate_checkpoint
@@ -193,4 +194,7 @@ def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
         )
         log.warning(msg)
         print(msg, file=sys.stderr)
+        agreement = ddp_preemption.find(built.callbacks)
+        if sigterm and agreement is not None:
+            agreement.wait_for_launcher()  # rank 0 exits first (its observer watches us)
         raise SystemExit(SIGTERM_EXIT_CODE if sigterm else SIGINT_EXIT_CODE) from None

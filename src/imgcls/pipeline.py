@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from imgcls.builder import build, build_datamodule, build_trainer
+from imgcls.builder import Built, build, build_datamodule, build_trainer
 from imgcls.checkpointing.safe_config import register_nets_from_config
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.errors import ConfigError, find_user_error
@@ -31,6 +31,12 @@ from imgcls.models.classifier import count_parameters
 from imgcls.run_data import use_run_data
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import flatten, print_config_tree, to_plain
+from imgcls.utils.job_process import (
+    record_job_error,
+    run_job_process,
+    should_isolate,
+    stop_ranks_on_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,31 +169,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = prepare_checkpoint(cfg, built)
     has_test = built.datamodule.has_labeled_test
     log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
-    trainer = built.trainer
-
-    metrics: dict[str, float] = {}
-    if cfg.get("train"):
-        log.info("starting training")
-        with guarded_fit(cfg, built):
-            trainer.fit(
-                built.model, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True
-            )
-        metrics.update(_floats(trainer.callback_metrics))
-    best = _best_checkpoint(trainer)
-    if cfg.get("test") and not has_test:
-        log.warning(
-            "%s: no test/* metrics (val/* chose the checkpoint, so they are not a test score); "
-            "set data.test_fraction=0.1 to hold out a test split",
-            NO_TEST_SPLIT,
-        )
-    elif cfg.get("test"):
-        ckpt = best if cfg.get("train") else ckpt_path
-        if ckpt is None:
-            log.warning("no checkpoint to test (checkpointing off?): testing the current weights")
-        else:
-            log.info("testing checkpoint %s", ckpt)
-        trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt, weights_only=True)
-        metrics.update(_floats(trainer.callback_metrics))
+    with stop_ranks_on_error(built.trainer):
+        metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
+    best = _best_checkpoint(built.trainer)
     extra = {
         "best_checkpoint": best,
         "output_dir": str(cfg.paths.output_dir),
@@ -196,6 +180,35 @@ def train(cfg: DictConfig) -> dict[str, float]:
     _write_summary(cfg, metrics, extra)
     for name in sorted(metrics):
         log.info("%s = %.5f", name, metrics[name])
+    return metrics
+
+
+def _fit_and_test(
+    cfg: DictConfig, built: Built, ckpt_path: str | None, has_test: bool
+) -> dict[str, float]:
+    trainer = built.trainer
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        log.info("starting training")
+        with guarded_fit(cfg, built):
+            trainer.fit(
+                built.model, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True
+            )
+        metrics.update(_floats(trainer.callback_metrics))
+    if cfg.get("test") and not has_test:
+        log.warning(
+            "%s: no test/* metrics (val/* chose the checkpoint, so they are not a test score); "
+            "set data.test_fraction=0.1 to hold out a test split",
+            NO_TEST_SPLIT,
+        )
+    elif cfg.get("test"):
+        ckpt = _best_checkpoint(trainer) if cfg.get("train") else ckpt_path
+        if ckpt is None:
+            log.warning("no checkpoint to test (checkpointing off?): testing the current weights")
+        else:
+            log.info("testing checkpoint %s", ckpt)
+        trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt, weights_only=True)
+        metrics.update(_floats(trainer.callback_metrics))
     return metrics
 
 
@@ -239,12 +252,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
     """Run a task for an entry point; user errors print one message, not a traceback.
 
-    Returns the ``optimized_metric`` value for Hydra sweepers.
+    Returns the ``optimized_metric`` value for Hydra sweepers. A multirun job whose trainer
+    starts DDP rank processes runs as its own process group (``imgcls.utils.job_process``).
     """
+    if _in_multirun() and should_isolate(cfg):
+        return _optimized_value(cfg, run_job_process(cfg))
     try:
         return _optimized_value(cfg, task(cfg))
     except Exception as exc:
         e = find_user_error(exc)
+        record_job_error(e or exc)  # for the sweep, when this is a job's own process
         if e is None:
             raise
         log.error("%s: %s", type(e).__name__, e)

@@ -21,6 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from imgcls.utils.sweep_summary import describe_error
+
 log = logging.getLogger(__name__)
 
 
@@ -53,11 +55,9 @@ class TolerantSweeper(BasicSweeper):
             for i, r in enumerate(results):
                 if r.status != JobStatus.COMPLETED:
                     # The job's own log holds the details; the sweep goes on.
-                    e = r._return_value
-                    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    log.error(
-                        "job #%d failed: %s: %s", initial_job_idx + i, type(e).__name__, first_line
-                    )
+                    text = describe_error(r._return_value).strip()
+                    first_line = text.splitlines()[0] if text else ""
+                    log.error("job #%d failed: %s", initial_job_idx + i, first_line)
             initial_job_idx += len(batch)
             returns.append(results)
         return returns

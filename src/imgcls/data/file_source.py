@@ -12,11 +12,17 @@ A source (CSV, ImageFolder) only lists ``ImageEntry`` items per split. This modu
    sizes and mtimes plus the decode settings. Batches are then gathered from memory, so
    nothing is decoded per epoch.
 
+Under DDP the decode into the on-disk cache happens once per node: in ``prepare_data`` (local
+rank 0), while the other ranks' ``setup`` waits on the cache's file lock and memory-maps the
+file; the log names the rank that decoded.
+
 ``decode_images`` is the same decoding for callers without a datamodule (predict inputs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +31,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +261,34 @@ class DecodedCache:
         self.data = self.dir / f"{key}.u8"
         self.meta = self.dir / f"{key}.json"
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``<key>.lock`` exclusively: one process decodes, the others wait, then load.
+
+        A file lock rather than a collective: the datamodule is set up before the trainer
+        (the model is sized from the data), when no process group exists yet. The kernel
+        drops the lock of a process that dies, so a killed decoder never blocks the others.
+        """
+        path = self.dir / f"{self.key}.lock"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a")  # noqa: SIM115 (closed below)
+        except OSError:  # read-only or no directory: decoding falls back to memory anyway
+            yield
+            return
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            except OSError as e:  # a file system without locks: every process decodes
+                log.debug("no lock on %s (%s)", path, e)
+            try:
+                yield
+            finally:
+                # Removed while still held: a process that opened the old file still gets its
+                # turn and then finds the cache; at worst two processes decode the same files
+                # into their own temporary files, which is safe (the rename is atomic).
+                path.unlink(missing_ok=True)
+
     def load(self) -> Tensor | None:
         """The cached tensor (memory-mapped, read-only use), or ``None`` when absent/invalid."""
         if not (self.meta.is_file() and self.data.is_file()):
@@ -302,6 +336,32 @@ class DecodedCache:
         )
         os.replace(tmp, self.data)
         os.replace(meta_tmp, self.meta)  # the meta file last: it marks the cache complete
+
+
+@dataclass
+class _Plan:
+    """What ``load_splits`` decided before decoding: order, file stats, cache (see ``_plan``)."""
+
+    order: list[Path]
+    position: dict[Path, int]
+    where: dict[Path, str]
+    stats: dict[Path, tuple[int, int]]
+    class_index: dict[str, int]
+    settings: dict[str, Any]
+    problems: Problems
+    cache: DecodedCache | None
+    t0: float
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _rank_name() -> str:
+    """``rank 0`` (global rank, known from the environment before the trainer sets it)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return f"rank {getattr(rank_zero_only, 'rank', 0)} (pid {os.getpid()})"
 
 
 class FileImageDataModule(ImageDataModule):
@@ -382,6 +442,7 @@ class FileImageDataModule(ImageDataModule):
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.entries: dict[str, list[ImageEntry]] = {}
         self._fingerprints: dict[str, str] = {}
+        self._planned: _Plan | None = None
 
     # -- what subclasses provide -------------------------------------------------------------
     def list_entries(self, problems: Problems) -> dict[str, list[ImageEntry]]:
@@ -421,7 +482,10 @@ class FileImageDataModule(ImageDataModule):
         return self._fingerprints[split]
 
     # -- loading -------------------------------------------------------------------------------
-    def load_splits(self) -> Splits:
+    def _plan(self) -> _Plan:
+        """List and check the entries, fix the decode order and the cache key (once)."""
+        if self._planned is not None:
+            return self._planned
         t0 = time.perf_counter()
         problems = Problems()
         listed = self.list_entries(problems)
@@ -499,7 +563,6 @@ class FileImageDataModule(ImageDataModule):
             "image_size": self.target_image_size,
             "resize_factor": self.resize_factor,
         }
-        images = None
         cache = None
         if self.cache_dir and not problems:
             # Pillow's version too: another libjpeg/resampler may decode different pixels
@@ -512,19 +575,74 @@ class FileImageDataModule(ImageDataModule):
                 }
             )
             cache = DecodedCache(self.cache_dir, hashlib.sha256(key_src.encode()).hexdigest()[:32])
-            images = cache.load()
-            if images is not None:
-                dt = time.perf_counter() - t0
-                log.info(
-                    "decode cache: loaded %d decoded images %s from %s in %.1f s (memory-mapped; "
-                    "delete the file to force a fresh decode)",
-                    len(order),
-                    tuple(images.shape[1:]),
-                    cache.data,
-                    dt,
-                )
+        self._planned = _Plan(
+            order, position, where, stats, class_index, settings, problems, cache, t0
+        )
+        return self._planned
+
+    def prepare_data(self) -> None:
+        """Decode into the on-disk cache (Lightning calls this on local rank 0 only).
+
+        The other ranks' ``setup`` waits for it on the cache's lock and memory-maps the file,
+        so a node decodes once and holds the pixels once (in the page cache).
+        """
+        if self.splits is not None:
+            return
+        plan = self._plan()
+        if plan.cache is not None and not plan.problems:
+            self._ensure_cached(plan)
+
+    def _ensure_cached(self, plan: _Plan) -> Tensor | None:
+        """Decode into the cache unless it is there: whoever takes its lock first decodes.
+
+        Returns the decoded tensor when this process decoded, else ``None``.
+        """
+        cache = plan.cache
+        assert cache is not None
+        with cache.lock():
+            if cache.load() is None:
+                return self._decode(plan.order, plan.where, plan.stats, plan.problems, cache)
+        return None
+
+    def _cached_images(self, plan: _Plan) -> Tensor | None:
+        """The decode cache, memory-mapped (decoded first when no process has done so)."""
+        cache = plan.cache
+        assert cache is not None
+        decoded = self._ensure_cached(plan)
+        images = None if plan.problems else cache.load()
+        if images is None:  # problems to report, or the cache could not be written
+            return decoded
+        log.info(
+            "decode cache: loaded %d decoded images %s from %s in %.1f s, %s (memory-mapped; "
+            "delete the file to force a fresh decode)",
+            len(plan.order),
+            tuple(images.shape[1:]),
+            cache.data,
+            time.perf_counter() - plan.t0,
+            _rank_name(),
+        )
+        return images  # the same read-only mapping on every rank
+
+    def load_splits(self) -> Splits:
+        plan = self._plan()
+        position, class_index, settings, stats = (
+            plan.position,
+            plan.class_index,
+            plan.settings,
+            plan.stats,
+        )
+        problems = plan.problems
+        t0 = plan.t0
+        images = None
+        if plan.cache is not None and not problems:
+            images = self._cached_images(plan)
+        elif not problems and _world_size() > 1:
+            log.info(
+                "data.cache_dir=null: every DDP rank decodes the images itself (set data.cache_dir "
+                "to decode once per node)"
+            )
         if images is None:
-            images = self._decode(order, where, stats, problems, cache)
+            images = self._decode(plan.order, plan.where, stats, problems, None)
         problems.raise_if_any(self.describe())
         assert images is not None
 
@@ -709,12 +827,13 @@ class FileImageDataModule(ImageDataModule):
                 )
             where_to = "memory"
         log.info(
-            "decoding %d images once into %s: %s uint8, %s, %d threads",
+            "decoding %d images once into %s: %s uint8, %s, %d threads, by %s",
             len(order),
             where_to,
             tuple(shape[1:]),
             _fmt_bytes(nbytes),
             threads,
+            _rank_name(),
         )
         t0 = time.perf_counter()
         last = [t0]

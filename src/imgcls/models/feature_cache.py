@@ -196,19 +196,24 @@ class FeatureCache(L.Callback):
         key = json.loads(json.dumps(self.key(trainer, dm, split, signature)))
         path = self.path_for(key)
         n = len(dm.splits[split])
-        cached = self._read(path, key, n)
+        # Local rank 0 looks for the file and computes it when missing; then every rank meets
+        # at the barrier (whether or not a file was found: no barrier only some ranks reach)
+        # and the others read the file.
+        computed = False
+        cached = self._read(path, key, n) if trainer.local_rank == 0 else None
+        if trainer.local_rank == 0 and cached is None:
+            # Forked RNG: iterating a DataLoader draws a seed, and a run that finds the
+            # cache must train exactly like the run that computed it.
+            with torch.random.fork_rng(devices=[]):
+                features, targets = self._compute(trainer, pl_module, net, dm, split)
+            self._write(path, key, features, targets)
+            computed = True
+        trainer.strategy.barrier("feature_cache")
         if cached is None:
-            # One process per machine computes; the others wait and read the file.
-            if trainer.local_rank == 0:
-                # Forked RNG: iterating a DataLoader draws a seed, and a run that finds the
-                # cache must train exactly like the run that computed it.
-                with torch.random.fork_rng(devices=[]):
-                    features, targets = self._compute(trainer, pl_module, net, dm, split)
-                self._write(path, key, features, targets)
-            trainer.strategy.barrier("feature_cache")
             cached = self._read(path, key, n)
             if cached is None:
                 raise RuntimeError(f"feature cache {path} was not written")
+        if computed:
             self.misses.append(split)
         else:
             self.hits.append(split)

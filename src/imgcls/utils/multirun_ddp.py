@@ -11,16 +11,23 @@ job then believes its ranks were started externally and waits for them forever.
 each rank re-run *this job* instead (its overrides, single-run mode, ``hydra.run.dir`` = the
 job's directory: the same run dir as rank 0, exactly as in a single DDP run), and restores
 the environment and closes the process group when the job ends.
+
+It also publishes the job's single-run command (:func:`current_job`): a DDP job of a sweep
+runs as that command in its own process group (``imgcls.utils.job_process``), so that
+Lightning's child-process observer, which SIGKILLs its main process when a rank fails, can
+only end that job and never the sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.utils import JobReturn
@@ -58,10 +65,13 @@ def rank_command(
     output_dir: str,
     config_dir: str | None,
     config_name: str | None,
-    local_rank: int,
+    local_rank: int | None,
     python: str = sys.executable,
 ) -> list[str]:
-    """The command that runs DDP rank ``local_rank`` of one multirun job as a single run."""
+    """The command that runs DDP rank ``local_rank`` of one multirun job as a single run.
+
+    ``local_rank=None``: the job's own single-run command (its rank 0 then starts the others).
+    """
     cmd = [python, script]
     if config_dir:
         cmd.append(f"--config-path={config_dir}")
@@ -71,8 +81,11 @@ def rank_command(
     cmd += [o for o in hydra_overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
     cmd += [
         f'hydra.run.dir="{output_dir}"',
-        f"hydra.job.name=ddp_rank_{local_rank}",
-        # rank 0 already saved the job's config; ranks must not overwrite it
+    ]
+    if local_rank is not None:
+        cmd.append(f"hydra.job.name=ddp_rank_{local_rank}")
+    cmd += [
+        # the sweep already saved the job's config; a rank must not overwrite it
         "hydra.output_subdir=null",
         # a config may switch to multirun itself (hparams_search); a rank is one run
         "hydra.mode=RUN",
@@ -80,11 +93,55 @@ def rank_command(
     return cmd
 
 
+def _script_of(task_function: TaskFunction) -> str:
+    """The entry script that defines ``task_function`` (also when submitit unpickled it:
+    cloudpickle renames the code's file to ``<dynamic-code>`` but keeps ``__file__``)."""
+    candidates = [getattr(task_function, "__globals__", {}).get("__file__")]
+    with contextlib.suppress(TypeError):
+        candidates.append(inspect.getsourcefile(task_function))
+    for path in candidates:
+        if path and os.path.isfile(path):
+            return os.path.abspath(path)
+    return os.path.abspath(sys.argv[0])
+
+
 def _main_config_dir(config: DictConfig) -> str | None:
     for source in config.hydra.runtime.config_sources:
         if source.provider == "main" and source.schema == "file":
             return str(source.path)
     return None
+
+
+@dataclass(frozen=True)
+class JobCommand:
+    """How to re-run the current multirun job as a single run (see :func:`current_job`)."""
+
+    script: str
+    task_overrides: tuple[str, ...]
+    hydra_overrides: tuple[str, ...]
+    output_dir: str
+    config_dir: str | None
+    config_name: str | None
+    cwd: str
+
+    def command(self, local_rank: int | None = None) -> list[str]:
+        return rank_command(
+            self.script,
+            self.task_overrides,
+            self.hydra_overrides,
+            self.output_dir,
+            self.config_dir,
+            self.config_name,
+            local_rank,
+        )
+
+
+_current_job: JobCommand | None = None
+
+
+def current_job() -> JobCommand | None:
+    """The multirun job running in this process (``None`` outside a multirun job)."""
+    return _current_job
 
 
 class MultirunDDP(Callback):
@@ -100,26 +157,21 @@ class MultirunDDP(Callback):
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         self._saved_env = dict(os.environ)
-        script = inspect.getsourcefile(task_function) or os.path.abspath(sys.argv[0])
+        global _current_job
         hydra = config.hydra
-        task_overrides = list(hydra.overrides.task)
-        hydra_overrides = list(hydra.overrides.hydra)
-        output_dir = str(hydra.runtime.output_dir)
-        config_dir = _main_config_dir(config)
-        config_name = hydra.job.config_name
-        cwd = str(hydra.runtime.cwd)
+        job = JobCommand(
+            script=_script_of(task_function),
+            task_overrides=tuple(hydra.overrides.task),
+            hydra_overrides=tuple(hydra.overrides.hydra),
+            output_dir=str(hydra.runtime.output_dir),
+            config_dir=_main_config_dir(config),
+            config_name=hydra.job.config_name,
+            cwd=str(hydra.runtime.cwd),
+        )
+        _current_job = job
 
         def command(local_rank: int) -> tuple[list[str], str]:
-            cmd = rank_command(
-                script,
-                task_overrides,
-                hydra_overrides,
-                output_dir,
-                config_dir,
-                config_name,
-                local_rank,
-            )
-            return cmd, cwd
+            return job.command(local_rank), job.cwd
 
         for name in _LAUNCHER_MODULES:
             try:
@@ -138,8 +190,10 @@ class MultirunDDP(Callback):
             setattr(module, _HOOK, command)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        global _current_job
         if config.hydra.mode != RunMode.MULTIRUN:
             return
+        _current_job = None
         for name, hook in self._saved_hooks.items():
             setattr(sys.modules[name], _HOOK, hook)
         self._saved_hooks.clear()

@@ -128,6 +128,14 @@ def metric_mode(config: DictConfig, metric: str | None) -> str:
 
 
 # -- per job -----------------------------------------------------------------------------------
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of a job's error; a job run as its own process names its rank's error."""
+    description = getattr(error, "description", None)
+    if isinstance(description, str) and description:
+        return description
+    return f"{type(error).__name__}: {error}"
+
+
 def write_job_status(config: DictConfig, job_return: JobReturn) -> Path:
     """Record a finished job in its own directory (read back by :func:`collect_jobs`)."""
     out = Path(str(config.hydra.runtime.output_dir))
@@ -139,7 +147,7 @@ def write_job_status(config: DictConfig, job_return: JobReturn) -> Path:
         "status": "completed" if ok else "failed",
         "overrides": list(job_return.overrides or []),
         "value": float(value) if isinstance(value, (int, float)) else None,
-        "error": f"{type(error).__name__}: {error}" if error is not None else "",
+        "error": describe_error(error) if error is not None else "",
         "run_dir": str(out),
     }
     out.mkdir(parents=True, exist_ok=True)

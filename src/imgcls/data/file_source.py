@@ -351,6 +351,7 @@ class _Plan:
     problems: Problems
     cache: DecodedCache | None
     t0: float
+    streamed: Splits | None = None  # data.loading=stream: the per-sample splits, no decode
 
 
 def _world_size() -> int:
@@ -557,7 +558,11 @@ class FileImageDataModule(ImageDataModule):
 
         self.loading_used = resolve_loading(self, order, stats)
         if self.loading_used == "stream":
-            return stream_splits(self, order, where, stats, problems, class_index, t0)
+            streamed = stream_splits(self, order, where, stats, problems, class_index, t0)
+            self._planned = _Plan(
+                order, position, where, stats, class_index, {}, problems, None, t0, streamed
+            )
+            return self._planned
         settings = {
             "channels": self.channels,
             "image_size": self.target_image_size,
@@ -625,6 +630,8 @@ class FileImageDataModule(ImageDataModule):
 
     def load_splits(self) -> Splits:
         plan = self._plan()
+        if plan.streamed is not None:
+            return plan.streamed
         position, class_index, settings, stats = (
             plan.position,
             plan.class_index,

@@ -133,6 +133,7 @@ def test_ddp_feature_cache_without_then_with_the_file(digits: Path, tmp_path: Pa
         "model=resnet18",
         "model.weights=null",
         "model.cache_features=true",
+        "model.net.freeze=true",  # weights=null trains the whole net unless frozen
         f"model.cache_dir={tmp_path}/features",
         "data.image_size=[32,32]",
         "callbacks.diagnostics=null",

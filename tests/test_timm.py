@@ -200,3 +200,32 @@ def test_default_weights_load_from_the_hf_cache_and_a_wrong_file_is_refused(tmp_
         TimmNet(3, 10, (32, 32), name="resnet18", weights=str(tmp_path / "r34.pth"))
     with pytest.raises(WeightsError, match=r"'zz' is not a pretrained tag of resnet18 \(DEFAULT"):
         TimmNet.check_weights("zz", name="resnet18")
+
+
+def test_unfreeze_at_epoch_trains_the_backbone_from_that_epoch(digits, tmp_path):
+    seen: list[tuple[int, bool]] = []  # (epoch, backbone has trainable parameters)
+    step = ImageClassifier.training_step
+
+    def spy(self, batch, batch_idx):
+        seen.append(
+            (self.current_epoch, any(p.requires_grad for p in self.net.backbone.parameters()))
+        )
+        return step(self, batch, batch_idx)
+
+    cfg = timm_cfg(
+        digits,
+        tmp_path,
+        "model.net.freeze=true",
+        "model.unfreeze_at_epoch=1",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=1",
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ImageClassifier, "training_step", spy)
+        initial_and_trained(cfg, tmp_path)
+    assert sorted(set(seen)) == [(0, False), (1, True)]
+    L.seed_everything(int(cfg.seed))
+    initial = build(cfg).model.net.state_dict()
+    trained = load_classifier(tmp_path / "checkpoints" / "epoch_001.ckpt").net.state_dict()
+    assert not torch.equal(trained["backbone.conv1.weight"], initial["backbone.conv1.weight"])

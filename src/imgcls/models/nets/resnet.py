@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +80,7 @@ class FrozenResNet(BackboneHead):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         # the repeat loses the memory format; use the one the backbone's weights are in
-        w = self.backbone.conv1.weight
+        w = cast(nn.Conv2d, self.backbone.conv1).weight
         fmt = (
             torch.channels_last
             if w.is_contiguous(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -61,7 +61,7 @@ class TimmNet(BackboneHead):
         self.in_channels = int(in_channels)
         pretrained = resolve_timm_weights(name, weights)
         self.backbone = _create(name, pretrained, self.in_channels, image_size)
-        self.num_features = int(self.backbone.num_features)
+        self.num_features = int(cast(int, self.backbone.num_features))
         self._init_head(num_classes, hidden, dropout, freeze, pretrained is not None)
 
     # -- what the builder and the feature cache ask the net class ------------------------------

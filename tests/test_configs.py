@@ -43,7 +43,7 @@ def test_model_configs_take_sizes_from_data() -> None:
 @pytest.mark.parametrize("option", options("model"))
 def test_every_model_composes_and_is_sized_by_mnist(option, make_cfg, mnist_dm) -> None:
     # pretrained weights are not here offline (tests/test_resnet.py covers loading them)
-    offline = ["model.weights=null"] if option.startswith("resnet") else []
+    offline = ["model.weights=null"] if option.startswith(("resnet", "timm")) else []
     cfg = make_cfg("train", [f"model={option}", *offline])
     model = build_model(cfg, mnist_dm)
     out = model(torch.zeros(2, 1, 28, 28))

@@ -5,7 +5,7 @@ a file is handed to ``hydra.utils.instantiate``: the whole tree is validated fir
 the three names is resolved against the registry below and called with plain keyword values.
 
 * ``net._target_``: a project net by exact class path or short name (``lenet``, ``mlp``,
-  ``simple_cnn``, ``resnet``), or a user net registered through config
+  ``simple_cnn``, ``resnet``, ``timm``), or a user net registered through config
   (``extras.allowed_nets``, never through a checkpoint).
 * ``optimizer._target_`` / ``scheduler._target_``: an exact list of ``torch.optim`` optimizers and
   ``torch.optim.lr_scheduler`` schedulers.
@@ -32,6 +32,7 @@ PROJECT_NETS: dict[str, str] = {
     "imgcls.models.nets.mlp.MLP": "mlp",
     "imgcls.models.nets.simple_cnn.SimpleCNN": "simple_cnn",
     "imgcls.models.nets.resnet.FrozenResNet": "resnet",
+    "imgcls.models.nets.timm_net.TimmNet": "timm",
 }
 OPTIMIZERS = frozenset(
     f"torch.optim.{n}"

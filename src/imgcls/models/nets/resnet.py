@@ -1,6 +1,7 @@
 """Transfer learning: a frozen torchvision ResNet backbone and a trainable MLP head.
 
-The backbone is torchvision's ``resnet18`` ... ``resnet152`` without its ``fc`` layer. It is
+Freezing, the head and the feature-only forward are ``BackboneHead``'s (shared with the
+timm nets). The backbone is torchvision's ``resnet18`` ... ``resnet152`` without its ``fc`` layer. It is
 frozen in one place (``freeze_backbone``): no gradients, and eval mode even while the module
 trains, so BatchNorm running statistics never move. The head's input size is the backbone's
 ``fc.in_features``. The net also accepts backbone features (2-D input) and runs only the head,
@@ -12,14 +13,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import get_model
 
 from imgcls.errors import ConfigError, WeightsError
+from imgcls.models.nets._backbone import BackboneHead, gray_normalization
 from imgcls.models.nets._weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-class FrozenResNet(nn.Module):
+class FrozenResNet(BackboneHead):
     """``backbone`` (torchvision ResNet minus ``fc``) -> ``head`` (MLP).
 
     Args:
@@ -71,50 +72,7 @@ class FrozenResNet(nn.Module):
         self.num_features = int(resnet.fc.in_features)
         resnet.fc = nn.Identity()
         self.backbone = resnet
-
-        layers: list[nn.Module] = []
-        n = self.num_features
-        for h in hidden:
-            layers += [nn.Linear(n, int(h)), nn.ReLU(inplace=True)]
-            n = int(h)
-        if dropout > 0:
-            layers.append(nn.Dropout(float(dropout)))
-        layers.append(nn.Linear(n, num_classes))
-        self.head = nn.Sequential(*layers)
-
-        self.backbone_frozen = False
-        self.backbone_bn_frozen = False
-        if freeze if freeze is not None else pretrained is not None:
-            self.freeze_backbone()
-
-    # -- freezing ------------------------------------------------------------------------------
-    def freeze_backbone(self) -> None:
-        """No gradients for the backbone, and eval mode for it from now on (BN stats fixed)."""
-        self.backbone.requires_grad_(False)
-        self.backbone_frozen = True
-        self.backbone_bn_frozen = True
-        self.train(self.training)
-
-    def unfreeze_backbone(self, train_bn: bool = True) -> None:
-        """Let the backbone train; with ``train_bn=False`` its BatchNorm layers stay frozen."""
-        self.backbone.requires_grad_(True)
-        self.backbone_frozen = False
-        self.backbone_bn_frozen = not train_bn
-        if not train_bn:
-            for m in self.backbone.modules():
-                if isinstance(m, _BatchNorm):
-                    m.requires_grad_(False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> FrozenResNet:
-        super().train(mode)
-        if self.backbone_frozen:
-            self.backbone.eval()
-        elif self.backbone_bn_frozen:
-            for m in self.backbone.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
+        self._init_head(num_classes, hidden, dropout, freeze, pretrained is not None)
 
     # -- forward ------------------------------------------------------------------------------
     def features(self, x: Tensor) -> Tensor:
@@ -122,19 +80,13 @@ class FrozenResNet(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         # the repeat loses the memory format; use the one the backbone's weights are in
-        w = self.backbone.conv1.weight
+        w = cast(nn.Conv2d, self.backbone.conv1).weight
         fmt = (
             torch.channels_last
             if w.is_contiguous(memory_format=torch.channels_last)
             else torch.contiguous_format
         )
         return self.backbone(x.contiguous(memory_format=fmt))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits from images ``(N, C, H, W)`` or from backbone features ``(N, num_features)``."""
-        if x.ndim == 2:
-            return self.head(x)
-        return self.head(self.features(x))
 
     # -- what the builder and the feature cache ask the net class/instance ---------------------------
     @classmethod
@@ -155,26 +107,7 @@ class FrozenResNet(nn.Module):
         pretrained = resolve_weights(arch, weights)
         if pretrained is None:
             return None
-        mean, std = pretrained.mean, pretrained.std
-        if in_channels == 1:
-            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-        return mean, std
-
-    def feature_signature(self) -> dict[str, Any]:
-        """What determines ``features(x)`` for a given ``x``: architecture, input channels and
-        a digest of every backbone parameter and buffer (so random, pretrained and local
-        weights are told apart by their values, not by how they were named)."""
-        import hashlib
-
-        h = hashlib.sha256()
-        for name, t in self.backbone.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
-        return {
-            "arch": self.arch,
-            "in_channels": self.in_channels,
-            "backbone_sha256": h.hexdigest(),
-        }
+        return gray_normalization(pretrained.mean, pretrained.std, in_channels)
 
 
 def _load_backbone(resnet: nn.Module, state_dict: dict[str, Any], source: str, arch: str) -> None:

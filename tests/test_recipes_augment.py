@@ -29,6 +29,9 @@ class Levels(ImageDataModule):
         images = levels.view(n, 1, 1, 1).expand(n, 1, 32, 32).contiguous()
         return Splits(train=TensorImageDataset(images, torch.arange(n) % K))
 
+    def fingerprint(self, split: str) -> str:
+        return f"levels/{split}"
+
 
 class Training:
     training = True
@@ -215,3 +218,13 @@ def test_training_step_scores_soft_targets_by_their_dominant_class(make_cfg) -> 
     loss = model.training_step((x, soft.float()), 0)
     assert torch.allclose(loss, nn.functional.cross_entropy(model(x), soft.float()), atol=1e-5)
     assert model._train_sums[0].item() == 8  # every dominant class predicted: accuracy 1
+
+
+def test_feature_cache_auto_stays_off_with_batch_mix(tmp_path) -> None:
+    """Cached features would skip MixUp/CutMix silently: ``auto`` keeps the images instead."""
+    from imgcls.models.feature_cache import FeatureCache
+
+    plain, _, _ = make_dm()
+    mixed, _, _ = make_dm(batch_mix=BatchMix(mixup_alpha=0.2))
+    cache = FeatureCache(cache_dir=tmp_path, mode="auto")
+    assert cache._enabled(plain) and not cache._enabled(mixed)

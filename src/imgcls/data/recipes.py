@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from imgcls.errors import ConfigError
+
 
 class PerSample(nn.Module):
     """Apply ``transform`` to each chunk of ``chunk_size`` samples (1: every sample its own draw).
@@ -26,7 +28,7 @@ class PerSample(nn.Module):
     def __init__(self, transform: nn.Module, chunk_size: int = 1, uint8: bool = True) -> None:
         super().__init__()
         if int(chunk_size) < 1:
-            raise ValueError(f"data.train_augment.chunk_size must be >= 1, got {chunk_size}")
+            raise ConfigError(f"data.train_augment.chunk_size must be >= 1, got {chunk_size}")
         self.transform = transform
         self.chunk_size = int(chunk_size)
         self.uint8 = bool(uint8)
@@ -62,9 +64,11 @@ class BatchMix(nn.Module):
     ) -> None:
         super().__init__()
         if mixup_alpha <= 0 and cutmix_alpha <= 0:
-            raise ValueError("data.batch_mix needs mixup_alpha > 0 or cutmix_alpha > 0")
+            raise ConfigError("data.batch_mix needs mixup_alpha > 0 or cutmix_alpha > 0")
         if not 0.0 <= p <= 1.0 or not 0.0 <= cutmix_prob <= 1.0:
-            raise ValueError(f"data.batch_mix p and cutmix_prob must be in [0, 1]: {p}, {cutmix_prob}")
+            raise ConfigError(
+                f"data.batch_mix p and cutmix_prob must be in [0, 1]: {p}, {cutmix_prob}"
+            )
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.p, self.cutmix_prob = float(p), float(cutmix_prob)
         self._mix: nn.Module | None = None

@@ -42,6 +42,8 @@ class ImageDataModule(L.LightningDataModule):
             (float 0..255, before normalization), so exposed borders are black as in torchvision.
         mean: per-channel mean; ``None`` uses the subclass default.
         std: per-channel std; ``None`` uses the subclass default.
+        batch_mix: MixUp/CutMix (``imgcls.data.recipes.BatchMix``) on normalized training
+            batches; their targets become ``(N, num_classes)`` probabilities.
     """
 
     default_mean: tuple[float, ...] = (0.5,)
@@ -56,6 +58,7 @@ class ImageDataModule(L.LightningDataModule):
         train_augment: Callable[[Tensor], Tensor] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        batch_mix: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = int(batch_size)
@@ -63,6 +66,7 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.train_augment = train_augment
+        self.batch_mix = batch_mix
         self._mean = tuple(mean) if mean is not None else None
         self._std = tuple(std) if std is not None else None
         self.splits: Splits | None = None
@@ -210,7 +214,10 @@ class ImageDataModule(L.LightningDataModule):
         if images.dtype != torch.uint8:  # e.g. cached features: nothing to decode
             return batch
         spec = self.spec
-        return normalize(self._augment(images), spec.mean, spec.std), targets
+        images = normalize(self._augment(images), spec.mean, spec.std)
+        if self.batch_mix is not None and self.trainer is not None and self.trainer.training:
+            return self.batch_mix(images, targets, spec.num_classes)  # soft targets
+        return images, targets
 
     def _augment(self, images: Tensor) -> Tensor:
         """Training augmentation on pixel values (float 0..255): its zero fill is black, the

@@ -213,6 +213,8 @@ class ImageClassifier(L.LightningModule):
                 f"enable gradient clipping (trainer.gradient_clip_val)"
             )
         n = len(y)
+        if y.ndim == 2:  # soft targets (data.batch_mix): accuracy against the dominant class
+            y = y.argmax(1)
         # Epoch accuracy and loss as plain running sums (one fused add a step); they enter the
         # rank-synced RunningSum metrics once, at the epoch end.
         step_sums = torch.stack(((logits.detach().argmax(1) == y).sum(), loss.detach() * n))

@@ -138,7 +138,8 @@ class FeatureCache(L.Callback):
                 )
             log.info("feature cache off: data.loading chose stream")
             return False
-        augment = getattr(dm, "train_augment", None)
+        # MixUp/CutMix (data.batch_mix) work on images too: cached features would skip them
+        augment = getattr(dm, "train_augment", None) or getattr(dm, "batch_mix", None)
         if self.mode == "auto" and augment is not None:
             log.info(
                 "feature cache off: the training data is augmented (model.cache_features=true forces it)"

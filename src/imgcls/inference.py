@@ -36,7 +36,7 @@ from imgcls.data.tensor_dataset import batch_loader
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, DataError
 from imgcls.pipeline import apply_extras
-from imgcls.utils.checkpoint import load_classifier
+from imgcls.utils.checkpoint import load_classifier, use_tta
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     on_error = str(cfg.get("on_error", "skip"))
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error={on_error!r} must be one of {ON_ERROR}")
-    model = load_classifier(cfg.ckpt_path)
+    model = use_tta(load_classifier(cfg.ckpt_path), cfg)
     spec: DataSpec = model.spec
     k = resolve_top_k(cfg.get("top_k"), spec.num_classes)
     inputs = list_inputs(
@@ -419,6 +419,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     metrics = {
         "predict/images": float(len(table) - len(failed)),
         "predict/failed": float(len(failed)),
+        "predict/tta_flip": float(model.tta == "flip"),
     }
     if inputs.kind == "csv" and cfg.get("submission", True):
         if failed:

@@ -29,7 +29,7 @@ from imgcls.fault_tolerance import (
 )
 from imgcls.models.classifier import count_parameters
 from imgcls.run_data import use_run_data
-from imgcls.utils.checkpoint import load_classifier
+from imgcls.utils.checkpoint import load_classifier, use_tta
 from imgcls.utils.config import flatten, print_config_tree, to_plain
 from imgcls.utils.job_process import (
     record_job_error,
@@ -175,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     extra = {
         "best_checkpoint": best,
         "output_dir": str(cfg.paths.output_dir),
+        "tta": built.model.tta,
         **_test_note(has_test),
     }
     _write_summary(cfg, metrics, extra)
@@ -223,7 +224,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             "eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>"
         )
-    model = load_classifier(cfg.ckpt_path)
+    model = use_tta(load_classifier(cfg.ckpt_path), cfg)
     log.info(use_run_data(cfg))
     dm = build_datamodule(cfg)
     mismatch = model.spec.incompatibilities(dm.spec)
@@ -243,7 +244,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         log.warning("%s: scoring the validation split (val/* metrics, no test/*)", NO_TEST_SPLIT)
         trainer.validate(model, datamodule=dm)
     metrics = _floats(trainer.callback_metrics)
-    _write_summary(cfg, metrics, {"checkpoint": str(cfg.ckpt_path), **_test_note(has_test)})
+    extra = {"checkpoint": str(cfg.ckpt_path), "tta": model.tta, **_test_note(has_test)}
+    _write_summary(cfg, metrics, extra)
     for name in sorted(metrics):
         log.info("%s = %.5f", name, metrics[name])
     return metrics

@@ -98,6 +98,12 @@ def check_resume_plan(
         return
     theirs, ours = _target(stored.get("scheduler")), _target(hparams.get("scheduler"))
     interval = (stored.get("scheduler_interval"), hparams.get("scheduler_interval"))
+    kids = (_children(stored.get("scheduler")), _children(hparams.get("scheduler")))
+    if kids[0] != kids[1]:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with {_short(theirs)} of {kids[0]}; this run "
+            f"configures {kids[1]}: resume with the checkpoint's model.scheduler"
+        )
     if _short(theirs) != _short(ours) or (theirs and interval[0] != interval[1]):
         raise CheckpointError(
             f"checkpoint {path} was trained with scheduler {_short(theirs)} "
@@ -108,8 +114,27 @@ def check_resume_plan(
 
 
 def plan_of(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of a scheduler's ``state_dict`` that the new run's config decides."""
-    return {k: copy.deepcopy(v) for k, v in state.items() if k not in PROGRESS_KEYS}
+    """The entries of a scheduler's ``state_dict`` that the new run's config decides
+    (a SequentialLR's children: the plan of each, their progress stays the checkpoint's)."""
+    plan = {k: copy.deepcopy(v) for k, v in state.items() if k not in PROGRESS_KEYS}
+    if isinstance(plan.get("_schedulers"), list):
+        plan["_schedulers"] = [plan_of(child) for child in state["_schedulers"]]
+    return plan
+
+
+def _with_plan(state: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with the entries of ``plan`` (recursing into SequentialLR's children)."""
+    merged = {**state, **copy.deepcopy(dict(plan))}
+    if isinstance(plan.get("_schedulers"), list):
+        merged["_schedulers"] = [
+            _with_plan(s, p) for s, p in zip(state["_schedulers"], plan["_schedulers"], strict=True)
+        ]
+    return merged
+
+
+def _children(cfg: Any) -> list[str]:
+    kids = cfg.get("schedulers") if isinstance(cfg, Mapping) else None
+    return [_short(_target(k)) for k in kids] if isinstance(kids, list) else []
 
 
 def _describe(changed: dict[str, tuple[Any, Any]]) -> str:
@@ -133,7 +158,8 @@ class ReplanSchedulerOnResume(L.Callback):
         for config, fresh in zip(trainer.lr_scheduler_configs, self._fresh, strict=False):
             sched = config.scheduler
             state = sched.state_dict()
-            changed = {k: (state.get(k), v) for k, v in fresh.items() if state.get(k) != v}
+            now = plan_of(state)
+            changed = {k: (now.get(k), v) for k, v in fresh.items() if now.get(k) != v}
             if not changed:
                 continue
             name, step = type(sched).__name__, int(state.get("last_epoch", 0))
@@ -143,7 +169,7 @@ class ReplanSchedulerOnResume(L.Callback):
                     f"resumed {name} is at step {step}, but this run plans {length_key}="
                     f"{fresh[length_key]}: train at least as long as the checkpoint's run"
                 )
-            sched.load_state_dict({**state, **copy.deepcopy(fresh)})
+            sched.load_state_dict(_with_plan(state, fresh))
             log.info(
                 "resumed %s at %s %d with this run's plan (%s); its progress is the checkpoint's",
                 name,

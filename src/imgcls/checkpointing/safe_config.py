@@ -38,7 +38,11 @@ OPTIMIZERS = frozenset(
     f"torch.optim.{n}"
     for n in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta")
 )
-# SequentialLR / ChainedScheduler / LambdaLR take objects or callables: not expressible as data
+# ChainedScheduler / LambdaLR take objects or callables: not expressible as data. SequentialLR is
+# a composite: its ``schedulers`` children are configs, each checked against SCHEDULERS.
+COMPOSITE_SCHEDULERS = frozenset({"torch.optim.lr_scheduler.SequentialLR"})
+# keys of a composite config consumed by imgcls.models.schedules (not SequentialLR arguments)
+COMPOSITE_PLAN_KEYS = frozenset({"warmup_fraction", "warmup_epochs"})
 SCHEDULERS = frozenset(
     f"torch.optim.lr_scheduler.{n}"
     for n in (
@@ -95,7 +99,7 @@ def registered_nets() -> dict[str, str]:
 def _allowed(role: str) -> dict[str, str]:
     if role == "net":
         return registered_nets()
-    names = OPTIMIZERS if role == "optimizer" else SCHEDULERS
+    names = OPTIMIZERS if role == "optimizer" else SCHEDULERS | COMPOSITE_SCHEDULERS
     table = {n: n for n in names}
     table.update({n.rsplit(".", 1)[1]: n for n in names})  # "Adam" for "torch.optim.Adam"
     return table
@@ -110,7 +114,7 @@ def _registry_hint(role: str) -> str:
         own = ", ".join(f"{s} ({p})" for p, s in PROJECT_NETS.items())
         users = f"; registered by config: {', '.join(sorted(_user_nets))}" if _user_nets else ""
         return f"registered nets are {own}{users}; add your own with extras.allowed_nets"
-    names = sorted(OPTIMIZERS if role == "optimizer" else SCHEDULERS)
+    names = sorted(OPTIMIZERS if role == "optimizer" else SCHEDULERS | COMPOSITE_SCHEDULERS)
     return f"allowed {role}s are {', '.join(n.rsplit('.', 1)[1] for n in names)}"
 
 
@@ -139,15 +143,35 @@ def _is_special(key: Any) -> bool:
     return isinstance(key, str) and key.startswith("_")
 
 
-def _check_role(role: str, cfg: Mapping[str, Any], path: str) -> None:
+def is_composite(cfg: Any) -> bool:
+    """A scheduler config naming SequentialLR (short name or exact path)."""
+    target = cfg.get("_target_") if isinstance(cfg, Mapping) else None
+    return _allowed("scheduler").get(str(target)) in COMPOSITE_SCHEDULERS
+
+
+def _check_role(role: str, cfg: Mapping[str, Any], path: str, child: bool = False) -> None:
     target = cfg.get("_target_")
     if not isinstance(target, str) or target not in _allowed(role):
         raise _refusal(f"{path}._target_", target, _registry_hint(role))
+    composite = role == "scheduler" and is_composite(cfg)
+    if composite and child:
+        raise _refusal(f"{path}._target_", target, "a composite scheduler cannot be nested")
     for key, value in cfg.items():
         if _is_special(key) and key not in HARMLESS_KEYS:
             raise _refusal(f"{path}.{key}", value, "only _target_ and _partial_ are allowed here")
-        if key not in HARMLESS_KEYS:
+        if composite and key == "schedulers":
+            _check_children(value, f"{path}.{key}")
+        elif key not in HARMLESS_KEYS:
             _check_data(value, f"{path}.{key}")
+
+
+def _check_children(value: Any, path: str) -> None:
+    if not isinstance(value, list | tuple) or not value:
+        raise _refusal(path, value, "a composite scheduler needs a list of scheduler configs")
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise _refusal(f"{path}[{i}]", item, "each child is a scheduler config")
+        _check_role("scheduler", item, f"{path}[{i}]", child=True)
 
 
 def _check_data(value: Any, path: str) -> None:
@@ -202,6 +226,28 @@ def call_registered(
     except TypeError as e:
         raise ConfigError(f"{what} ({cls.__name__}): {e}") from None
     return cls(*args, **kwargs)
+
+
+def call_composite(
+    cfg: Mapping[str, Any],
+    optimizer: Any,
+    child_extra: list[dict[str, Any]],
+    **extra: Any,
+) -> Any:
+    """Build a validated composite (SequentialLR): each child through ``call_registered``,
+    then the composite with the built children; nothing goes through Hydra."""
+    children = [
+        call_registered(
+            "scheduler",
+            child,
+            optimizer,
+            what=f"model.scheduler.schedulers[{i}]",
+            **(child_extra[i] if i < len(child_extra) else {}),
+        )
+        for i, child in enumerate(cfg["schedulers"])
+    ]
+    own = {k: v for k, v in cfg.items() if k not in COMPOSITE_PLAN_KEYS and k != "schedulers"}
+    return call_registered("scheduler", own, optimizer, schedulers=children, **extra)
 
 
 def scheduler_class(cfg: Mapping[str, Any]) -> type:

@@ -7,7 +7,6 @@ alone and under ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,9 +17,10 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from imgcls.checkpointing.safe_config import call_registered, scheduler_class, validate_hparams
+from imgcls.checkpointing.safe_config import call_registered, validate_hparams
 from imgcls.data.spec import DataSpec
 from imgcls.errors import ConfigError
+from imgcls.models.schedules import build_scheduler
 from imgcls.models.transfer import transfer_callbacks, transfer_plan
 from imgcls.utils.config import to_plain
 
@@ -59,6 +59,18 @@ class RunningSum(Metric):
         return (self.total / self.count.clamp(min=1)).float()
 
 
+TTA_MODES = ("flip",)
+
+
+def check_tta(tta: str | None) -> str | None:
+    """``None``/``none`` or a mode of ``TTA_MODES``; anything else is a ``ConfigError``."""
+    if tta is None or str(tta).lower() in ("none", "null", "false"):
+        return None
+    if tta not in TTA_MODES:
+        raise ConfigError(f"tta={tta!r}: expected one of none, {', '.join(TTA_MODES)}")
+    return str(tta)
+
+
 class ImageClassifier(L.LightningModule):
     """Cross-entropy classifier around any net from ``imgcls.models.nets``.
 
@@ -84,6 +96,8 @@ class ImageClassifier(L.LightningModule):
         unfreeze_at_epoch: unfreeze the backbone at this epoch (Lightning's BackboneFinetuning).
         backbone_lr_ratio: backbone learning rate at unfreezing, as a fraction of the head's.
         cache_dir: where cached features live (a location, not stored in the checkpoint).
+        tta: test-time augmentation for test and predict: ``flip`` averages the softmax of the
+            image and its horizontal flip (off by default: digits are not flip-symmetric).
     """
 
     def __init__(
@@ -102,6 +116,7 @@ class ImageClassifier(L.LightningModule):
         unfreeze_at_epoch: int | None = None,
         backbone_lr_ratio: float = 0.1,
         cache_dir: str | None = None,
+        tta: str | None = None,
     ) -> None:
         super().__init__()
         hparams = {
@@ -117,6 +132,7 @@ class ImageClassifier(L.LightningModule):
             "cache_features": cache_features,
             "unfreeze_at_epoch": unfreeze_at_epoch,
             "backbone_lr_ratio": float(backbone_lr_ratio),
+            "tta": check_tta(tta),
         }
         # names resolve against the registry only (imgcls.checkpointing.safe_config)
         validate_hparams(hparams, root="model")
@@ -131,6 +147,7 @@ class ImageClassifier(L.LightningModule):
             **({"weights": weights} if weights is not None else {}),
         )
         self.cache_dir = cache_dir
+        self.tta = hparams["tta"]  # eval/predict may set another (cfg.tta)
         transfer_plan(self.net, hparams)  # bad option combinations fail here, not mid-fit
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
         self.channels_last = bool(channels_last)
@@ -264,8 +281,18 @@ class ImageClassifier(L.LightningModule):
             values["val/acc_best"] = self.val_acc_best.compute()
         self.log_dict(values, prog_bar=True)
 
+    def tta_logits(self, x: Tensor) -> Tensor:
+        """Logits, or with ``tta=flip`` the log of the mean softmax of ``x`` and its flip
+        (softmax of it is that mean, so loss, accuracy and predictions all use the average)."""
+        if check_tta(self.tta) is None:
+            return self(x)
+        probs = (torch.softmax(self(x), 1) + torch.softmax(self(x.flip(-1)), 1)) / 2
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, logits, y = self._shared_step(batch)
+        x, y = batch
+        logits = self.tta_logits(x)
+        loss = self.criterion(logits, y)
         self.test_loss.update(loss, weight=len(y))
         self.test_metrics.update(logits, y)
         return logits
@@ -279,7 +306,7 @@ class ImageClassifier(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch
-        return torch.softmax(self(x), dim=1)
+        return torch.softmax(self.tta_logits(x), dim=1)
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -296,14 +323,8 @@ class ImageClassifier(L.LightningModule):
         sched_cfg = self.hparams["scheduler"]
         if not sched_cfg:
             return optimizer
-        extra: dict[str, Any] = {}
-        sched_cls = scheduler_class(sched_cfg)
-        if (
-            "total_steps" in inspect.signature(sched_cls).parameters
-            and "total_steps" not in sched_cfg
-        ):
-            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = call_registered("scheduler", sched_cfg, optimizer, **extra)
+        interval = self.hparams["scheduler_interval"]
+        scheduler = build_scheduler(sched_cfg, optimizer, self.trainer, interval)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {

@@ -133,3 +133,13 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     model = load_safe_classifier(ImageClassifier, path)
     model.eval()
     return model.to(map_location)
+
+
+def use_tta(model: Any, cfg: Mapping[str, Any]) -> Any:
+    """``cfg.tta`` (eval/predict) over the checkpoint's ``model.tta``; logs the one in use."""
+    if cfg.get("tta") is not None:
+        from imgcls.models.classifier import check_tta
+
+        model.tta = check_tta(cfg.tta)
+    log.info("test-time augmentation: %s", model.tta or "none")
+    return model

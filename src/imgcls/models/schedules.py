@@ -1,0 +1,94 @@
+"""LR schedulers from validated configs, with step counts taken from the trainer.
+
+A plain scheduler gets ``total_steps`` (OneCycleLR) from ``trainer.estimated_stepping_batches``.
+A composite (``SequentialLR``, e.g. ``model/scheduler=warmup_cosine``) is a warmup child then a
+decay child: the warmup length is ``warmup_epochs`` (converted to steps) or ``warmup_fraction``
+of the run; the first child runs that long (``total_iters``), the last the rest (``T_max`` /
+``total_iters``), and the milestone between them is the warmup length. Lengths already set in a
+child's config are kept.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from imgcls.checkpointing.safe_config import (
+    call_composite,
+    call_registered,
+    is_composite,
+    scheduler_class,
+)
+from imgcls.errors import ConfigError
+
+# the argument that says how many scheduler steps a child lasts
+LENGTH_ARGS = {
+    "LinearLR": "total_iters",
+    "ConstantLR": "total_iters",
+    "PolynomialLR": "total_iters",
+    "CosineAnnealingLR": "T_max",
+}
+
+
+def run_length(trainer: L.Trainer, interval: str) -> tuple[int, float]:
+    """(scheduler steps in the run, scheduler steps per epoch) for ``interval``."""
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    if interval == "epoch":
+        if epochs is None:
+            raise ConfigError("model.scheduler_interval=epoch needs trainer.max_epochs")
+        return epochs, 1.0
+    total = int(trainer.estimated_stepping_batches)
+    return total, total / epochs if epochs else float(total)
+
+
+def warmup_steps(cfg: Mapping[str, Any], total: int, per_epoch: float) -> int:
+    """Warmup length in scheduler steps (``warmup_epochs`` wins over ``warmup_fraction``)."""
+    epochs, fraction = cfg.get("warmup_epochs"), cfg.get("warmup_fraction")
+    if epochs is not None:
+        steps = round(float(epochs) * per_epoch)
+    elif fraction is not None:
+        if not 0.0 <= float(fraction) < 1.0:
+            raise ConfigError(f"model.scheduler.warmup_fraction={fraction} is not in [0, 1)")
+        steps = round(float(fraction) * total)
+    else:
+        raise ConfigError("model.scheduler needs warmup_fraction or warmup_epochs")
+    if not 0 < steps < total:
+        raise ConfigError(
+            f"model.scheduler: warmup of {steps} step(s) leaves nothing of a {total}-step run; "
+            f"use a shorter warmup_fraction/warmup_epochs"
+        )
+    return steps
+
+
+def _length_extra(child: Mapping[str, Any], steps: int) -> dict[str, Any]:
+    arg = LENGTH_ARGS.get(scheduler_class(child).__name__)
+    return {arg: steps} if arg and arg not in child else {}
+
+
+def build_scheduler(
+    cfg: Mapping[str, Any], optimizer: Optimizer, trainer: L.Trainer, interval: str
+) -> LRScheduler:
+    """The scheduler ``cfg`` (validated) names, sized to this run."""
+    if not is_composite(cfg):
+        extra: dict[str, Any] = {}
+        params = inspect.signature(scheduler_class(cfg)).parameters
+        if "total_steps" in params and "total_steps" not in cfg:
+            extra["total_steps"] = int(trainer.estimated_stepping_batches)
+        return call_registered("scheduler", cfg, optimizer, **extra)
+    children = list(cfg["schedulers"])
+    if len(children) != 2 and "milestones" not in cfg:
+        raise ConfigError(
+            f"model.scheduler: SequentialLR without milestones takes 2 schedulers (warmup, "
+            f"decay), got {len(children)}"
+        )
+    total, per_epoch = run_length(trainer, interval)
+    if "milestones" in cfg:
+        return call_composite(cfg, optimizer, [])
+    warm = warmup_steps(cfg, total, per_epoch)
+    extra_children = [_length_extra(children[0], warm), _length_extra(children[1], total - warm)]
+    return call_composite(cfg, optimizer, extra_children, milestones=[warm])

@@ -36,6 +36,24 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("first_set"):
         OmegaConf.register_new_resolver("first_set", first_set)
+    # tracker configs (configs/logger/mlflow.yaml): a run's name, tags, a store's folder
+    if not OmegaConf.has_resolver("path_name"):
+        OmegaConf.register_new_resolver("path_name", lambda p: Path(str(p)).name)
+    if not OmegaConf.has_resolver("tag_dict"):
+        OmegaConf.register_new_resolver("tag_dict", tag_dict)
+    if not OmegaConf.has_resolver("made_dir"):
+        OmegaConf.register_new_resolver("made_dir", made_dir)
+
+
+def tag_dict(tags: Any) -> dict[str, str]:
+    """``[dev, lr]`` -> ``{dev: "true", lr: "true"}``: MLflow's tags are key/value pairs."""
+    return {str(t): "true" for t in (tags or [])}
+
+
+def made_dir(path: Any) -> str:
+    """``path``, created first: an SQLite store (MLflow, Optuna) cannot create its own folder."""
+    Path(str(path)).mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 def to_plain(value: Any) -> Any:

@@ -31,6 +31,7 @@ from imgcls.models.classifier import count_parameters
 from imgcls.run_data import use_run_data
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import flatten, print_config_tree, to_plain
+from imgcls.utils.trackers import finish_trackers
 from imgcls.utils.job_process import (
     record_job_error,
     run_job_process,
@@ -171,6 +172,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
     with stop_ranks_on_error(built.trainer):
         metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
+    finish_trackers(built.loggers)
     best = _best_checkpoint(built.trainer)
     extra = {
         "best_checkpoint": best,
@@ -243,6 +245,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         log.warning("%s: scoring the validation split (val/* metrics, no test/*)", NO_TEST_SPLIT)
         trainer.validate(model, datamodule=dm)
     metrics = _floats(trainer.callback_metrics)
+    finish_trackers(loggers)
     _write_summary(cfg, metrics, {"checkpoint": str(cfg.ckpt_path), **_test_note(has_test)})
     for name in sorted(metrics):
         log.info("%s = %.5f", name, metrics[name])

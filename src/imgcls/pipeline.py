@@ -31,6 +31,7 @@ from imgcls.models.classifier import count_parameters
 from imgcls.run_data import use_run_data
 from imgcls.utils.checkpoint import load_classifier
 from imgcls.utils.config import flatten, print_config_tree, to_plain
+from imgcls.utils.console import check_required, log_run_header, quiet_lightning
 from imgcls.utils.trackers import finish_trackers
 from imgcls.utils.job_process import (
     record_job_error,
@@ -54,9 +55,12 @@ def apply_extras(cfg: DictConfig) -> None:
     register_nets_from_config(cfg)  # users' own nets that checkpoints may name
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
+    quiet_lightning()
+    if _is_rank_zero():
+        log_run_header(cfg)
     if extras.get("print_config") and _is_rank_zero():
         out = Path(cfg.paths.output_dir) / "config_tree.log"
-        print_config_tree(cfg, save_to=out)
+        print_config_tree(cfg, save_to=out, echo=False)
 
 
 def _is_rank_zero() -> bool:
@@ -261,6 +265,7 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     if _in_multirun() and should_isolate(cfg):
         return _optimized_value(cfg, run_job_process(cfg))
     try:
+        check_required(cfg)
         return _optimized_value(cfg, task(cfg))
     except Exception as exc:
         e = find_user_error(exc)

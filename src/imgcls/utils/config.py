@@ -85,8 +85,11 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
-    """Print the composed config as a rich tree (main groups first) and optionally save it."""
+def print_config_tree(cfg: DictConfig, save_to: Path | None = None, echo: bool = True) -> None:
+    """Print the composed config as a rich tree (main groups first) and optionally save it.
+
+    ``echo=False``: only the file (the console gets a short header, see ``utils.console``).
+    """
     import rich
     import rich.syntax
     import rich.tree
@@ -101,7 +104,8 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
             OmegaConf.to_yaml(value, resolve=False) if isinstance(value, DictConfig) else str(value)
         )
         branch.add(rich.syntax.Syntax(text, "yaml"))
-    rich.print(tree)
+    if echo:
+        rich.print(tree)
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
         with open(save_to, "w") as f:

@@ -31,12 +31,14 @@ from imgcls.models.classifier import count_parameters
 from imgcls.run_data import use_run_data
 from imgcls.utils.checkpoint import load_classifier, use_tta
 from imgcls.utils.config import flatten, print_config_tree, to_plain
+from imgcls.utils.console import check_required, log_run_header, quiet_lightning
 from imgcls.utils.job_process import (
     record_job_error,
     run_job_process,
     should_isolate,
     stop_ranks_on_error,
 )
+from imgcls.utils.trackers import finish_trackers
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,12 @@ def apply_extras(cfg: DictConfig) -> None:
     register_nets_from_config(cfg)  # users' own nets that checkpoints may name
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
+    quiet_lightning()
+    if _is_rank_zero():
+        log_run_header(cfg)
     if extras.get("print_config") and _is_rank_zero():
         out = Path(cfg.paths.output_dir) / "config_tree.log"
-        print_config_tree(cfg, save_to=out)
+        print_config_tree(cfg, save_to=out, echo=False)
 
 
 def _is_rank_zero() -> bool:
@@ -171,6 +176,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
     with stop_ranks_on_error(built.trainer):
         metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
+    finish_trackers(built.loggers)
     best = _best_checkpoint(built.trainer)
     extra = {
         "best_checkpoint": best,
@@ -245,6 +251,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         trainer.validate(model, datamodule=dm)
     metrics = _floats(trainer.callback_metrics)
     extra = {"checkpoint": str(cfg.ckpt_path), "tta": model.tta, **_test_note(has_test)}
+    finish_trackers(loggers)
     _write_summary(cfg, metrics, extra)
     for name in sorted(metrics):
         log.info("%s = %.5f", name, metrics[name])
@@ -260,6 +267,7 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     if _in_multirun() and should_isolate(cfg):
         return _optimized_value(cfg, run_job_process(cfg))
     try:
+        check_required(cfg)
         return _optimized_value(cfg, task(cfg))
     except Exception as exc:
         e = find_user_error(exc)

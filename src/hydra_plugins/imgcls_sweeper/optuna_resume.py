@@ -40,6 +40,13 @@ def _load_study(storage: Any, study_name: str | None) -> Any | None:
         return None
 
 
+def _make_sqlite_folder(storage: Any) -> None:
+    """``sqlite:///logs/optuna/x.db``: SQLite creates the file, not its folder."""
+    url = str(storage or "")
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+
+
 class ResumableOptunaSweeper(OptunaSweeper):
     """``OptunaSweeper`` that continues a study loaded from storage (see the module doc)."""
 
@@ -51,6 +58,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         impl = self.sweeper
+        _make_sqlite_folder(impl.storage)
         study = _load_study(impl.storage, impl.study_name)
         existing = len(study.trials) if study is not None else 0
         if existing:

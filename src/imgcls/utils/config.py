@@ -36,6 +36,24 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("first_set"):
         OmegaConf.register_new_resolver("first_set", first_set)
+    # tracker configs (configs/logger/mlflow.yaml): a run's name, tags, a store's folder
+    if not OmegaConf.has_resolver("path_name"):
+        OmegaConf.register_new_resolver("path_name", lambda p: Path(str(p)).name)
+    if not OmegaConf.has_resolver("tag_dict"):
+        OmegaConf.register_new_resolver("tag_dict", tag_dict)
+    if not OmegaConf.has_resolver("made_dir"):
+        OmegaConf.register_new_resolver("made_dir", made_dir)
+
+
+def tag_dict(tags: Any) -> dict[str, str]:
+    """``[dev, lr]`` -> ``{dev: "true", lr: "true"}``: MLflow's tags are key/value pairs."""
+    return {str(t): "true" for t in (tags or [])}
+
+
+def made_dir(path: Any) -> str:
+    """``path``, created first: an SQLite store (MLflow, Optuna) cannot create its own folder."""
+    Path(str(path)).mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 def to_plain(value: Any) -> Any:
@@ -67,8 +85,11 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
-    """Print the composed config as a rich tree (main groups first) and optionally save it."""
+def print_config_tree(cfg: DictConfig, save_to: Path | None = None, echo: bool = True) -> None:
+    """Print the composed config as a rich tree (main groups first) and optionally save it.
+
+    ``echo=False``: only the file (the console gets a short header, see ``utils.console``).
+    """
     import rich
     import rich.syntax
     import rich.tree
@@ -83,7 +104,8 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
             OmegaConf.to_yaml(value, resolve=False) if isinstance(value, DictConfig) else str(value)
         )
         branch.add(rich.syntax.Syntax(text, "yaml"))
-    rich.print(tree)
+    if echo:
+        rich.print(tree)
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
         with open(save_to, "w") as f:

@@ -456,12 +456,14 @@ class FileImageDataModule(ImageDataModule):
         stream: Mapping[str, Any] | None = None,
         num_folds: int | None = None,
         fold: int | None = None,
+        digits_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_workers=num_workers, **kwargs)
         check_folds(num_folds, fold)
         self.num_folds = None if num_folds is None else int(num_folds)
         self.fold = None if fold is None else int(fold)
+        self.digits_dir = str(digits_dir) if digits_dir else None
         check_loading(loading, on_decode_error, memory_budget_mb)
         self.loading = loading
         self.memory_budget_mb = float(memory_budget_mb)
@@ -529,6 +531,7 @@ class FileImageDataModule(ImageDataModule):
         """List and check the entries, fix the decode order and the cache key (once)."""
         if self._planned is not None:
             return self._planned
+        self._digits_ready()
         t0 = time.perf_counter()
         problems = Problems()
         listed = self.list_entries(problems)
@@ -637,9 +640,23 @@ class FileImageDataModule(ImageDataModule):
         """
         if self.splits is not None:
             return
+        self._digits_ready()
         plan = self._plan()
         if plan.cache is not None and not plan.problems:
             self._ensure_cached(plan)
+
+    def _digits_ready(self) -> None:
+        """A missing default digits root (``<digits_dir>/digits_*``): local rank 0 builds it
+        from MNIST (``imgcls.data.digits``), the other ranks wait for it."""
+        root = getattr(self, "root", None)
+        if root is None or self.digits_dir is None or Path(root).exists():
+            return
+        from imgcls.data.digits import ensure_digits, wait_for_digits
+
+        if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0:
+            ensure_digits(root, self.digits_dir)
+        else:
+            wait_for_digits(root, self.digits_dir)
 
     def _ensure_cached(self, plan: _Plan) -> Tensor | None:
         """Decode into the cache unless it is there: whoever takes its lock first decodes.

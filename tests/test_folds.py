@@ -66,7 +66,8 @@ def test_folds_are_stratified_disjoint_and_covering(digits: Path, source: str) -
     pool = set(_names(dms[0], "train")) | vals[0]
     assert all(set(_names(dm, "test")) == test for dm in dms)  # one test hold-out for all folds
     assert not test & pool
-    assert sum(len(v) for v in vals) == len(pool) and set().union(*vals) == pool  # disjoint, covering
+    # disjoint and covering
+    assert sum(len(v) for v in vals) == len(pool) and set().union(*vals) == pool
     for dm, val in zip(dms, vals, strict=True):
         assert set(_names(dm, "train")) == pool - val  # train is the other folds
     per_fold = [Counter(_labels(dm, "val")) for dm in dms]
@@ -183,7 +184,10 @@ def test_fresh_clone_runs_every_experiment(tmp_path: Path) -> None:
     # the folder default is built the same way, from the bundled MNIST (data_dir has none)
     empty = tmp_path / "empty"
     dm = FolderDataModule(
-        root=str(empty / "digits_folder"), digits_dir=str(empty), image_size=[28, 28], cache_dir=None
+        root=str(empty / "digits_folder"),
+        digits_dir=str(empty),
+        image_size=[28, 28],
+        cache_dir=None,
     )
     dm.prepare_data()
     assert (empty / "digits_folder" / "train").is_dir() and dm.entries["train"]

@@ -161,7 +161,9 @@ def check_folds(num_folds: int | None, fold: int | None) -> None:
     if int(num_folds) < 2:
         raise ConfigError(f"data.num_folds must be >= 2 (or null: no folds), got {num_folds}")
     if fold is None or not 0 <= int(fold) < int(num_folds):
-        raise ConfigError(f"data.fold must be in 0..{int(num_folds) - 1} for data.num_folds={num_folds}, got {fold}")
+        raise ConfigError(
+            f"data.fold must be in 0..{int(num_folds) - 1} for data.num_folds={num_folds}, got {fold}"
+        )
 
 
 def stratified_folds(labels: Sequence[int], num_folds: int, seed: int) -> np.ndarray:
@@ -752,9 +754,7 @@ class FileImageDataModule(ImageDataModule):
         )
         return splits
 
-    def _fold_split(
-        self, listed: dict[str, list[ImageEntry]], class_index: dict[str, int]
-    ) -> None:
+    def _fold_split(self, listed: dict[str, list[ImageEntry]], class_index: dict[str, int]) -> None:
         """Fold ``fold`` of the training pool (after the test hold-out) is val, the rest train."""
         assert self.num_folds is not None and self.fold is not None
         if listed.get("val"):
@@ -769,7 +769,11 @@ class FileImageDataModule(ImageDataModule):
         listed["val"] = [e for e, f in zip(pool, folds, strict=True) if f == self.fold]
         log.info(
             "fold %d of %d: %d validation, %d training images (stratified, seed %d)",
-            self.fold, self.num_folds, len(listed["val"]), len(listed["train"]), self.split_seed,
+            self.fold,
+            self.num_folds,
+            len(listed["val"]),
+            len(listed["train"]),
+            self.split_seed,
         )
 
     def _hold_out_test(

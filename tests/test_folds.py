@@ -191,3 +191,12 @@ def test_fresh_clone_runs_every_experiment(tmp_path: Path) -> None:
     )
     dm.prepare_data()
     assert (empty / "digits_folder" / "train").is_dir() and dm.entries["train"]
+
+
+def test_stream_path_uses_the_same_fold(digits: Path) -> None:
+    kw = {"num_folds": K, "fold": 3, "split_seed": 5}
+    memory = _csv_dm(digits, loading="memory", **kw)
+    stream = _csv_dm(digits, loading="stream", **kw)
+    assert _names(stream, "val") == _names(memory, "val")
+    assert stream.loading_used == "stream"
+    assert len(stream.val_dataloader().dataset) == len(memory.entries["val"])

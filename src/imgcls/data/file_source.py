@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL
 import torch
 from torch import Tensor
@@ -149,6 +150,44 @@ def stratified_split(
         val += [idx[j] for j in perm]
     val_set = set(val)
     return [i for i in range(len(labels)) if i not in val_set], sorted(val)
+
+
+def check_folds(num_folds: int | None, fold: int | None) -> None:
+    """Refuse fold settings that cannot give a k-fold split (before any data is read)."""
+    if num_folds is None:
+        if fold is not None:
+            raise ConfigError(f"data.fold={fold} needs data.num_folds (e.g. 5)")
+        return
+    if int(num_folds) < 2:
+        raise ConfigError(f"data.num_folds must be >= 2 (or null: no folds), got {num_folds}")
+    if fold is None or not 0 <= int(fold) < int(num_folds):
+        raise ConfigError(
+            f"data.fold must be in 0..{int(num_folds) - 1} for data.num_folds={num_folds}, got {fold}"
+        )
+
+
+def stratified_folds(labels: Sequence[int], num_folds: int, seed: int) -> np.ndarray:
+    """Fold number (0..k-1) of each item: each class shuffled (seeded) then dealt round-robin.
+
+    Per-class counts then differ by at most one across folds; each item is in exactly one
+    fold. The dealing starts where the previous class stopped, so fold sizes stay balanced.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(y) if len(y) else np.zeros(0, dtype=np.int64)
+    small = [c for c, n in enumerate(counts) if 0 < n < num_folds]
+    if small:
+        raise ConfigError(
+            f"data.num_folds={num_folds} but class index {small[0]} has only {counts[small[0]]} "
+            f"training images (every class needs at least num_folds)"
+        )
+    rng = np.random.default_rng(int(seed))
+    folds = np.empty(len(y), dtype=np.int64)
+    start = 0
+    for c in np.flatnonzero(counts):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        folds[idx] = (start + np.arange(len(idx))) % num_folds
+        start = (start + len(idx)) % num_folds
+    return folds
 
 
 def available_memory() -> int | None:
@@ -417,9 +456,16 @@ class FileImageDataModule(ImageDataModule):
         memory_budget_mb: float = 2048,
         on_decode_error: str = "stop",
         stream: Mapping[str, Any] | None = None,
+        num_folds: int | None = None,
+        fold: int | None = None,
+        digits_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_workers=num_workers, **kwargs)
+        check_folds(num_folds, fold)
+        self.num_folds = None if num_folds is None else int(num_folds)
+        self.fold = None if fold is None else int(fold)
+        self.digits_dir = str(digits_dir) if digits_dir else None
         check_loading(loading, on_decode_error, memory_budget_mb)
         self.loading = loading
         self.memory_budget_mb = float(memory_budget_mb)
@@ -487,6 +533,7 @@ class FileImageDataModule(ImageDataModule):
         """List and check the entries, fix the decode order and the cache key (once)."""
         if self._planned is not None:
             return self._planned
+        self._digits_ready()
         t0 = time.perf_counter()
         problems = Problems()
         listed = self.list_entries(problems)
@@ -519,6 +566,8 @@ class FileImageDataModule(ImageDataModule):
 
         if self.test_fraction is not None:
             self._hold_out_test(listed, class_index)
+        if self.num_folds is not None:
+            self._fold_split(listed, class_index)
         if not listed.get("val"):
             train_y = [class_index[e.label] for e in listed["train"]]  # type: ignore[index]
             tr, va = stratified_split(train_y, self.val_fraction, self.split_seed)
@@ -593,9 +642,23 @@ class FileImageDataModule(ImageDataModule):
         """
         if self.splits is not None:
             return
+        self._digits_ready()
         plan = self._plan()
         if plan.cache is not None and not plan.problems:
             self._ensure_cached(plan)
+
+    def _digits_ready(self) -> None:
+        """A missing default digits root (``<digits_dir>/digits_*``): local rank 0 builds it
+        from MNIST (``imgcls.data.digits``), the other ranks wait for it."""
+        root = getattr(self, "root", None)
+        if root is None or self.digits_dir is None or Path(root).exists():
+            return
+        from imgcls.data.digits import ensure_digits, wait_for_digits
+
+        if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0:
+            ensure_digits(root, self.digits_dir)
+        else:
+            wait_for_digits(root, self.digits_dir)
 
     def _ensure_cached(self, plan: _Plan) -> Tensor | None:
         """Decode into the cache unless it is there: whoever takes its lock first decodes.
@@ -690,6 +753,28 @@ class FileImageDataModule(ImageDataModule):
             time.perf_counter() - t0,
         )
         return splits
+
+    def _fold_split(self, listed: dict[str, list[ImageEntry]], class_index: dict[str, int]) -> None:
+        """Fold ``fold`` of the training pool (after the test hold-out) is val, the rest train."""
+        assert self.num_folds is not None and self.fold is not None
+        if listed.get("val"):
+            log.info("data.num_folds is set: the listed validation images are not used")
+        pool = listed["train"]
+        folds = stratified_folds(
+            [class_index[e.label] for e in pool],  # type: ignore[index]
+            self.num_folds,
+            self.split_seed,
+        )
+        listed["train"] = [e for e, f in zip(pool, folds, strict=True) if f != self.fold]
+        listed["val"] = [e for e, f in zip(pool, folds, strict=True) if f == self.fold]
+        log.info(
+            "fold %d of %d: %d validation, %d training images (stratified, seed %d)",
+            self.fold,
+            self.num_folds,
+            len(listed["val"]),
+            len(listed["train"]),
+            self.split_seed,
+        )
 
     def _hold_out_test(
         self, listed: dict[str, list[ImageEntry]], class_index: dict[str, int]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -36,7 +37,9 @@ from imgcls.errors import UserError
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "job_status.json"
-SEED_KEYS = ("seed",)
+# repeat dimensions: jobs differing only by these are one configuration (mean ± std over them)
+SEED_KEYS = ("seed", "data.fold")
+REPEAT_NAMES = {"seed": "seed repeats", "data.fold": "folds"}
 
 
 @dataclass
@@ -103,6 +106,17 @@ class Summary:
     @property
     def has_seed_repeats(self) -> bool:
         return any(len(g.jobs) > 1 for g in self.groups)
+
+    @property
+    def repeat_label(self) -> str:
+        """What the repeats are, e.g. ``folds`` or ``seed repeats, folds`` (the keys that vary)."""
+        varying = {
+            k
+            for j in self.jobs
+            for o in j.overrides
+            if (k := o.lstrip("+~").split("=", 1)[0]) in SEED_KEYS
+        }
+        return ", ".join(REPEAT_NAMES[k] for k in SEED_KEYS if k in varying) or "seed repeats"
 
 
 def _score(job: JobRecord) -> float | None:
@@ -332,22 +346,36 @@ def to_csv(summary: Summary) -> str:
 
 
 def seeds_to_csv(summary: Summary) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["configuration", "n", "failed", "mean", "std", "best", "jobs"])
-    for g in summary.groups:
-        w.writerow(
-            [
-                " ".join(g.overrides),
-                len(g.values),
-                g.failed,
-                "" if g.mean is None else repr(g.mean),
-                "" if g.std is None else repr(g.std),
-                int(g.best),
-                " ".join(str(j.num) for j in g.jobs),
-            ]
+    """One row per configuration: n, failed, mean and std (ddof 1) over its seeds/folds."""
+    rows = [
+        {
+            "configuration": " ".join(g.overrides),
+            "value": _score(j),
+            "failed": int(j.status != "completed"),
+            "best": int(g.best),
+            "job": str(j.num),
+        }
+        for g in summary.groups
+        for j in g.jobs
+    ]
+    if not rows:
+        return "configuration,n,failed,mean,std,best,jobs\n"
+    table = (
+        pd.DataFrame(rows)
+        .groupby("configuration", sort=False)
+        .agg(
+            n=("value", "count"),
+            failed=("failed", "sum"),
+            mean=("value", "mean"),
+            std=("value", "std"),
+            best=("best", "max"),
+            jobs=("job", " ".join),
         )
-    return buf.getvalue()
+        .reset_index()
+    )
+    for col in ("mean", "std"):  # exact reprs, empty when undefined (as before)
+        table[col] = [repr(float(v)) if pd.notna(v) else "" for v in table[col]]
+    return table.to_csv(index=False, lineterminator="\n")
 
 
 def _md_cell(text: str) -> str:
@@ -416,7 +444,7 @@ def to_markdown(summary: Summary) -> str:
     if summary.has_seed_repeats:
         lines += [
             "",
-            "## Per configuration (seed repeats: mean ± std)",
+            f"## Per configuration ({summary.repeat_label}: mean ± std)",
             "",
             f"| configuration | n | {metric} | failed | jobs |",
             "|---|---|---|---|---|",

@@ -162,7 +162,12 @@ def test_the_run_tests_the_ema_weights_and_eval_reproduces_it(run: Path, tmp_pat
     trained = json.loads((run / "metrics.json").read_text())["metrics"]["test/acc"]
     cfg = compose_config(
         "eval",
-        [f"ckpt_path={_best(run)}", "+trainer.limit_test_batches=2", "logger=csv", "callbacks=none"],
+        [
+            f"ckpt_path={_best(run)}",
+            "+trainer.limit_test_batches=2",
+            "logger=csv",
+            "callbacks=none",
+        ],
         tmp_path,
     )
     assert evaluate(cfg)["test/acc"] == pytest.approx(trained, abs=1e-7)

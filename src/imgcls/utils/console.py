@@ -39,7 +39,10 @@ def quiet_lightning() -> None:
 
 def check_required(cfg: DictConfig) -> None:
     """``???`` values left unset: one error naming them, before anything starts."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    # Hydra's own node holds sweep-only interpolations (hydra.job.num) that a single run leaves
+    # unresolvable; it has no ??? of ours
+    ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    missing = sorted(OmegaConf.missing_keys(ours))
     if missing:
         needed = " ".join(f"{key}=<value>" for key in missing)
         raise ConfigError(f"missing required argument(s): {', '.join(missing)} (add {needed})")

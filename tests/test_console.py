@@ -37,6 +37,8 @@ def test_missing_ckpt_path_is_one_error_line(tmp_path) -> None:
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ckpt_path" in errors[0], out[-2000:]
     assert "Traceback" not in out and "MissingMandatoryValue" not in out
+    # printed once on the console (the run's log file keeps its own copy)
+    assert out.count("missing required argument") == 1, out[-2000:]
 
 
 def test_missing_predict_input_names_it(tmp_path) -> None:

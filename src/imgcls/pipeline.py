@@ -274,12 +274,20 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
         record_job_error(e or exc)  # for the sweep, when this is a job's own process
         if e is None:
             raise
-        log.error("%s: %s", type(e).__name__, e)
         if _in_multirun():
+            log.error("%s: %s", type(e).__name__, e)
             # the sweeper records the job as failed (with this message) and runs the others
             raise e from None
+        _log_to_files(f"{type(e).__name__}: {e}")  # the run's log keeps it; the console once
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _log_to_files(message: str) -> None:
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:

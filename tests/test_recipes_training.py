@@ -80,6 +80,13 @@ def test_warmup_epochs_sets_the_warmup_length() -> None:
     assert lrs.index(max(lrs)) == 25
 
 
+def test_smoke_and_tiny_runs_still_get_a_warmup_cosine_schedule() -> None:
+    # fast_dev_run (1 step) and a 5-step run whose 5 % warmup rounds to 0 steps
+    assert all(lr > 0 for lr in _lrs(_warmup_cosine(), 1))
+    lrs = _lrs(_warmup_cosine(), 5)
+    assert lrs[1] == max(lrs) and lrs[-1] < lrs[1]  # one warmup step, then the decay
+
+
 def test_a_warmup_longer_than_the_run_is_one_config_error() -> None:
     with pytest.raises(ConfigError, match="warmup of 100 step"):
         _lrs({**_warmup_cosine(), "warmup_epochs": 4}, 100, epochs=4)

@@ -57,7 +57,10 @@ def warmup_steps(cfg: Mapping[str, Any], total: int, per_epoch: float) -> int:
         steps = round(float(fraction) * total)
     else:
         raise ConfigError("model.scheduler needs warmup_fraction or warmup_epochs")
-    if not 0 < steps < total:
+    if total < 2:  # a smoke run (fast_dev_run, 1 step): nothing to plan, only to run
+        return 1
+    steps = max(steps, 1)  # a fraction that rounds to 0 still warms up for one step
+    if steps >= total:
         raise ConfigError(
             f"model.scheduler: warmup of {steps} step(s) leaves nothing of a {total}-step run; "
             f"use a shorter warmup_fraction/warmup_epochs"
@@ -90,5 +93,6 @@ def build_scheduler(
     if "milestones" in cfg:
         return call_composite(cfg, optimizer, [])
     warm = warmup_steps(cfg, total, per_epoch)
-    extra_children = [_length_extra(children[0], warm), _length_extra(children[1], total - warm)]
+    decay = max(total - warm, 1)
+    extra_children = [_length_extra(children[0], warm), _length_extra(children[1], decay)]
     return call_composite(cfg, optimizer, extra_children, milestones=[warm])

@@ -21,8 +21,12 @@ from typing import Any
 
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig
+
+try:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # no `sweep` extra (make train): Hydra's plugin scan must not warn at start
+    OptunaSweeper = object  # type: ignore[misc,assignment]  # not a Plugin: Hydra skips the class
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from imgcls.pipeline import evaluate, run_task
+from imgcls.tasks.evaluate import evaluate
+from imgcls.tasks.run import run_task
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")

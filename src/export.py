@@ -7,8 +7,8 @@ the parity check against the Lightning module.
 import hydra
 from omegaconf import DictConfig
 
-from imgcls.export import export
-from imgcls.pipeline import run_task
+from imgcls.tasks.export import export
+from imgcls.tasks.run import run_task
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export")

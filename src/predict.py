@@ -7,8 +7,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from imgcls.inference import predict
-from imgcls.pipeline import run_task
+from imgcls.tasks.predict import predict
+from imgcls.tasks.run import run_task
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")

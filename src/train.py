@@ -3,7 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from imgcls.pipeline import run_task, train
+from imgcls.tasks.run import run_task
+from imgcls.tasks.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

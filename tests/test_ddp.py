@@ -11,7 +11,7 @@ import torch
 
 from imgcls.data.base_datamodule import ImageDataModule, Splits
 from imgcls.data.tensor_dataset import TensorImageDataset
-from imgcls.pipeline import evaluate
+from imgcls.tasks.evaluate import evaluate
 from tests.conftest import ROOT, run_entry
 
 TINY = [

@@ -11,7 +11,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from imgcls.callbacks.diagnostics import ClassificationDiagnostics, per_class_table
 from imgcls.data.spec import DataSpec
-from imgcls.pipeline import train
+from imgcls.tasks.train import train
 from imgcls.utils.render import blues, confusion_matrix_image
 
 

@@ -15,7 +15,7 @@ import make_digit_datasets
 import pytest
 from PIL import Image
 
-from imgcls.pipeline import train
+from imgcls.tasks.train import train
 from tests.conftest import compose_config, run_entry
 
 FAST = [

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from imgcls.checkpointing.load import load_classifier
 from imgcls.data.images import load_image
 from imgcls.data.transforms import normalize
 from imgcls.errors import ExportError
-from imgcls.export import export
-from imgcls.utils.checkpoint import load_classifier
+from imgcls.tasks.export import export
 from tests.conftest import run_entry
 
 
@@ -121,7 +121,7 @@ def test_export_bad_format(trained_lenet_ckpt, make_cfg) -> None:
 @pytest.fixture(scope="module")
 def resnet18_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A frozen ResNet-18 (random init: ``weights=null``) + head trained for two steps on MNIST."""
-    from imgcls.pipeline import train
+    from imgcls.tasks.train import train
     from tests.conftest import compose_config
 
     out = tmp_path_factory.mktemp("resnet18")
@@ -164,7 +164,7 @@ def test_export_parity_failure_is_an_error(
     trained_lenet_ckpt, mnist_png_folder, make_cfg, tmp_path, monkeypatch
 ) -> None:
     """An exported model that drifts from the checkpoint fails the export, with the numbers."""
-    import imgcls.export as ex
+    import imgcls.tasks.export as ex
 
     real = ex.EXPORTERS["torchscript"]
 

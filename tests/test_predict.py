@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from imgcls.errors import ConfigError, DataError
-from imgcls.inference import predict
+from imgcls.tasks.predict import predict
 from tests.conftest import run_entry
 
 
@@ -195,7 +195,7 @@ def test_predict_digits_csv_submission_scores_on_hidden_truth(make_cfg, tmp_path
     label-less test.csv scored against the hidden truth; submission rows = test.csv rows."""
     import make_digit_datasets
 
-    from imgcls.pipeline import train
+    from imgcls.tasks.train import train
 
     assert make_digit_datasets.main(["--out", str(tmp_path / "data"), "--forms", "csv"]) == 0
     root = tmp_path / "data" / "digits_csv"

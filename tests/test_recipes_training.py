@@ -17,13 +17,14 @@ import torch
 from omegaconf import OmegaConf
 
 from imgcls.builder import build_datamodule
+from imgcls.checkpointing.load import load_classifier
 from imgcls.checkpointing.resume_plan import check_resume_plan
 from imgcls.checkpointing.safe_config import UnsafeCheckpointError
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.schedules import build_scheduler
-from imgcls.pipeline import evaluate, train
-from imgcls.utils.checkpoint import load_classifier
+from imgcls.tasks.evaluate import evaluate
+from imgcls.tasks.train import train
 from tests.conftest import CONFIGS, compose_config
 
 QUIET = [

@@ -22,7 +22,7 @@ from imgcls.errors import WeightsError, find_user_error
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.feature_cache import FeatureCache
 from imgcls.models.nets.resnet import FrozenResNet
-from imgcls.pipeline import evaluate
+from imgcls.tasks.evaluate import evaluate
 from tests.conftest import run_entry
 
 TINY = [

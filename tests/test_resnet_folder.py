@@ -15,9 +15,9 @@ import torchvision
 from PIL import Image
 
 from imgcls.builder import build
+from imgcls.checkpointing.load import load_classifier
 from imgcls.models.classifier import ImageClassifier
-from imgcls.pipeline import train
-from imgcls.utils.checkpoint import load_classifier
+from imgcls.tasks.train import train
 from tests.conftest import compose_config, run_entry
 
 

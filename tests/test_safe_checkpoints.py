@@ -18,14 +18,15 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from imgcls.checkpointing.load import load_classifier
 from imgcls.checkpointing.safe_config import UnsafeCheckpointError, register_nets, validate_hparams
 from imgcls.errors import ConfigError
-from imgcls.export import export
-from imgcls.inference import predict
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.nets.lenet import LeNet
-from imgcls.pipeline import evaluate, train
-from imgcls.utils.checkpoint import load_classifier
+from imgcls.tasks.evaluate import evaluate
+from imgcls.tasks.export import export
+from imgcls.tasks.predict import predict
+from imgcls.tasks.train import train
 from tests.conftest import compose_config, run_entry
 
 TINY = [

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgcls.export import export
-from imgcls.inference import predict
+from imgcls.tasks.export import export
+from imgcls.tasks.predict import predict
 
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR}
 

@@ -6,8 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-from imgcls.utils.multirun_ddp import rank_command
-from imgcls.utils.sweep_summary import STATUS_FILE, summarize, write_summary
+from imgcls.sweeps.multirun_ddp import rank_command
+from imgcls.sweeps.summary import STATUS_FILE, summarize, write_summary
 
 
 def _job(sweep: Path, num: int, overrides: list[str], value: float | None, error: str = "") -> None:

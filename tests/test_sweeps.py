@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from imgcls.pipeline import run_task, train
+from imgcls.tasks.run import run_task
+from imgcls.tasks.train import train
 from tests.conftest import ROOT, run_entry
 
 TINY = [

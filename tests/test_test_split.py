@@ -17,10 +17,11 @@ import torch
 from omegaconf import OmegaConf
 
 from imgcls.builder import build_datamodule
+from imgcls.checkpointing.load import load_classifier
 from imgcls.data.images import load_image
 from imgcls.data.transforms import normalize
-from imgcls.pipeline import evaluate, train
-from imgcls.utils.checkpoint import load_classifier
+from imgcls.tasks.evaluate import evaluate
+from imgcls.tasks.train import train
 from tests.conftest import compose_config, run_entry
 
 QUICK = [
@@ -178,7 +179,7 @@ def test_eval_uses_the_checkpoints_stored_data_config(
 
 def test_stored_data_config_may_only_name_our_data_classes() -> None:
     from imgcls.errors import ConfigError
-    from imgcls.run_data import check_data_targets
+    from imgcls.tasks.run_data import check_data_targets
 
     check_data_targets({"_target_": "imgcls.data.csv_datamodule.CSVDataModule"}, "x")
     with pytest.raises(ConfigError, match="not a datamodule of this package"):

@@ -17,10 +17,10 @@ import torch
 timm = pytest.importorskip("timm")
 
 from imgcls.builder import build  # noqa: E402
+from imgcls.checkpointing.load import load_classifier  # noqa: E402
 from imgcls.models.classifier import ImageClassifier  # noqa: E402
 from imgcls.models.nets.timm_net import TimmNet  # noqa: E402
-from imgcls.pipeline import train  # noqa: E402
-from imgcls.utils.checkpoint import load_classifier  # noqa: E402
+from imgcls.tasks.train import train  # noqa: E402
 from tests.conftest import compose_config, run_entry  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from benchmarks._common import compose_cfg
 from imgcls.builder import build_datamodule, build_model
 from imgcls.data.images import load_image
 from imgcls.data.transforms import normalize
-from imgcls.inference import predict
+from imgcls.tasks.predict import predict
 
 
 def write_pngs(dm, folder: Path, n: int) -> None:
@@ -30,7 +30,7 @@ def write_pngs(dm, folder: Path, n: int) -> None:
 
 
 def bare_loop(ckpt: Path, folder: Path, batch: int) -> tuple[int, float]:
-    from imgcls.utils.checkpoint import load_classifier
+    from imgcls.checkpointing.load import load_classifier
 
     t0 = time.perf_counter()
     model = load_classifier(ckpt)

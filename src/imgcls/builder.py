@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +12,11 @@ from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
-from imgcls.callbacks.ddp_preemption import SigtermAgreement
+from imgcls.checkpointing.preemption import SigtermAgreement
 from imgcls.data.base_datamodule import ImageDataModule
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.transfer import check_weights, resolve_freeze, use_weights_normalization
+from imgcls.utils.ranks import local_rank
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     log.info("data: %s", cfg.data._target_)
     dm: ImageDataModule = instantiate(cfg.data)
     store_data_config(dm, cfg)
-    if _local_rank() == 0:  # as Lightning does: the other ranks' setup waits for its result
+    if local_rank() == 0:  # as Lightning does: the other ranks' setup waits for its result
         dm.prepare_data()
     dm.setup()
     return dm
@@ -46,19 +46,10 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
 def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
     """Keep the resolved data config in the datamodule's hparams: Lightning writes it into every
     checkpoint (``datamodule_hyper_parameters``), so eval can find the run's data without its
-    run dir (see ``imgcls.run_data``)."""
-    from imgcls.run_data import data_hparams
+    run dir (see ``imgcls.tasks.run_data``)."""
+    from imgcls.tasks.run_data import data_hparams
 
     dm.save_hyperparameters(data_hparams(cfg), logger=False)
-
-
-def _local_rank() -> int:
-    """This process's rank on its node, from the environment (no trainer exists yet)."""
-    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return int(value)
-    return 0
 
 
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:

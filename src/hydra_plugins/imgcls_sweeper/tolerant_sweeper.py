@@ -3,7 +3,7 @@
 ``BasicSweeper.sweep`` reads every job's ``return_value`` right after its batch, which
 re-raises the first job's exception and abandons the remaining jobs. In a grid of trainings
 one bad combination (an image too small for a net, a diverging learning rate) should cost
-that job only: it is recorded as failed (``imgcls.utils.sweep_summary`` lists it and makes the
+that job only: it is recorded as failed (``imgcls.sweeps.summary`` lists it and makes the
 command exit non-zero) and the sweep goes on.
 
 Hydra only instantiates plugins living under ``hydra_plugins``, hence this package.
@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from imgcls.utils.sweep_summary import describe_error
+from imgcls.sweeps.summary import describe_error
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Every way a checkpoint becomes a model goes through ``read_safe_checkpoint``: th
 with ``torch.load(weights_only=True)``, then its whole ``hyper_parameters`` tree is validated
 against the registry (``imgcls.checkpointing.safe_config``) before any class is resolved.
 Used by ``load_classifier`` (eval, predict, export), ``ImageClassifier.load_from_checkpoint``
-and resume (``imgcls.fault_tolerance``, ``ImageClassifier.on_load_checkpoint``).
+and resume (``imgcls.checkpointing.fit_guard``, ``ImageClassifier.on_load_checkpoint``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
+from imgcls.checkpointing.load import check_checkpoint_fits, load_checkpoint_dict
 from imgcls.checkpointing.safe_config import UnsafeCheckpointError, validate_hparams
 from imgcls.errors import CheckpointError
-from imgcls.utils.checkpoint import check_checkpoint_fits, load_checkpoint_dict
-
-COMPILED_PREFIX = "_orig_mod."
+from imgcls.models.compiled import plain_state_dict
 
 
 def validate_checkpoint(ckpt: Mapping[str, Any], path: str | Path | None = None) -> None:
@@ -40,12 +39,6 @@ def read_safe_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]
     ckpt = load_checkpoint_dict(path, mmap=mmap)
     validate_checkpoint(ckpt, path)
     return ckpt
-
-
-def plain_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
-    """State dict keys without ``torch.compile``'s ``_orig_mod.`` (checkpoints of older versions,
-    which wrapped the net instead of compiling it in place)."""
-    return {k.replace(COMPILED_PREFIX, ""): v for k, v in state.items()}
 
 
 def check_loaded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:

@@ -55,6 +55,7 @@ from imgcls.data.stream_splits import resolve_loading, stream_splits
 from imgcls.data.streaming import DecodeErrors, StreamOptions, check_loading, stream_loader
 from imgcls.data.tensor_dataset import TensorImageDataset
 from imgcls.errors import ConfigError, DataError
+from imgcls.utils.ranks import local_rank
 
 log = logging.getLogger(__name__)
 
@@ -655,7 +656,7 @@ class FileImageDataModule(ImageDataModule):
             return
         from imgcls.data.digits import ensure_digits, wait_for_digits
 
-        if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0:
+        if local_rank() == 0:
             ensure_digits(root, self.digits_dir)
         else:
             wait_for_digits(root, self.digits_dir)

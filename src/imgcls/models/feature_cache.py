@@ -32,6 +32,7 @@ from torch import Tensor
 from imgcls.data.tensor_dataset import BatchTensorDataset, batch_loader
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError
+from imgcls.models.compiled import unwrap
 from imgcls.utils.config import project_root
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class FeatureCache(L.Callback):
         dm: Any = trainer.datamodule  # type: ignore[attr-defined]
         if not self._enabled(dm):
             return
-        net: Any = getattr(pl_module.net, "_orig_mod", pl_module.net)  # unwrap torch.compile
+        net: Any = unwrap(pl_module.net)
         if not getattr(net, "backbone_frozen", False):
             raise ConfigError("model.cache_features needs a frozen backbone")
         signature = net.feature_signature()

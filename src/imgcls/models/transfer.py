@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from imgcls.errors import ConfigError
+from imgcls.models.compiled import unwrap
 from imgcls.models.feature_cache import FeatureCache, parse_mode
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class BackboneUnfreezing(BackboneFinetuning):
 
 
 def has_backbone(net: nn.Module) -> bool:
-    net = getattr(net, "_orig_mod", net)
+    net = unwrap(net)
     return isinstance(getattr(net, "backbone", None), nn.Module) and hasattr(net, "freeze_backbone")
 
 
@@ -141,7 +142,7 @@ def transfer_plan(net: nn.Module, hparams: Mapping[str, Any]) -> tuple[int | Non
                 "the features change once the backbone trains"
             )
         return int(unfreeze), False
-    if not getattr(getattr(net, "_orig_mod", net), "backbone_frozen", False):
+    if not getattr(unwrap(net), "backbone_frozen", False):
         if cache is True:
             raise ConfigError(
                 "model.cache_features=true needs a frozen backbone (model.net.freeze)"

@@ -29,14 +29,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from imgcls.builder import build_trainer
+from imgcls.checkpointing.load import load_classifier, use_tta
 from imgcls.data.images import IMAGE_EXTENSIONS, load_image
 from imgcls.data.spec import DataSpec
 from imgcls.data.streaming import load_for_eval
 from imgcls.data.tensor_dataset import batch_loader
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, DataError
-from imgcls.pipeline import apply_extras
-from imgcls.utils.checkpoint import load_classifier, use_tta
+from imgcls.tasks.run import apply_extras
 
 log = logging.getLogger(__name__)
 

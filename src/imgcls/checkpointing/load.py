@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from imgcls.errors import CheckpointError
+from imgcls.models.compiled import plain_key
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ def load_checkpoint_dict(path: str | Path, mmap: bool = False) -> dict[str, Any]
     return ckpt
 
 
-def _plain_key(key: str) -> str:
-    # torch.compile wraps the net; its checkpoints hold the same weights under "_orig_mod."
-    return key.replace("._orig_mod.", ".")
-
-
 def _names(keys: list[str], limit: int = 6) -> str:
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -52,8 +48,8 @@ def state_dict_mismatches(
 ) -> list[str]:
     """Differences that would make ``load_state_dict(strict=True)`` fail: each layer whose shape
     differs, then the layers only the model / only the checkpoint has."""
-    theirs = {_plain_key(k): v for k, v in ckpt_state.items()}
-    own = {_plain_key(k): v for k, v in model_state.items()}
+    theirs = {plain_key(k): v for k, v in ckpt_state.items()}
+    own = {plain_key(k): v for k, v in model_state.items()}
     problems = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in theirs.items()

@@ -13,7 +13,7 @@ job's directory: the same run dir as rank 0, exactly as in a single DDP run), an
 the environment and closes the process group when the job ends.
 
 It also publishes the job's single-run command (:func:`current_job`): a DDP job of a sweep
-runs as that command in its own process group (``imgcls.utils.job_process``), so that
+runs as that command in its own process group (``imgcls.sweeps.job_process``), so that
 Lightning's child-process observer, which SIGKILLs its main process when a rank fails, can
 only end that job and never the sweep.
 """

@@ -33,6 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.errors import UserError
+from imgcls.utils.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,6 @@ def _score(job: JobRecord) -> float | None:
     """The job's metric when it counts (completed, finite), else ``None``."""
     v = job.value
     return v if job.status == "completed" and v is not None and math.isfinite(v) else None
-
-
-def _is_rank_zero() -> bool:
-    # DDP rank processes of a job (SLURM tasks, torchrun) all run the job's callbacks.
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def metric_mode(config: DictConfig, metric: str | None) -> str:
@@ -491,7 +485,7 @@ class SweepSummary(Callback):
         self.fail_on_job_failure = fail_on_job_failure
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
+        if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
             return
         error = job_return._return_value if job_return.status != JobStatus.COMPLETED else None
         if error is not None and not isinstance(error, UserError):

@@ -22,14 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from imgcls.builder import build_datamodule
+from imgcls.checkpointing.load import load_classifier
 from imgcls.data.images import decode_steps, load_image
 from imgcls.data.spec import DataSpec
 from imgcls.data.streaming import describe_eval_transform, load_for_eval
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, ExportError, UserError
-from imgcls.inference import list_inputs
-from imgcls.pipeline import apply_extras
-from imgcls.utils.checkpoint import load_classifier
+from imgcls.tasks.predict import list_inputs
+from imgcls.tasks.run import apply_extras
 
 log = logging.getLogger(__name__)
 

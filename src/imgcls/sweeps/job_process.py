@@ -7,7 +7,7 @@ worker, so one diverging job took the sweep down and orphaned the next job's ran
 
 Instead, a multirun job whose trainer starts rank processes runs as its own single run
 (``python src/train.py <job overrides> hydra.run.dir=<job dir>``, the command published by
-``imgcls.utils.multirun_ddp``) in a new session. The job process waits for it, then kills
+``imgcls.sweeps.multirun_ddp``) in a new session. The job process waits for it, then kills
 whatever is left of that process group (a rank stuck in a collective), and returns the job's
 metrics from ``metrics.json`` or raises :class:`JobProcessError` with the first error a rank
 recorded in ``job_error.json``. The sweep goes on; the summary lists the job as failed.
@@ -33,9 +33,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from imgcls.checkpointing.fit_guard import SIGTERM_EXIT_CODE
 from imgcls.errors import ConfigError, UserError, find_user_error
-from imgcls.fault_tolerance import SIGTERM_EXIT_CODE
-from imgcls.utils.multirun_ddp import JobCommand, current_job
+from imgcls.sweeps.multirun_ddp import JobCommand, current_job
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def _from_run_config(ckpt_path: Path) -> tuple[dict[str, Any], str] | None:
 
 
 def _from_checkpoint(ckpt_path: Path) -> tuple[dict[str, Any], str] | None:
-    from imgcls.utils.checkpoint import load_checkpoint_dict
+    from imgcls.checkpointing.load import load_checkpoint_dict
 
     data = load_checkpoint_dict(ckpt_path).get("datamodule_hyper_parameters")
     if not isinstance(data, dict) or "_target_" not in data:

@@ -23,9 +23,9 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from imgcls.checkpointing.atomic_io import remove_stale_temp_files
+from imgcls.checkpointing.load import load_checkpoint_dict
 from imgcls.errors import CheckpointError
-from imgcls.utils.checkpoint import load_checkpoint_dict
-from imgcls.utils.checkpoint_io import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 

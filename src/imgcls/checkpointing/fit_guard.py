@@ -23,16 +23,16 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from imgcls.builder import Built
-from imgcls.callbacks import ddp_preemption
-from imgcls.callbacks.last_checkpoint import LastCheckpoint, command_line_overrides
+from imgcls.checkpointing import preemption
+from imgcls.checkpointing.atomic_io import use_atomic_checkpoint_io
+from imgcls.checkpointing.last_checkpoint import LastCheckpoint, command_line_overrides
+from imgcls.checkpointing.load import check_checkpoint_fits, produced_by
+from imgcls.checkpointing.resume import ResumePoint, continue_loggers, find_resume_checkpoint
 from imgcls.checkpointing.resume_plan import check_resume_plan
 from imgcls.checkpointing.safe_load import read_safe_checkpoint, validate_checkpoint
+from imgcls.checkpointing.storage import check_free_space, check_writable, checkpoint_size_estimate
 from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError
-from imgcls.utils.checkpoint import check_checkpoint_fits, produced_by
-from imgcls.utils.checkpoint_io import use_atomic_checkpoint_io
-from imgcls.utils.resume import ResumePoint, continue_loggers, find_resume_checkpoint
-from imgcls.utils.storage import check_free_space, check_writable, checkpoint_size_estimate
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
         )
         log.warning(msg)
         print(msg, file=sys.stderr)
-        agreement = ddp_preemption.find(built.callbacks)
+        agreement = preemption.find(built.callbacks)
         if sigterm and agreement is not None:
             agreement.wait_for_launcher()  # rank 0 exits first (its observer watches us)
         raise SystemExit(SIGTERM_EXIT_CODE if sigterm else SIGINT_EXIT_CODE) from None

@@ -1,0 +1,55 @@
+"""The eval task: test a checkpoint on its run's data (``python src/eval.py ckpt_path=...``)."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from imgcls.builder import build_datamodule, build_trainer
+from imgcls.checkpointing.load import load_classifier, use_tta
+from imgcls.data.base_datamodule import NO_TEST_SPLIT
+from imgcls.errors import ConfigError
+from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report, test_note
+from imgcls.tasks.run import apply_extras
+from imgcls.tasks.run_data import use_run_data
+from imgcls.utils.trackers import finish_trackers
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a checkpoint; the model is rebuilt from the checkpoint alone, the data is the
+    checkpoint's run's own unless ``data=`` is given (see ``imgcls.tasks.run_data``).
+
+    Without a labeled test split the validation split is scored, under ``val/*`` names.
+    """
+    apply_extras(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>"
+        )
+    model = use_tta(load_classifier(cfg.ckpt_path), cfg)
+    log.info(use_run_data(cfg))
+    dm = build_datamodule(cfg)
+    mismatch = model.spec.incompatibilities(dm.spec)
+    if mismatch:
+        raise ConfigError(
+            f"checkpoint {cfg.ckpt_path} was trained on different data than data={cfg.data._target_}: "
+            + "; ".join(mismatch)
+        )
+    # normalize as the model was trained (e.g. with its pretrained weights' statistics)
+    dm.set_normalization(model.spec.mean, model.spec.std)
+    trainer, _, loggers = build_trainer(cfg)
+    has_test = dm.has_labeled_test
+    log_hyperparameters(cfg, model, loggers, hparam_metrics(has_test))
+    if has_test:
+        trainer.test(model, datamodule=dm)
+    else:
+        log.warning("%s: scoring the validation split (val/* metrics, no test/*)", NO_TEST_SPLIT)
+        trainer.validate(model, datamodule=dm)
+    metrics = floats(trainer.callback_metrics)
+    extra = {"checkpoint": str(cfg.ckpt_path), "tta": model.tta, **test_note(has_test)}
+    finish_trackers(loggers)
+    report(cfg, metrics, extra)
+    return metrics

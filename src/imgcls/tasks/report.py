@@ -1,0 +1,113 @@
+"""What a finished task reports: hyper-parameters to the loggers, metrics.json in the run dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig
+
+from imgcls.data.base_datamodule import NO_TEST_SPLIT
+from imgcls.models.classifier import count_parameters
+from imgcls.utils.config import flatten, to_plain
+from imgcls.utils.ranks import is_rank_zero
+
+log = logging.getLogger(__name__)
+
+
+def log_hyperparameters(
+    cfg: DictConfig,
+    model: L.LightningModule,
+    loggers: list,
+    metrics: tuple[str, ...] | None = None,
+) -> None:
+    """Send the run's config and parameter counts to every logger (TensorBoard hparams tab).
+
+    ``metrics``: the HParams columns (default ``HPARAM_METRICS``); without a labeled test split
+    the caller leaves ``test/*`` out, so no column suggests a test score exists.
+    """
+    if not loggers:
+        return
+    trainable, total = count_parameters(model)
+    params = {
+        "model": to_plain(cfg.get("model")) or to_plain(dict(model.hparams)),
+        "data": to_plain(cfg.get("data")),
+        "trainer": to_plain(cfg.get("trainer")),
+        "seed": cfg.get("seed"),
+        "task_name": cfg.get("task_name"),
+        "tags": to_plain(cfg.get("tags")),
+        "ckpt_path": cfg.get("ckpt_path"),
+        "params/total": total,
+        "params/trainable": trainable,
+        "params/non_trainable": total - trainable,
+    }
+    for logger in loggers:
+        logger.log_hyperparams(params)
+        if isinstance(logger, TensorBoardLogger):
+            write_tensorboard_hparams(logger, params, metrics or HPARAM_METRICS)
+
+
+# Metrics the TensorBoard HParams view shows against each run's hyper-parameters.
+HPARAM_METRICS = ("val/acc_best", "test/acc")
+
+
+@rank_zero_only
+def write_tensorboard_hparams(
+    logger: TensorBoardLogger, params: dict[str, Any], metrics: tuple[str, ...]
+) -> None:
+    """Write the HParams session with ``metrics`` as its columns.
+
+    Lightning writes this session only when given metric *values* (logging them as scalars at
+    step 0); the values TensorBoard shows come from the runs' own scalars with these tags, so
+    only the tags are declared here and no fake point enters the curves.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    flat = {}
+    for key, value in flatten(params).items():
+        flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    exp, ssi, sei = hparams(flat, dict.fromkeys(metrics, 0.0))
+    writer = logger.experiment._get_file_writer()
+    for summary in (exp, ssi, sei):
+        writer.add_summary(summary)
+    logger.experiment.flush()
+
+
+def floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+
+
+def hparam_metrics(has_test: bool) -> tuple[str, ...]:
+    """The HParams columns for a run: ``test/*`` only with a labeled test split."""
+    return (
+        HPARAM_METRICS
+        if has_test
+        else tuple(m for m in HPARAM_METRICS if not m.startswith("test/"))
+    )
+
+
+def test_note(has_test: bool) -> dict[str, Any]:
+    """What metrics.json says about the test split (read back by the sweep tables)."""
+    return {} if has_test else {"test": NO_TEST_SPLIT}
+
+
+def write_summary(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> None:
+    if not is_rank_zero():
+        return
+    out = Path(cfg.paths.output_dir) / "metrics.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"metrics": metrics, **extra}, indent=2, sort_keys=True))
+    log.info("summary written to %s", out)
+
+
+def report(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> None:
+    """metrics.json in the run dir, and each final metric in the log."""
+    write_summary(cfg, metrics, extra)
+    for name in sorted(metrics):
+        log.info("%s = %.5f", name, metrics[name])

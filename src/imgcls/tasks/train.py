@@ -1,0 +1,88 @@
+"""The train task: fit, then test the best checkpoint (``python src/train.py``)."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+from omegaconf import DictConfig
+
+from imgcls.builder import Built, build
+from imgcls.checkpointing.fit_guard import (
+    check_resume_source,
+    check_run_dir,
+    guarded_fit,
+    prepare_checkpoint,
+)
+from imgcls.data.base_datamodule import NO_TEST_SPLIT
+from imgcls.sweeps.job_process import stop_ranks_on_error
+from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report, test_note
+from imgcls.tasks.run import apply_extras
+from imgcls.utils.trackers import finish_trackers
+
+log = logging.getLogger(__name__)
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    path = getattr(cb, "best_model_path", "") if cb is not None else ""
+    return path or None
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model, then test the best checkpoint; returns all final metrics.
+
+    A run dir that already holds checkpoints (``resume=<run dir>``, a requeued job) continues
+    from the newest readable one (see ``imgcls.checkpointing.fit_guard``).
+    """
+    check_run_dir(cfg)
+    apply_extras(cfg)
+    check_resume_source(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    built = build(cfg)
+    assert built.model is not None
+    ckpt_path = prepare_checkpoint(cfg, built)
+    has_test = built.datamodule.has_labeled_test
+    log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
+    with stop_ranks_on_error(built.trainer):
+        metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
+    finish_trackers(built.loggers)
+    best = _best_checkpoint(built.trainer)
+    extra = {
+        "best_checkpoint": best,
+        "output_dir": str(cfg.paths.output_dir),
+        "tta": built.model.tta,
+        **test_note(has_test),
+    }
+    report(cfg, metrics, extra)
+    return metrics
+
+
+def _fit_and_test(
+    cfg: DictConfig, built: Built, ckpt_path: str | None, has_test: bool
+) -> dict[str, float]:
+    trainer = built.trainer
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        log.info("starting training")
+        with guarded_fit(cfg, built):
+            trainer.fit(
+                built.model, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True
+            )
+        metrics.update(floats(trainer.callback_metrics))
+    if cfg.get("test") and not has_test:
+        log.warning(
+            "%s: no test/* metrics (val/* chose the checkpoint, so they are not a test score); "
+            "set data.test_fraction=0.1 to hold out a test split",
+            NO_TEST_SPLIT,
+        )
+    elif cfg.get("test"):
+        ckpt = _best_checkpoint(trainer) if cfg.get("train") else ckpt_path
+        if ckpt is None:
+            log.warning("no checkpoint to test (checkpointing off?): testing the current weights")
+        else:
+            log.info("testing checkpoint %s", ckpt)
+        trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt, weights_only=True)
+        metrics.update(floats(trainer.callback_metrics))
+    return metrics

@@ -30,7 +30,7 @@ LABEL_COLUMN_NAMES = (
 
 
 @dataclass
-class CsvTable:
+class CsvTable:  # not a DataFrame: rows keep their row and line numbers
     path: Path
     columns: list[str]
     rows: list[tuple[int, int, list[str]]]  # (data row, line in the file, cells), 1-based
@@ -199,21 +199,20 @@ def read_image_rows(
 ) -> CsvListing:
     """Every data row of an image CSV, in file order, with its file or the reason it has none.
 
-    ``labels``: ``required`` (train/val), ``optional`` (test, predict) or ``ignore``.
-    ``option`` prefixes the option names in messages (``data.`` for training).
+    ``labels``: ``required`` (train/val) or ``optional`` (test, predict); ``option`` prefixes
+    the option names in messages (``data.`` for training).
     """
     table = read_csv_table(csv_path, what)
     directory = Path(image_dir)
     if not directory.is_dir():
         raise DataError(f"image directory {directory} of {csv_path} does not exist ({what})")
     index = index or DirectoryIndex()
-    names = (IMAGE_COLUMN_NAMES, f"{option}image_column", "image")
-    img_col, img_how = pick_column(table, image_column, *names)
+    img_col, img_how = pick_column(
+        table, image_column, IMAGE_COLUMN_NAMES, f"{option}image_column", "image"
+    )
     assert img_col is not None
-    lab_col, lab_how = None, "not used"
-    if labels != "ignore":
-        names = (LABEL_COLUMN_NAMES, f"{option}label_column", "label", labels == "required")
-        lab_col, lab_how = pick_column(table, label_column, *names, exclude=img_col)
+    role = (LABEL_COLUMN_NAMES, f"{option}label_column", "label", labels == "required", img_col)
+    lab_col, lab_how = pick_column(table, label_column, *role)
     if lab_col == img_col:
         raise ConfigError(f"{table.path}: the image and label columns are both {img_col!r}")
     log.info(

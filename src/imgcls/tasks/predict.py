@@ -38,23 +38,14 @@ class TopKCollector(BasePredictionWriter):
     def __init__(self, k: int, stop_on_error: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.k, self.stop_on_error = int(k), bool(stop_on_error)
-        self.positions: list[Tensor] = []
-        self.probs: list[Tensor] = []
-        self.indices: list[Tensor] = []
+        self.batches: list[tuple[Tensor, Tensor, Tensor]] = []  # positions, top-k probs, indices
         self.errors: dict[int, str] = {}
 
     def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: Any,
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, module: L.LightningModule, prediction: Tensor, *args: Any
     ) -> None:
-        _, positions, errors = batch
-        positions = positions.cpu()
+        batch = args[1]  # after batch_indices; then batch_idx, dataloader_idx
+        positions, errors = batch[1].cpu(), batch[2]
         for pos, err in zip(positions.tolist(), errors, strict=True):
             if err and self.stop_on_error:
                 raise DataError(
@@ -63,18 +54,16 @@ class TopKCollector(BasePredictionWriter):
             if err:
                 self.errors[pos] = err
         top_p, top_i = prediction.float().topk(self.k, dim=1)
-        self.positions.append(positions)
-        self.probs.append(top_p.cpu())
-        self.indices.append(top_i.cpu())
+        self.batches.append((positions, top_p.cpu(), top_i.cpu()))
 
     def table(self, inputs: InputList, class_names: Sequence[str]) -> pd.DataFrame:
         """One row per input in input order: id, pred, prob, top1..topk (+ _prob), error."""
         n = len(inputs.items)
-        order = torch.cat(self.positions) if self.positions else torch.empty(0, dtype=torch.long)
-        probs = torch.zeros(n, self.k)
-        idx = torch.zeros(n, self.k, dtype=torch.long)
-        probs[order] = torch.cat(self.probs) if self.probs else probs[:0]
-        idx[order] = torch.cat(self.indices) if self.indices else idx[:0]
+        probs, idx = torch.zeros(n, self.k), torch.zeros(n, self.k, dtype=torch.long)
+        if self.batches:
+            order, probs[order], idx[order] = (
+                torch.cat(t) for t in zip(*self.batches, strict=True)
+            )
         ok = [i not in self.errors for i in range(n)]
         cols: dict[str, list[Any]] = {inputs.id_column: [it.id for it in inputs.items]}
         for j in range(self.k):

@@ -36,8 +36,6 @@ class InputItem:
 
 @dataclass
 class InputList:
-    """The images to predict, in output order, and how the output names them."""
-
     items: list[InputItem]
     id_column: str
     kind: str  # "file" | "folder" | "csv"
@@ -55,15 +53,13 @@ def list_folder(folder: Path) -> InputList:
     for dirpath, _, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         prefix = "" if rel_dir == "." else rel_dir + "/"
-        names += [prefix + n for n in filenames if _is_image(n)]
+        names += [
+            prefix + n for n in filenames if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
+        ]
     if not names:
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
     names.sort()
     return InputList([InputItem(n, folder / n) for n in names], "file", "folder", folder)
-
-
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def csv_image_dir(csv_path: Path, image_dir: str | os.PathLike | None) -> Path:
@@ -162,8 +158,7 @@ class PredictInputs(L.LightningDataModule):
         self, items: Sequence[InputItem], spec: DataSpec, batch_size: int, num_workers: int = 0
     ) -> None:
         super().__init__()
-        self.dataset = ImageFiles(items, spec)
-        self.spec = spec
+        self.dataset, self.spec = ImageFiles(items, spec), spec
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
 
     def predict_dataloader(self) -> DataLoader:

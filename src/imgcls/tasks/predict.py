@@ -61,9 +61,8 @@ class TopKCollector(BasePredictionWriter):
         n = len(inputs.items)
         probs, idx = torch.zeros(n, self.k), torch.zeros(n, self.k, dtype=torch.long)
         if self.batches:
-            order, probs[order], idx[order] = (
-                torch.cat(t) for t in zip(*self.batches, strict=True)
-            )
+            order, top_p, top_i = (torch.cat(t) for t in zip(*self.batches, strict=True))
+            probs[order], idx[order] = top_p, top_i
         ok = [i not in self.errors for i in range(n)]
         cols: dict[str, list[Any]] = {inputs.id_column: [it.id for it in inputs.items]}
         for j in range(self.k):

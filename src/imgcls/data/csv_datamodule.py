@@ -85,11 +85,8 @@ class CSVDataModule(FileImageDataModule):
         self.val_image_dir = root / val_image_dir if val_image_dir else self.image_dir
         self.test_csv = root / test_csv if test_csv else None
         self.test_image_dir = root / test_image_dir if test_image_dir else self.image_dir
-        self.columns = {
-            "image_column": image_column or None,
-            "label_column": label_column or None,
-            "extension": extension or None,
-        }
+        cols = {"image_column": image_column, "label_column": label_column, "extension": extension}
+        self.columns = {k: v or None for k, v in cols.items()}
         self._index = DirectoryIndex()
 
     def describe(self) -> str:

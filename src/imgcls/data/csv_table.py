@@ -7,6 +7,7 @@ DataFrame no longer knows once blank lines are skipped and quoted cells span lin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -115,13 +116,10 @@ class DirectoryIndex:
         if directory not in self._dirs:
             names: set[str] = set()
             stems: dict[str, list[str]] = {}
-            try:
-                with os.scandir(directory) as it:
-                    for entry in it:
-                        names.add(entry.name)
-                        stems.setdefault(os.path.splitext(entry.name)[0], []).append(entry.name)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), os.scandir(directory) as it:
+                for entry in it:
+                    names.add(entry.name)
+                    stems.setdefault(os.path.splitext(entry.name)[0], []).append(entry.name)
             self._dirs[directory] = (names, stems)
         return self._dirs[directory]
 

@@ -43,12 +43,7 @@ def litdata() -> Any:
 
 def _sample(item: tuple[str, int, int, str]) -> dict[str, Any]:
     path, label, index, name = item
-    return {
-        "image": Path(path).read_bytes(),
-        "label": int(label),
-        "index": int(index),
-        "name": name,
-    }
+    return dict(image=Path(path).read_bytes(), label=int(label), index=int(index), name=name)
 
 
 def write_split(

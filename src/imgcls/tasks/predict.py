@@ -83,9 +83,7 @@ def resolve_top_k(top_k: int | None, num_classes: int) -> int:
     if int(top_k) < 1:
         raise ConfigError(f"top_k={top_k} must be at least 1")
     if int(top_k) > num_classes:
-        log.warning(
-            "top_k=%s but the model has %d classes: writing all %d", top_k, num_classes, num_classes
-        )
+        log.warning("top_k=%s but the model has %d classes: writing all", top_k, num_classes)
         return num_classes
     return int(top_k)
 
@@ -112,13 +110,11 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     model = use_tta(load_classifier(cfg.ckpt_path), cfg)
     spec = model.spec
     k = resolve_top_k(cfg.get("top_k"), spec.num_classes)
-    inputs = list_inputs(
-        cfg.input, cfg.get("image_dir"), cfg.get("image_column"), cfg.get("extension")
-    )
-    if on_error == "stop":  # missing files are cheap to find before any inference
-        for item in inputs.items:
-            if item.error:
-                raise DataError(f"{item.error} (on_error=skip predicts the others and lists it)")
+    csv_options = {name: cfg.get(name) for name in ("image_dir", "image_column", "extension")}
+    inputs = list_inputs(cfg.input, **csv_options)
+    known = [item.error for item in inputs.items if item.error]
+    if on_error == "stop" and known:  # missing files are cheap to find before any inference
+        raise DataError(f"{known[0]} (on_error=skip predicts the others and lists it)")
     log.info(
         "predicting %d image(s) from %s with %s (%d classes, top %d)",
         *(len(inputs.items), inputs.source, cfg.ckpt_path, spec.num_classes, k),
@@ -132,9 +128,8 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     trainer.callbacks.append(collector)  # type: ignore[attr-defined]
     dm = PredictInputs(inputs.items, spec, cfg.get("batch_size", 256), cfg.get("num_workers", 0))
     trainer.predict(model, datamodule=dm, return_predictions=False)
-    metrics = write_outputs(
-        cfg, inputs, collector.table(inputs, spec.class_names), collector.errors
-    )
+    table = collector.table(inputs, spec.class_names)
+    metrics = write_outputs(cfg, inputs, table, collector.errors)
     metrics["predict/tta_flip"] = float(model.tta == "flip")
     return metrics
 

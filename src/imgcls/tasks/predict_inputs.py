@@ -62,15 +62,6 @@ def list_folder(folder: Path) -> InputList:
     return InputList([InputItem(n, folder / n) for n in names], "file", "folder", folder)
 
 
-def csv_image_dir(csv_path: Path, image_dir: str | os.PathLike | None) -> Path:
-    """``image_dir``, else the folder named like the CSV beside it (``test.csv`` -> ``test/``,
-    the Kaggle-style layout), else the CSV's folder."""
-    if image_dir:
-        return Path(image_dir)
-    beside = csv_path.with_suffix("")
-    return beside if beside.is_dir() else csv_path.parent
-
-
 def list_csv(
     csv_path: Path,
     image_dir: str | os.PathLike | None = None,
@@ -78,8 +69,13 @@ def list_csv(
     extension: str | None = None,
 ) -> InputList:
     """One item per CSV row, in file order, resolved as the CSV datamodule does; a row that
-    names no usable file keeps its place with the reason, so the output stays aligned."""
-    directory = csv_image_dir(csv_path, image_dir)
+    names no usable file keeps its place with the reason, so the output stays aligned.
+
+    Images are in ``image_dir``, else the folder named like the CSV beside it (``test.csv`` ->
+    ``test/``, the Kaggle-style layout), else the CSV's folder.
+    """
+    beside = csv_path.with_suffix("")
+    directory = Path(image_dir or (beside if beside.is_dir() else csv_path.parent))
     index = DirectoryIndex()
     listing = read_image_rows(
         csv_path, directory, image_column, None, extension, "optional", index, "input CSV", ""
@@ -99,18 +95,14 @@ def list_csv(
     return InputList(items, listing.image_column, "csv", csv_path, listing.label_column, labels)
 
 
-def list_inputs(
-    source: str | os.PathLike,
-    image_dir: str | os.PathLike | None = None,
-    image_column: str | None = None,
-    extension: str | None = None,
-) -> InputList:
-    """Resolve ``input=``: one image file, a folder of images, or a CSV of image names."""
+def list_inputs(source: str | os.PathLike, **csv_options: Any) -> InputList:
+    """Resolve ``input=``: one image file, a folder of images, or a CSV of image names
+    (``csv_options``: those of ``list_csv``)."""
     path = Path(source)
     if path.is_dir():
         return list_folder(path)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return list_csv(path, image_dir, image_column, extension)
+        return list_csv(path, **csv_options)
     if path.is_file():
         return InputList([InputItem(str(source), path)], "file", "file", path)
     raise DataError(f"input not found: {path}")
@@ -132,6 +124,8 @@ class ImageFiles(Dataset):
         return self.__getitems__([index])
 
     def _load(self, item: InputItem) -> Tensor:
+        if item.error:  # known from the listing: not decoded
+            raise DataError(item.error)
         if self.eval_transform:
             return load_for_eval(item.path, self.channels, self.eval_transform, item.where)
         return load_image(item.path, channels=self.channels, size=self.size, where=item.where)
@@ -140,11 +134,8 @@ class ImageFiles(Dataset):
         images = torch.zeros(len(indices), self.channels, *self.size, dtype=torch.uint8)
         errors: list[str] = []
         for slot, i in enumerate(indices):
-            item = self.items[i]
             try:
-                if item.error:
-                    raise DataError(item.error)
-                images[slot] = self._load(item)
+                images[slot] = self._load(self.items[i])
                 errors.append("")
             except DataError as e:
                 errors.append(str(e))

@@ -8,15 +8,12 @@ Hydra's run dir). A checkpoint is data, not code: its stored config is used only
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgcls.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 DATA_TARGET_PREFIX = "imgcls.data."
 

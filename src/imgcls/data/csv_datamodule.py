@@ -10,23 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgcls.data.csv_table import DirectoryIndex, read_image_rows
+from imgcls.data.csv_table import CsvListing, DirectoryIndex, read_image_rows
 from imgcls.data.file_source import FileImageDataModule, ImageEntry, Problems
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CsvListing:
-    csv_path: Path
-    entries: list[ImageEntry]
-    image_column: str
-    label_column: str | None
 
 
 def read_image_csv(
@@ -39,17 +30,18 @@ def read_image_csv(
     when ``None``). ``options``: those of ``imgcls.data.csv_table.read_image_rows``."""
     listing = read_image_rows(csv_path, image_dir, **options)
     found = Problems() if problems is None else problems
-    entries = []
     for r in listing.rows:
         if r.error:
             found.add(r.where, r.error)
         elif r.label == "":
             found.add(r.label_where, f"empty label cell (image {r.name!r})")
         else:
-            entries.append(ImageEntry(path=r.path, label=r.label, name=r.name, where=r.where))
+            listing.entries.append(
+                ImageEntry(path=r.path, label=r.label, name=r.name, where=r.where)
+            )
     if problems is None:
         found.raise_if_any(str(listing.csv_path))
-    return CsvListing(listing.csv_path, entries, listing.image_column, listing.label_column)
+    return listing
 
 
 class CSVDataModule(FileImageDataModule):

@@ -11,8 +11,9 @@ import contextlib
 import csv
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from imgcls.data.images import IMAGE_EXTENSIONS, resolve_under
 from imgcls.errors import ConfigError, DataError
@@ -182,6 +183,7 @@ class CsvListing:
     rows: list[CsvRow]
     image_column: str
     label_column: str | None
+    entries: list[Any] = field(default_factory=list)  # training's usable rows (read_image_csv)
 
 
 def read_image_rows(

@@ -79,12 +79,8 @@ class FolderDataModule(FileImageDataModule):
 
     def _list(self, directory: Path, split: str, problems: Problems) -> list[ImageEntry]:
         classes = _class_dirs(directory)
-        found = make_dataset(
-            str(directory),
-            {c: i for i, c in enumerate(classes)},
-            extensions=IMAGE_EXTENSIONS,
-            allow_empty=True,
-        )
+        index = {c: i for i, c in enumerate(classes)}
+        found = make_dataset(str(directory), index, extensions=IMAGE_EXTENSIONS, allow_empty=True)
         entries = []
         for path, i in found:
             rel = os.path.relpath(path, directory)

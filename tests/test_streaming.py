@@ -17,7 +17,7 @@ import torch
 from imgcls.data.folder_datamodule import FolderDataModule
 from imgcls.data.spec import DataSpec
 from imgcls.errors import DataError
-from imgcls.tasks.predict import ImageFiles, list_inputs
+from imgcls.tasks.predict_inputs import ImageFiles, list_inputs
 from imgcls.tasks.train import train
 from tests.conftest import compose_config, run_entry
 

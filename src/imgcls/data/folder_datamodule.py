@@ -1,8 +1,7 @@
 """Class folders: ``<root>/train/<class>/<image>``, ``<root>/valid/<class>/...`` (or ``val/``), optional ``test/``.
 
 The layout of ``torchvision.datasets.ImageFolder``, listed with torchvision's own helpers and
-decoded once into memory like every file source. Class names come from ``train/`` and are
-sorted numerically when they are all integers (Flowers-102's ``1..102``), as text otherwise.
+decoded once into memory like every file source.
 """
 
 from __future__ import annotations
@@ -40,16 +39,10 @@ def _loose_images(directory: Path) -> list[str]:
 class FolderDataModule(FileImageDataModule):
     """An image-folder dataset decoded once into memory (see ``FileImageDataModule``).
 
-    Args:
-        root: dataset directory holding ``train/`` (and ``valid/`` or ``val/``, optional ``test/``).
-        train_dir: training folder under ``root``.
-        val_dir: validation folder; ``None`` uses ``valid/``, ``val/`` or ``validation/`` when
-            present, else holds out ``val_fraction`` of each training class.
-        test_dir: test folder; ``None`` uses ``test/`` when present. Class sub-folders make it
-            a labeled test split; loose images directly inside make it the ``predict`` split.
-        name: dataset name for messages.
-        missing_hint: appended to the error when the dataset is absent (where to get it).
-        **kwargs: channels, size, split, cache and loader options (``FileImageDataModule``).
+    ``val_dir``/``test_dir`` ``None`` use ``valid/``, ``val/``, ``validation/`` / ``test/`` when
+    present; without a validation folder ``val_fraction`` of each class is held out. Class
+    sub-folders in the test folder make it a labeled test split, loose images the ``predict``
+    split. ``missing_hint`` is appended to the error when the dataset is absent.
     """
 
     source_name = "folder dataset"
@@ -60,15 +53,13 @@ class FolderDataModule(FileImageDataModule):
         train_dir: str = "train",
         val_dir: str | None = None,
         test_dir: str | None = None,
-        name: str | None = None,
+        name: str = "folder dataset",
         missing_hint: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
-        self.train_dir = train_dir
-        self.val_dir = val_dir or None
-        self.test_dir = test_dir or None
+        self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir or None, test_dir or None
         self.name = name or "folder dataset"
         self.missing_hint_text = missing_hint or ""
 
@@ -88,26 +79,31 @@ class FolderDataModule(FileImageDataModule):
 
     def _list(self, directory: Path, split: str, problems: Problems) -> list[ImageEntry]:
         classes = _class_dirs(directory)
-        found = make_dataset(
-            str(directory),
-            {c: i for i, c in enumerate(classes)},
-            extensions=IMAGE_EXTENSIONS,
-            allow_empty=True,
-        )
-        counts = dict.fromkeys(classes, 0)
+        index = {c: i for i, c in enumerate(classes)}
+        found = make_dataset(str(directory), index, extensions=IMAGE_EXTENSIONS, allow_empty=True)
         entries = []
         for path, i in found:
-            counts[classes[i]] += 1
             rel = os.path.relpath(path, directory)
-            entries.append(
-                ImageEntry(
-                    path=Path(path), label=classes[i], name=rel, where=f"{directory.name}/{rel}"
-                )
-            )
-        for c, n in counts.items():
-            if n == 0 and split == "train":
+            where = f"{directory.name}/{rel}"
+            entries.append(ImageEntry(path=Path(path), label=classes[i], name=rel, where=where))
+        if split == "train":
+            for c in sorted(set(classes) - {e.label for e in entries}):
                 problems.add(f"{directory.name}/{c}", f"class folder {directory / c} has no images")
         return entries
+
+    def _labeled(
+        self, directory: Path, split: str, train: Path, problems: Problems
+    ) -> tuple[list[ImageEntry], bool]:
+        """A val/test folder's images of training classes, and whether it has unknown classes."""
+        known = set(_class_dirs(train))
+        unknown = sorted(set(_class_dirs(directory)) - known)
+        for c in unknown:
+            problems.add(
+                f"{directory.name}/{c}", f"class {c!r} of {directory} has no folder in {train}"
+            )
+        return [e for e in self._list(directory, split, problems) if e.label in known], bool(
+            unknown
+        )
 
     def list_entries(self, problems: Problems) -> dict[str, list[ImageEntry]]:
         if not self.root.is_dir():
@@ -120,45 +116,26 @@ class FolderDataModule(FileImageDataModule):
         out = {"train": self._list(train, "train", problems)}
         if not out["train"]:
             raise DataError(f"{self.name} {train} has no images: {self._layout()}")
-
-        train_classes = set(_class_dirs(train))
         val_dir = self._pick(self.val_dir, VAL_DIR_NAMES, "data.val_dir")
         if val_dir is not None:
-            missing = sorted(set(_class_dirs(val_dir)) - train_classes)
-            for c in missing:
-                problems.add(
-                    f"{val_dir.name}/{c}", f"class {c!r} of {val_dir} has no folder in {train}"
-                )
-            out["val"] = [
-                e for e in self._list(val_dir, "val", problems) if e.label in train_classes
-            ]
-            if not out["val"] and not missing:
+            out["val"], unknown = self._labeled(val_dir, "val", train, problems)
+            if not out["val"] and not unknown:
                 raise DataError(
                     f"{self.name}: validation folder {val_dir} has no images; {self._layout()}"
                 )
             log.info("validation: %s", val_dir)
         test_dir = self._pick(self.test_dir, ("test",), "data.test_dir")
-        if test_dir is not None:
-            if _class_dirs(test_dir):
-                missing = sorted(set(_class_dirs(test_dir)) - train_classes)
-                for c in missing:
-                    problems.add(
-                        f"{test_dir.name}/{c}",
-                        f"class {c!r} of {test_dir} has no folder in {train}",
-                    )
-                out["test"] = [
-                    e for e in self._list(test_dir, "test", problems) if e.label in train_classes
-                ]
-            else:
-                out["predict"] = [
-                    ImageEntry(path=test_dir / n, label=None, name=n, where=f"{test_dir.name}/{n}")
-                    for n in _loose_images(test_dir)
-                ]
-                log.info(
-                    "%s holds unlabeled images: %d form the predict split",
-                    test_dir,
-                    len(out["predict"]),
-                )
+        if test_dir is not None and _class_dirs(test_dir):
+            out["test"] = self._labeled(test_dir, "test", train, problems)[0]
+        elif test_dir is not None:
+            out["predict"] = [
+                ImageEntry(path=test_dir / n, label=None, name=n, where=f"{test_dir.name}/{n}")
+                for n in _loose_images(test_dir)
+            ]
+            log.info(
+                "%s holds unlabeled images: %d form the predict split",
+                *(test_dir, len(out["predict"])),
+            )
         return out
 
     def _pick(self, configured: str | None, defaults: tuple[str, ...], option: str) -> Path | None:
@@ -169,8 +146,4 @@ class FolderDataModule(FileImageDataModule):
                     f"{option}={configured!r}: {d} is not a directory; {self._layout()}"
                 )
             return d
-        for name in defaults:
-            d = self.root / name
-            if d.is_dir():
-                return d
-        return None
+        return next((d for d in (self.root / n for n in defaults) if d.is_dir()), None)

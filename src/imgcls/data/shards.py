@@ -1,23 +1,19 @@
-"""Sharded datasets through LitData: write once (``litdata.optimize``), stream on every rank.
+"""Sharded datasets through LitData: write once, stream on every rank.
 
-Layout written by ``scripts/make_shards.py`` (or ``write_split``)::
+Layout written by ``scripts/make_shards.py``::
 
     <root>/meta.json                  classes, channels, image size, mean/std, split sizes
     <root>/<split>/index.json         LitData's index of the split's chunks
     <root>/<split>/chunk-*.bin        samples {"image": encoded file bytes, "label", "index", "name"}
 
-The encoded bytes of each file are stored as they are (no re-encoding, no resize), so the
-stream path's per-sample transforms run at native resolution. ``<root>`` may be a local
-directory or any URL LitData reads (``s3://``, ``gs://``, ...); LitData assigns chunks to
-ranks and workers (no ``DistributedSampler``), and caches remote chunks locally.
-
-LitData is an optional dependency (``pip install -e '.[stream]'``): imported here only.
+Files are stored as encoded (no resize), so the stream transforms run at native resolution.
+``<root>`` may be any URL LitData reads (``s3://``, ...). LitData is an optional dependency
+(``pip install -e '.[stream]'``), imported here only.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -29,15 +25,13 @@ from torch import Tensor
 
 from imgcls.data.streaming import decode_bytes
 from imgcls.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
+from imgcls.utils.files import atomic_write_text
 
 META = "meta.json"
 META_VERSION = 1
 
 
 def litdata() -> Any:
-    """The ``litdata`` module, or a ``ConfigError`` saying how to install it."""
     try:
         import litdata as ld
     except ImportError:
@@ -48,14 +42,8 @@ def litdata() -> Any:
 
 
 def _sample(item: tuple[str, int, int, str]) -> dict[str, Any]:
-    """One shard sample: the file's bytes as stored, its label, index and name."""
     path, label, index, name = item
-    return {
-        "image": Path(path).read_bytes(),
-        "label": int(label),
-        "index": int(index),
-        "name": name,
-    }
+    return dict(image=Path(path).read_bytes(), label=int(label), index=int(index), name=name)
 
 
 def write_split(
@@ -65,11 +53,10 @@ def write_split(
     num_workers: int = 1,
     chunk_size: int | None = None,
 ) -> None:
-    """Write one split's ``(path, label, index, name)`` items into LitData chunks at ``out_dir``.
+    """Write one split's ``(path, label, index, name)`` items, in order, as LitData chunks.
 
-    Items are kept in order, so ``index`` is the position in the split. One worker writes in
-    this process with LitData's ``BinaryWriter`` (what ``optimize`` runs in each of its
-    workers; no process start-up); more workers, or a remote ``out_dir``, use ``optimize``.
+    One local worker writes in this process with LitData's ``BinaryWriter`` (what ``optimize``
+    runs in each worker, without its process start-up); else ``optimize``.
     """
     ld = litdata()
     if int(num_workers) <= 1 and "://" not in str(out_dir):
@@ -80,21 +67,17 @@ def write_split(
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        if chunk_size:
-            writer = BinaryWriter(str(tmp), chunk_size=int(chunk_size))
-        else:
-            writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
+        size = {"chunk_size": int(chunk_size)} if chunk_size else {"chunk_bytes": chunk_bytes}
+        writer = BinaryWriter(str(tmp), **size)
         for i, item in enumerate(items):
             writer[i] = _sample(item)
         writer.done()
         writer.merge()
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
         if out.exists():
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
             out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
         return
     ld.optimize(
         fn=_sample,
@@ -111,14 +94,11 @@ def write_split(
 
 
 def write_meta(root: str | Path, meta: dict[str, Any]) -> None:
-    path = Path(root) / META
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"version": META_VERSION, **meta}, indent=1))
-    tmp.replace(path)
+    atomic_write_text(Path(root) / META, json.dumps({"version": META_VERSION, **meta}, indent=1))
 
 
 def read_meta(root: str) -> dict[str, Any]:
-    """``meta.json`` of a shard root (local path; remote roots need a local copy of it)."""
+    """``meta.json`` of a shard root (remote roots need a local copy of it)."""
     path = Path(root) / META
     if not path.is_file():
         raise DataError(
@@ -137,16 +117,11 @@ def read_meta(root: str) -> dict[str, Any]:
 
 
 class ShardSample:
-    """LitData ``transform``: a stored sample -> ``(image, label, error, index)``.
-
-    A sample that fails to decode keeps its label and index and carries its error instead of
-    an image (see ``imgcls.data.streaming.DecodeErrors``).
-    """
+    """LitData ``transform``: a stored sample -> ``(image, label, error, index)``; a sample that
+    fails to decode carries its error instead of an image (``streaming.DecodeErrors``)."""
 
     def __init__(self, channels: int, transform: Callable[[Tensor], Tensor], split: str) -> None:
-        self.channels = int(channels)
-        self.transform = transform
-        self.split = split
+        self.channels, self.transform, self.split = int(channels), transform, split
 
     def __call__(self, sample: dict[str, Any]) -> tuple[Tensor | None, int, str, int]:
         name = f"{sample['name']} (shard sample {sample['index']} of split {self.split})"
@@ -161,10 +136,8 @@ def collate_shards(samples: list[tuple[Tensor | None, int, str, int]]) -> tuple[
     """Stack decoded samples: ``(images, targets, errors, indices)`` (indices of good samples)."""
     good = [s for s in samples if s[0] is not None]
     errors = [s[2] for s in samples if s[0] is None]
-    if good:
-        images = torch.stack([s[0] for s in good])  # type: ignore[misc]
-    else:
-        images = torch.empty(0, 1, 1, 1, dtype=torch.uint8)
+    empty = torch.empty(0, 1, 1, 1, dtype=torch.uint8)
+    images = torch.stack([s[0] for s in good]) if good else empty  # type: ignore[misc]
     targets = torch.tensor([s[1] for s in good], dtype=torch.long)
     indices = torch.tensor([s[3] for s in good], dtype=torch.long)
     return images, targets, errors, indices
@@ -179,12 +152,11 @@ def shard_loader(
     train: bool,
     seed: int,
 ) -> Any:
-    """A LitData ``StreamingDataLoader`` over ``<root>/<split>``.
+    """A LitData loader over ``<root>/<split>``.
 
-    Training shuffles (chunks, then items, reseeded each epoch) and, under DDP, lets LitData
-    trim every rank to the same number of batches (``drop_last``), which DDP's gradient sync
-    needs. Evaluation keeps every sample exactly once (``drop_last=False``): ranks may then
-    run different numbers of batches, which is safe without gradient sync.
+    Training shuffles and lets LitData trim every rank to the same number of batches, which
+    DDP's gradient sync needs. Evaluation keeps every sample once (``drop_last=False``): ranks
+    may run different numbers of batches, safe without gradient sync.
     """
     ld = litdata()
     dataset = ld.StreamingDataset(

@@ -1,9 +1,8 @@
 """``data=shards``: train from LitData shards written by ``scripts/make_shards.py``.
 
-Every rank streams its own chunks (LitData's sharding), each sample is decoded in a loader
-worker and goes through the stream path's transforms (``imgcls.data.streaming``), so a model
-trained here has the same ``DataSpec`` (with its ``eval_transform``), checkpoints, metrics,
-predict and export as one trained on the files with ``data.loading=stream``.
+Samples go through the stream path's transforms (``imgcls.data.streaming``), so a model trained
+here has the same ``DataSpec``, checkpoints, predict and export as one trained on the files
+with ``data.loading=stream``.
 """
 
 from __future__ import annotations
@@ -31,28 +30,11 @@ from imgcls.errors import DataError
 log = logging.getLogger(__name__)
 
 
-class ShardSplit:
-    """A split's size and location (the data itself stays in the shards)."""
-
-    def __init__(self, root: str, name: str, size: int) -> None:
-        self.root, self.name, self.size = root, name, int(size)
-
-    def __len__(self) -> int:
-        return self.size
-
-
 class ShardsDataModule(ImageDataModule):
     """Streams LitData shards (``<root>/meta.json`` + one folder per split).
 
-    Args:
-        root: shard root written by ``scripts/make_shards.py`` (local path or LitData URL;
-            ``meta.json`` must be readable locally).
-        on_decode_error: ``stop`` (error naming the sample) or ``skip`` (counted, logged).
-        stream: per-sample transforms, as ``data.stream`` of the file sources.
-        seed: shuffling seed (LitData reseeds it per epoch).
-        num_workers: loader worker processes per rank.
-        **kwargs: batch sizes, mean/std overrides (``ImageDataModule``); mean/std default to
-            the values measured when the shards were written.
+    ``stream`` as ``data.stream`` of the file sources; mean/std default to the values measured
+    when the shards were written.
     """
 
     def __init__(
@@ -69,24 +51,19 @@ class ShardsDataModule(ImageDataModule):
         self.root = str(root)
         self.stream_options = StreamOptions.from_config(stream)
         self.decode_errors = DecodeErrors(on_decode_error, f"shards {self.root}")
-        self.seed = int(seed)
-        self.loading_used = "stream"
-        self.meta: dict[str, Any] = {}
+        self.seed, self.loading_used = int(seed), "stream"
         self.stream_info: dict[str, Any] = {}
 
     def describe(self) -> str:
         return f"shards {self.root}"
 
     def load_splits(self) -> Splits:
-        self.meta = meta = read_meta(self.root)
+        meta = read_meta(self.root)
         self.class_names = tuple(str(c) for c in meta["class_names"])
         size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
         eval_desc = eval_transform_dict(self.stream_options, size)
-        self.stream_info = {
-            "channels": int(meta["channels"]),
-            "image_size": size,
-            "eval_transform": eval_desc,
-        }
+        self.stream_info = {"channels": int(meta["channels"]), "image_size": size}
+        self.stream_info["eval_transform"] = eval_desc
         if self._mean is None:
             self._mean, self._std = tuple(meta["mean"]), tuple(meta["std"])
         splits = Splits()
@@ -95,16 +72,13 @@ class ShardsDataModule(ImageDataModule):
                 raise DataError(
                     f"{self.describe()}: split folder {Path(self.root) / name} is missing"
                 )
-            splits[name] = ShardSplit(self.root, name, n)  # type: ignore[assignment]
+            splits[name] = range(int(n))  # type: ignore[assignment]  # the size; data in shards
         if "train" not in splits:
             raise DataError(f"{self.describe()} has no train split")
         log.info(
             "%s: %s; %d classes; %d loader workers per rank; eval %s",
-            self.describe(),
-            ", ".join(f"{s} {len(d)}" for s, d in splits.items()),
-            len(self.class_names),
-            self.num_workers,
-            eval_desc,
+            *(self.describe(), ", ".join(f"{s} {len(d)}" for s, d in splits.items())),
+            *(len(self.class_names), self.num_workers, eval_desc),
         )
         return splits
 
@@ -138,29 +112,18 @@ class ShardsDataModule(ImageDataModule):
             # share would leave ranks without data (and Lightning refuses empty loaders)
             share = len(self._split(name)) // (world * max(1, self.num_workers))
             batch_size = max(1, min(self.eval_batch_size, share))
-        loader = shard_loader(
-            self.root,
-            name,
-            ShardSample(self.stream_info["channels"], tf, name),
-            batch_size,
-            self.num_workers,
-            train,
-            self.seed,
-        )
-        if train:
-            per_rank = loader.dataset.get_len(self.num_workers, batch_size)
-            total = len(self._split(name))
-            if per_rank * world < total:
-                log.warning(
-                    "%s: %d of %d training samples per epoch (%d per rank): LitData gives every "
-                    "rank and worker whole chunks and trims them to equal length; the rest "
-                    "rotates between epochs (write ranks x workers x k chunks of equal size "
-                    "with make_shards.py --chunk-size to use all)",
-                    self.describe(),
-                    per_rank * world,
-                    total,
-                    per_rank,
-                )
+        sample = ShardSample(self.stream_info["channels"], tf, name)
+        args = (batch_size, self.num_workers, train, self.seed)
+        loader = shard_loader(self.root, name, sample, *args)
+        per_rank = loader.dataset.get_len(self.num_workers, batch_size) if train else 0
+        if train and per_rank * world < len(self._split(name)):
+            log.warning(
+                "%s: %d of %d training samples per epoch (%d per rank): LitData gives every "
+                "rank and worker whole chunks and trims them to equal length; the rest "
+                "rotates between epochs (write ranks x workers x k chunks of equal size "
+                "with make_shards.py --chunk-size to use all)",
+                *(self.describe(), per_rank * world, len(self._split(name)), per_rank),
+            )
         return loader
 
     def test_dataloader(self) -> DataLoader:

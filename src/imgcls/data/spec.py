@@ -9,27 +9,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a model must know about its data; stored in checkpoints as plain types.
-
-    Attributes:
-        num_classes: number of target classes.
-        in_channels: channels of the model input (1 grayscale, 3 RGB).
-        image_size: (height, width) of the model input.
-        class_names: class names in label-index order (predictions print these).
-        mean: per-channel normalization mean (input in [0, 1]).
-        std: per-channel normalization std.
-        eval_transform: how an eval/predict image becomes the model input before normalizing,
-            as plain data; ``None``: resized to ``image_size`` (the memory path). The stream
-            path records ``{"resize": [h, w] | shorter_side, "crop": [h, w], "interpolation",
-            "antialias"}`` (``imgcls.data.streaming.build_eval_transform`` applies it).
-    """
+    """What a model must know about its data; stored in checkpoints as plain types."""
 
     num_classes: int
     in_channels: int
-    image_size: tuple[int, int]
-    class_names: tuple[str, ...]
-    mean: tuple[float, ...]
+    image_size: tuple[int, int]  # (height, width) of the model input
+    class_names: tuple[str, ...]  # in label-index order
+    mean: tuple[float, ...]  # per channel, input in [0, 1]
     std: tuple[float, ...]
+    # how an eval/predict image becomes the model input, as plain data for
+    # ``streaming.build_eval_transform``; None: resized to image_size (the memory path)
     eval_transform: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -39,8 +28,7 @@ class DataSpec:
             raise ValueError(f"mean/std need {self.in_channels} values, got {self.mean}/{self.std}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataSpec:

@@ -28,7 +28,7 @@ from imgcls.data.spec import DataSpec
 from imgcls.data.streaming import describe_eval_transform, load_for_eval
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, ExportError, UserError
-from imgcls.tasks.predict import list_inputs
+from imgcls.tasks.predict_inputs import list_inputs
 from imgcls.tasks.run import apply_extras
 
 log = logging.getLogger(__name__)

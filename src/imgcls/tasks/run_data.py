@@ -1,29 +1,19 @@
 """Which data a checkpoint was trained on: what ``eval.py`` scores it on unless ``data=`` is given.
 
-Two places tell, tried in order:
-
-1. the run's composed config, ``<run dir>/.hydra/config.yaml`` beside ``<run dir>/checkpoints/``
-   (written by Hydra for every run of ``src/train.py``);
-2. the checkpoint's ``datamodule_hyper_parameters``: the resolved ``data`` config that the
-   builder stores in the datamodule's hparams (runs started without Hydra's run dir).
-
-What a checkpoint stores is data, not code: a data config stored in a checkpoint is used only
-when every ``_target_`` in it names one of this package's data classes (``imgcls.data.``). The
-run's ``.hydra/config.yaml`` is a config file like any other (it may name your own datamodule).
-``data=<source>`` or ``data._target_=...`` on the command line chooses the data instead.
+Tried in order: the run's ``.hydra/config.yaml`` beside its ``checkpoints/``, then the data
+config the builder stores in the checkpoint's ``datamodule_hyper_parameters`` (runs without
+Hydra's run dir). A checkpoint is data, not code: its stored config is used only when every
+``_target_`` names one of this package's data classes; the run's config file may name your own.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgcls.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 DATA_TARGET_PREFIX = "imgcls.data."
 
@@ -55,8 +45,7 @@ def _from_run_config(ckpt_path: Path) -> tuple[dict[str, Any], str] | None:
     if "data" not in stored:
         return None
     data = OmegaConf.to_container(stored.data, resolve=True)  # in the run's own paths
-    assert isinstance(data, dict)
-    return data, f"the checkpoint's run ({run_cfg})"
+    return data, f"the checkpoint's run ({run_cfg})"  # type: ignore[return-value]
 
 
 def _from_checkpoint(ckpt_path: Path) -> tuple[dict[str, Any], str] | None:
@@ -83,11 +72,8 @@ def _data_overrides() -> tuple[bool, list[str]]:
 
 
 def use_run_data(cfg: DictConfig) -> str:
-    """Point ``cfg.data`` at the checkpoint's own data unless ``data=`` was given; says which.
-
-    ``data.*`` overrides of the command apply on top of the stored config (batch sizes, ...).
-    Returns a sentence for the log naming where the data config came from.
-    """
+    """Point ``cfg.data`` at the checkpoint's own data unless ``data=`` was given (``data.*``
+    overrides apply on top); returns a sentence for the log naming where it came from."""
     explicit, dotted = _data_overrides()
     if explicit:
         return f"data config: data={cfg.data._target_} as given on the command line"

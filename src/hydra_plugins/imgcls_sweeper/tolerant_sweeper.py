@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from imgcls.sweeps.summary import describe_error
+from imgcls.sweeps.jobs import describe_error
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def write_job_status(config: DictConfig, job_return: JobReturn) -> Path:
     return out / STATUS_FILE
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):  # missing, or being written by a job right now
@@ -73,9 +73,9 @@ def _number(value: Any) -> float | None:
 
 
 def _read_job(d: Path, metric: str | None) -> JobRecord | None:
-    status = _read_json(d / STATUS_FILE)
+    status = read_json(d / STATUS_FILE)
     if status is not None:
-        metrics = _read_json(d / "metrics.json") or {}
+        metrics = read_json(d / "metrics.json") or {}
         value = _number(status.get("value"))
         if value is None and status.get("status") == "completed" and metric:
             value = _number(metrics.get("metrics", {}).get(metric))

@@ -68,23 +68,19 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def _read_job(d: Path, metric: str | None) -> JobRecord | None:
     status = read_json(d / STATUS_FILE)
     if status is not None:
         metrics = read_json(d / "metrics.json") or {}
-        value = _number(status.get("value"))
+        value = status.get("value")
         if value is None and status.get("status") == "completed" and metric:
-            value = _number(metrics.get("metrics", {}).get(metric))
+            value = metrics.get("metrics", {}).get(metric)
         note = metrics.get("test", "")
         return JobRecord(
             num=status.get("num"),
             status=status.get("status", "failed"),
             overrides=list(status.get("overrides", [])),
-            value=value,
+            value=float(value) if isinstance(value, (int, float)) else None,
             run_dir=str(d),
             error=status.get("error", ""),
             note=note if isinstance(note, str) else "",

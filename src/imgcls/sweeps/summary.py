@@ -132,13 +132,11 @@ def summarize(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
     scores = pd.Series([j.score for j in jobs], dtype=float)
     if scores.notna().any():
         jobs[int((sign * scores).idxmax())].best = True
-    results = sweep_dir / "optimization_results.yaml"
+    results, trials_file = sweep_dir / "optimization_results.yaml", sweep_dir / TRIALS_FILE
     optuna = OmegaConf.to_container(OmegaConf.load(results)) if results.is_file() else None
-    trials_file = sweep_dir / TRIALS_FILE
-    trials = None
-    if trials_file.is_file():
-        trials = pd.read_csv(trials_file, dtype=str, keep_default_na=False)
     optuna = optuna if isinstance(optuna, dict) else None
+    read = trials_file.is_file()
+    trials = pd.read_csv(trials_file, dtype=str, keep_default_na=False) if read else None
     return Summary(
         sweep_dir, metric, mode, jobs, _groups(jobs, sign), optuna, trials, _searched(sweep_dir)
     )
@@ -157,30 +155,18 @@ def _value_cell(job: JobRecord, metric: str | None, fmt: Any) -> str:
 
 def _common_overrides(jobs: list[JobRecord], searched: set[str]) -> list[str]:
     """Overrides every job shares (shown once); a searched key stays per row."""
-    if not jobs:
-        return []
-    others = jobs[1:]
-    return [
-        o
-        for o in jobs[0].overrides
-        if all(o in j.overrides for j in others) and _key(o) not in searched
-    ]
+    first, others = (jobs[0].overrides, jobs[1:]) if jobs else ([], [])
+    return [o for o in first if all(o in j.overrides for j in others) and _key(o) not in searched]
 
 
 def to_csv(summary: Summary) -> str:
-    rows = [
-        [
-            "" if j.num is None else j.num,
-            j.status,
-            int(j.best),
-            _value_cell(j, summary.metric, lambda v: repr(float(v))),
-            " ".join(j.overrides),
-            j.run_dir,
-            j.error,
-        ]
-        for j in summary.jobs
-    ]
-    return pd.DataFrame(rows, columns=JOB_COLUMNS).to_csv(index=False, lineterminator="\n")
+    def row(j: JobRecord) -> list[Any]:
+        value = _value_cell(j, summary.metric, lambda v: repr(float(v)))  # exact
+        num = "" if j.num is None else j.num
+        return [num, j.status, int(j.best), value, " ".join(j.overrides), j.run_dir, j.error]
+
+    table = pd.DataFrame([row(j) for j in summary.jobs], columns=JOB_COLUMNS)
+    return table.to_csv(index=False, lineterminator="\n")
 
 
 def seeds_to_csv(summary: Summary) -> str:
@@ -242,17 +228,10 @@ def _jobs_table(s: Summary, common: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["job", "status", s.label, "overrides", "run dir", "error"])
 
 
-def _trials_table(s: Summary) -> pd.DataFrame:
-    t = s.trials if s.trials is not None else pd.DataFrame()
+def _trials_table(t: pd.DataFrame, label: str) -> pd.DataFrame:
     values = [_fmt(float(v)) if v else "" for v in t["value"]]
-    return pd.DataFrame(
-        {
-            "trial": t["trial"],
-            "state": t["state"],
-            s.label: values,
-            "params": "`" + t["params"] + "`",
-        }
-    )
+    params = "`" + t["params"] + "`"
+    return pd.DataFrame({"trial": t["trial"], "state": t["state"], label: values, "params": params})
 
 
 def _groups_table(s: Summary, common: list[str]) -> pd.DataFrame:
@@ -271,7 +250,7 @@ def to_markdown(s: Summary) -> str:
     lines = _bullets(s, common) + _md_table(_jobs_table(s, common))
     if s.trials is not None and len(s.trials):
         title = f"## Every trial of the study ({len(s.trials)}, all runs on its storage)"
-        lines += ["", title] + _md_table(_trials_table(s))
+        lines += ["", title] + _md_table(_trials_table(s.trials, s.label))
     if s.has_seed_repeats:
         title = f"## Per configuration ({s.repeat_label}: mean ± std)"
         lines += ["", title] + _md_table(_groups_table(s, common))
@@ -290,11 +269,8 @@ def write_summary(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: job status files, a refreshed sweep table, non-zero exit on failures.
-
-    ``refresh_each_job``: rewrite the table after every job; ``fail_on_job_failure``: exit 1 at
-    the end of a sweep in which a job failed.
-    """
+    """Hydra callback: job status files, the table refreshed after each job (``refresh_each_job``),
+    exit 1 at the end of a sweep in which a job failed (``fail_on_job_failure``)."""
 
     def __init__(self, refresh_each_job: bool = True, fail_on_job_failure: bool = True) -> None:
         self.refresh_each_job = refresh_each_job

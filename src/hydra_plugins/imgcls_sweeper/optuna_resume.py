@@ -97,7 +97,5 @@ class ResumableOptunaSweeper(OptunaSweeper):
             log.info("resuming study with %d trials (sampler unseeded)", existing)
             return
         self.sweeper.sampler = instantiate(cfg, seed=int(seed) + existing)
-        log.info(
-            "resuming study %r with %d trials: trials numbered from %d, sampler seed %d + %d",
-            *(self.sweeper.study_name, existing, existing, int(seed), existing),
-        )
+        msg = "resuming study %r after trial %d: sampler seed %d + %d trials"
+        log.info(msg, self.sweeper.study_name, existing - 1, int(seed), existing)

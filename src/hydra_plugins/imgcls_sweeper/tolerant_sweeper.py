@@ -26,8 +26,7 @@ class TolerantSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context
-        params_conf = self._parse_config()
-        params_conf.extend(arguments)
+        params_conf = [*self._parse_config(), *arguments]
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(params_conf)
         self.overrides = self.split_arguments(overrides, self.max_batch_size)

@@ -1,15 +1,13 @@
 """A DDP job of a sweep runs in its own process group, so that a failing rank ends that job only.
 
-Lightning's subprocess launcher watches the ranks it starts and, when one exits non-zero,
-SIGKILLs them all *and its own main process*: in a multirun, the sweep (basic launcher) or the
-submitit worker. So a multirun job whose trainer starts rank processes runs as its own single run
-(the command ``imgcls.sweeps.multirun_ddp`` publishes) in a new session; then whatever is left
-of the group (a rank stuck in a collective) is killed, and the job returns its ``metrics.json``
-or raises :class:`JobProcessError` with the first error a rank recorded. SIGTERM/Ctrl+C sent to
-the sweep go to the job's group (which saves ``last.ckpt``) before the sweep stops.
+Lightning's subprocess launcher SIGKILLs every rank *and its own main process* (in a multirun: the
+sweep, or the submitit worker) when a rank fails. So such a job runs as its own single run (the
+command ``imgcls.sweeps.multirun_ddp`` publishes) in a new session, its leftover ranks are killed,
+and a failure is raised as :class:`JobProcessError` with the first error a rank recorded.
+SIGTERM/Ctrl+C to the sweep go to the job's group (which saves ``last.ckpt``) first.
 
-``extras.isolate_ddp_jobs``: ``auto`` (DDP jobs whose ranks Lightning starts itself; not under
-SLURM/torchrun, which start every rank), ``true`` (every job) or ``false``.
+``extras.isolate_ddp_jobs``: ``auto`` (jobs whose ranks Lightning starts; not SLURM/torchrun),
+``true`` (every job) or ``false``.
 """
 
 from __future__ import annotations
@@ -69,11 +67,10 @@ def _device_count(devices: Any, accelerator: str) -> int:
 
 def _ranks_started_externally() -> bool:
     """SLURM, torchrun or LSF start every rank: Lightning spawns nothing, observes nothing."""
-    from lightning.fabric.plugins import environments as envs
+    from lightning.fabric.plugins import environments as e
 
     return any(
-        e.detect()
-        for e in (envs.SLURMEnvironment, envs.TorchElasticEnvironment, envs.LSFEnvironment)
+        env.detect() for env in (e.SLURMEnvironment, e.TorchElasticEnvironment, e.LSFEnvironment)
     )
 
 
@@ -102,12 +99,9 @@ def should_isolate(cfg: DictConfig) -> bool:
     if text == "false" or not (text == "true" or launches_rank_processes(cfg.get("trainer"))):
         return False
     if current_job() is None:
-        log.warning(
-            "hydra.callbacks.multirun_ddp is not registered: this DDP job runs inside the sweep "
-            "process, and a failing rank can end the whole sweep"
-        )
-        return False
-    return True
+        msg = "hydra.callbacks.multirun_ddp is not registered: this DDP job runs inside the sweep"
+        log.warning("%s process, and a failing rank can end the whole sweep", msg)
+    return current_job() is not None
 
 
 def record_job_error(exc: BaseException) -> None:

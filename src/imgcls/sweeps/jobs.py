@@ -1,5 +1,5 @@
-"""A sweep's jobs as files: each job records its outcome in its own directory, the summary reads
-them back, so the table is the same whichever launcher (local, submitit, SLURM) ran the jobs."""
+"""A sweep's jobs as files: each records its outcome in its own directory and the summary reads
+them back, the same whichever launcher (local, submitit, SLURM) ran them."""
 
 from __future__ import annotations
 
@@ -31,17 +31,15 @@ class JobRecord:
 
     @property
     def score(self) -> float | None:
-        """The metric when it counts (completed, finite)."""
-        v = self.value
+        v = self.value  # counts when completed and finite
         return v if self.status == "completed" and v is not None and math.isfinite(v) else None
 
 
 def describe_error(error: BaseException) -> str:
     """``Type: message``; a job run as its own process names the error its rank recorded."""
     description = getattr(error, "description", None)
-    if isinstance(description, str) and description:
-        return description
-    return f"{type(error).__name__}: {error}"
+    ok = isinstance(description, str) and description
+    return description if ok else f"{type(error).__name__}: {error}"
 
 
 def write_job_status(config: DictConfig, job_return: JobReturn) -> Path:

@@ -51,37 +51,6 @@ _SWEEP_ONLY = (
 )
 
 
-def rank_command(
-    script: str,
-    task_overrides: Sequence[str],
-    hydra_overrides: Sequence[str],
-    output_dir: str,
-    config_dir: str | None,
-    config_name: str | None,
-    local_rank: int | None,
-    python: str = sys.executable,
-) -> list[str]:
-    """The command that runs DDP rank ``local_rank`` of one multirun job as a single run
-    (``None``: the job's own command; its rank 0 then starts the others)."""
-    cmd = [python, script]
-    if config_dir:
-        cmd.append(f"--config-path={config_dir}")
-    if config_name:
-        cmd.append(f"--config-name={config_name}")
-    cmd += list(task_overrides)
-    cmd += [o for o in hydra_overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
-    cmd.append(f'hydra.run.dir="{output_dir}"')
-    if local_rank is not None:
-        cmd.append(f"hydra.job.name=ddp_rank_{local_rank}")
-    cmd += [
-        # the sweep already saved the job's config; a rank must not overwrite it
-        "hydra.output_subdir=null",
-        # a config may switch to multirun itself (hparams_search); a rank is one run
-        "hydra.mode=RUN",
-    ]
-    return cmd
-
-
 def _script_of(task_function: TaskFunction) -> str:
     """The script defining ``task_function`` (unpickled by submitit, its code's file is
     ``<dynamic-code>``, but ``__file__`` is kept)."""
@@ -95,25 +64,45 @@ def _script_of(task_function: TaskFunction) -> str:
 
 
 def _main_config_dir(config: DictConfig) -> str | None:
-    for source in config.hydra.runtime.config_sources:
-        if source.provider == "main" and source.schema == "file":
-            return str(source.path)
-    return None
+    sources = config.hydra.runtime.config_sources
+    return next((str(s.path) for s in sources if s.provider == "main" and s.schema == "file"), None)
 
 
 @dataclass(frozen=True)
 class JobCommand:
+    """How to re-run one multirun job as a single run (see :func:`current_job`)."""
+
     script: str
-    task_overrides: tuple[str, ...]
-    hydra_overrides: tuple[str, ...]
+    task_overrides: Sequence[str]
+    hydra_overrides: Sequence[str]
     output_dir: str
     config_dir: str | None
     config_name: str | None
-    cwd: str
+    cwd: str = ""
 
-    def command(self, local_rank: int | None = None) -> list[str]:
-        fields = (self.script, self.task_overrides, self.hydra_overrides, self.output_dir)
-        return rank_command(*fields, self.config_dir, self.config_name, local_rank)
+    def command(self, local_rank: int | None = None, python: str = sys.executable) -> list[str]:
+        """DDP rank ``local_rank``'s command (``None``: the job's own; its rank 0 starts the rest)."""
+        cmd = [python, self.script]
+        if self.config_dir:
+            cmd.append(f"--config-path={self.config_dir}")
+        if self.config_name:
+            cmd.append(f"--config-name={self.config_name}")
+        cmd += list(self.task_overrides)
+        cmd += [o for o in self.hydra_overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
+        cmd.append(f'hydra.run.dir="{self.output_dir}"')
+        if local_rank is not None:
+            cmd.append(f"hydra.job.name=ddp_rank_{local_rank}")
+        cmd += [
+            # the sweep already saved the job's config; a rank must not overwrite it
+            "hydra.output_subdir=null",
+            # a config may switch to multirun itself (hparams_search); a rank is one run
+            "hydra.mode=RUN",
+        ]
+        return cmd
+
+
+def rank_command(*, local_rank: int | None, python: str = sys.executable, **job: Any) -> list[str]:
+    return JobCommand(**job).command(local_rank, python)
 
 
 _current_job: JobCommand | None = None

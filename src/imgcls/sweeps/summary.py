@@ -1,10 +1,8 @@
-"""One table per sweep: every job's status, overrides and ``optimized_metric``, best job marked.
+"""One table per sweep: every job's status, overrides and ``optimized_metric``, best job marked;
+seed and fold repeats as mean ± std per configuration; Optuna's best trial.
 
-A Hydra callback (``configs/hydra/default.yaml``): after every multirun job, wherever it ran, it
-records the job and refreshes the table, so a sweep that dies half-way keeps the table of its
-finished jobs; at the multirun's end it writes the final ``summary.csv`` / ``summary.md`` (seed
-and fold repeats as mean ± std per configuration, Optuna's best trial) and exits non-zero when a
-job failed.
+Refreshed after every job, wherever it ran, so a sweep that dies half-way keeps the table of the
+jobs that finished; a sweep in which a job failed exits non-zero.
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ class Summary:
     metric: str | None
     mode: str  # max | min
     jobs: list[JobRecord]
-    groups: pd.DataFrame  # one row per configuration: GROUP_COLUMNS, overrides, size
+    groups: pd.DataFrame  # one row per configuration: GROUP_COLUMNS, overrides
     optuna: dict[str, Any] | None = None
     trials: pd.DataFrame | None = None  # TRIALS_FILE, as strings
     searched: set[str] = field(default_factory=set)
@@ -66,7 +64,7 @@ class Summary:
 
     @property
     def has_seed_repeats(self) -> bool:
-        return bool((self.groups["size"] > 1).any())
+        return len(self.groups) < len(self.jobs)
 
     @property
     def repeat_label(self) -> str:
@@ -104,7 +102,6 @@ def _groups(jobs: list[JobRecord], sign: float) -> pd.DataFrame:
             std=("value", "std"),  # ddof 1
             jobs=("job", " ".join),
             overrides=("overrides", "first"),
-            size=("job", "size"),
         )
         .reset_index()
     )
@@ -115,8 +112,7 @@ def _groups(jobs: list[JobRecord], sign: float) -> pd.DataFrame:
 
 
 def _searched(sweep_dir: Path) -> set[str]:
-    """Keys the sweeper searches (a choice/range/interval): per-job values, never "overrides of
-    every job", even when every trial drew the same value."""
+    """Keys the sweeper searches: shown per job even when every trial drew the same value."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return set()
@@ -179,14 +175,12 @@ def seeds_to_csv(summary: Summary) -> str:
 
 def _md_table(table: pd.DataFrame) -> list[str]:
     # DataFrame.to_markdown needs `tabulate`, which is not a dependency: a GitHub table by hand.
-    def row(cells: Any) -> str:
-        return (
-            "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-        )
-
-    return ["", row(table.columns), "|" + "---|" * table.shape[1]] + [
-        row(r) for r in table.itertuples(index=False)
+    cells = [table.columns, *table.itertuples(index=False)]
+    rows = [
+        "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |"
+        for r in cells
     ]
+    return ["", rows[0], "|" + "---|" * table.shape[1], *rows[1:]]
 
 
 def _bullets(s: Summary, common: list[str]) -> list[str]:
@@ -204,15 +198,12 @@ def _bullets(s: Summary, common: list[str]) -> list[str]:
     if common and len(s.jobs) > 1:
         lines.append(f"- overrides of every job: `{' '.join(common)}`")
     if (best := s.best) is not None:
-        varying = [o for o in best.overrides if o not in common] or best.overrides
-        lines.append(
-            f"- best job: {best.num} ({s.label} = {_fmt(best.value)}): `{' '.join(varying)}`"
-        )
+        varying = " ".join([o for o in best.overrides if o not in common] or best.overrides)
+        lines.append(f"- best job: {best.num} ({s.label} = {_fmt(best.value)}): `{varying}`")
     if s.optuna:
         params = json.dumps(s.optuna.get("best_params", {}), sort_keys=True)
-        lines.append(
-            f"- Optuna best value: {_fmt(s.optuna.get('best_value'))}, best params: `{params}`"
-        )
+        value = _fmt(s.optuna.get("best_value"))
+        lines.append(f"- Optuna best value: {value}, best params: `{params}`")
     return lines
 
 
@@ -304,7 +295,5 @@ class SweepSummary(Callback):
                 log.info("%s", line)
         if summary.failed and self.fail_on_job_failure:
             nums = ", ".join(str(j.num) for j in summary.failed)
-            raise SystemExit(
-                f"error: {len(summary.failed)} of {len(summary.jobs)} jobs failed (job {nums}); "
-                f"see {sweep_dir / 'summary.md'}"
-            )
+            failed = f"{len(summary.failed)} of {len(summary.jobs)} jobs failed (job {nums})"
+            raise SystemExit(f"error: {failed}; see {sweep_dir / 'summary.md'}")

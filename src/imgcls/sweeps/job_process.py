@@ -1,13 +1,10 @@
 """A DDP job of a sweep runs in its own process group, so that a failing rank ends that job only.
 
-Lightning's subprocess launcher SIGKILLs every rank *and its own main process* (in a multirun: the
-sweep, or the submitit worker) when a rank fails. So such a job runs as its own single run (the
-command ``imgcls.sweeps.multirun_ddp`` publishes) in a new session, its leftover ranks are killed,
-and a failure is raised as :class:`JobProcessError` with the first error a rank recorded.
-SIGTERM/Ctrl+C to the sweep go to the job's group (which saves ``last.ckpt``) first.
-
-``extras.isolate_ddp_jobs``: ``auto`` (jobs whose ranks Lightning starts; not SLURM/torchrun),
-``true`` (every job) or ``false``.
+Lightning SIGKILLs every rank *and its own main process* (in a multirun: the sweep, or the
+submitit worker) when a rank fails. So such a job runs as its own single run in a new session;
+its leftover ranks are killed, a failure is raised with the first error a rank recorded, and
+SIGTERM/Ctrl+C to the sweep reach the job's group first (it saves ``last.ckpt``).
+``extras.isolate_ddp_jobs``: ``auto`` (jobs whose ranks Lightning starts), ``true`` or ``false``.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ log = logging.getLogger(__name__)
 
 ERROR_FILE_ENV = "IMGCLS_JOB_ERROR_FILE"
 ERROR_FILE = "job_error.json"
-# strategies whose ranks are not re-runs of the script (no child-process observer)
-_NOT_SCRIPT_LAUNCHED = ("spawn", "fork", "notebook", "single")
+_NOT_SCRIPT_LAUNCHED = ("spawn", "fork", "notebook", "single")  # no re-run script, no observer
 
 
 class JobProcessError(UserError):
@@ -178,8 +174,8 @@ def run_job_process(cfg: DictConfig) -> dict[str, float]:
     assert job is not None
     job_dir = Path(job.output_dir)
     error_file = job_dir / ERROR_FILE
-    error_file.unlink(missing_ok=True)
-    (job_dir / "metrics.json").unlink(missing_ok=True)
+    for stale in (error_file, job_dir / "metrics.json"):
+        stale.unlink(missing_ok=True)
     code, received = _run(job, {**os.environ, ERROR_FILE_ENV: str(error_file)})
     if received:
         names = ", ".join(signal.Signals(s).name for s in received)

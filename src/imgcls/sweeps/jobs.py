@@ -86,13 +86,10 @@ def _read_job(d: Path, metric: str | None) -> JobRecord | None:
     overrides = d / ".hydra" / "overrides.yaml"
     if (d / STATUS_FILE).is_file() or not overrides.is_file():
         return None
+    num = int(d.name) if d.name.isdigit() else None
+    error = "no job_status.json: the job is still running or was killed"
     return JobRecord(
-        num=int(d.name) if d.name.isdigit() else None,
-        status="incomplete",
-        overrides=[str(o) for o in OmegaConf.load(overrides)],
-        value=None,
-        run_dir=str(d),
-        error="no job_status.json: the job is still running or was killed",
+        num, "incomplete", [str(o) for o in OmegaConf.load(overrides)], None, str(d), error
     )
 
 

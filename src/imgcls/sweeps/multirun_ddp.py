@@ -1,14 +1,10 @@
 """Lightning DDP inside Hydra multirun jobs: one job, one run dir, no leftovers for the next job.
 
-Lightning's ``ddp`` strategy starts ranks 1..N-1 by re-running the script's command line, which
-in a multirun is the whole sweep (under submitit not even our script). And jobs sharing one
-process (Hydra's basic launcher) would inherit ``LOCAL_RANK``/``MASTER_PORT`` and an open process
-group from the previous DDP job, and wait forever for ranks "started externally".
-
-:class:`MultirunDDP` (a Hydra callback, ``configs/hydra/default.yaml``) makes each rank re-run
-*this job* as a single run in the job's directory, restores the environment and closes the
-process group when the job ends. It also publishes the job's single-run command
-(:func:`current_job`), which ``imgcls.sweeps.job_process`` runs in its own process group.
+Lightning starts ranks 1..N-1 by re-running the command line: in a multirun, the whole sweep. And
+jobs sharing a process (basic launcher) would inherit ``LOCAL_RANK``/``MASTER_PORT`` and an open
+process group, and wait forever for ranks "started externally". :class:`MultirunDDP` makes each
+rank re-run *this job* as a single run in the job's directory, restores the environment and
+closes the process group at the job's end, and publishes the job's command (:func:`current_job`).
 """
 
 from __future__ import annotations
@@ -81,7 +77,7 @@ class JobCommand:
     cwd: str = ""
 
     def command(self, local_rank: int | None = None, python: str = sys.executable) -> list[str]:
-        """DDP rank ``local_rank``'s command (``None``: the job's own; its rank 0 starts the rest)."""
+        """Rank ``local_rank``'s command (``None``: the job's own; its rank 0 starts the rest)."""
         cmd = [python, self.script]
         if self.config_dir:
             cmd.append(f"--config-path={self.config_dir}")
@@ -147,8 +143,7 @@ class MultirunDDP(Callback):
             except ImportError:
                 continue
             if not hasattr(module, _HOOK):
-                msg = "%s.%s not found (Lightning changed?): DDP ranks of multirun jobs re-run the sweep"
-                log.warning(msg, name, _HOOK)
+                log.warning("%s.%s not found: DDP ranks will re-run the whole sweep", name, _HOOK)
                 continue
             self._saved_hooks[name] = getattr(module, _HOOK)
             setattr(module, _HOOK, command)

@@ -143,7 +143,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _value_cell(job: JobRecord, metric: str | None, fmt: Any) -> str:
-    """The job's metric, or why a ``test/*`` metric has no value."""
+    """The job's metric, or why a ``test/*`` metric has none."""
     if job.value is None:
         return job.note if str(metric or "").startswith("test/") else ""
     return fmt(job.value)

@@ -82,13 +82,12 @@ class ResumableOptunaSweeper(OptunaSweeper):
         if existing:
             impl.job_idx = existing  # job numbers = the study's trial numbers
             self._reseed(existing)
-        result = impl.sweep(arguments)
+        impl.sweep(arguments)
         study = _load_study(impl.storage, impl.study_name)
         if study is not None and study.trials:  # in memory: this sweep's jobs are all the trials
             path = Path(impl.sweep_dir) / TRIALS_FILE
             atomic_write_text(path, trials_table(study).to_csv(index=False, lineterminator="\n"))
             log.info("all %d trials of study %r: %s", len(study.trials), study.study_name, path)
-        return result
 
     def _reseed(self, existing: int) -> None:
         cfg = self.sampler_config

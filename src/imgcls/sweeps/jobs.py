@@ -38,8 +38,9 @@ class JobRecord:
 def describe_error(error: BaseException) -> str:
     """``Type: message``; a job run as its own process names the error its rank recorded."""
     description = getattr(error, "description", None)
-    ok = isinstance(description, str) and description
-    return description if ok else f"{type(error).__name__}: {error}"
+    if isinstance(description, str) and description:
+        return description
+    return f"{type(error).__name__}: {error}"
 
 
 def write_job_status(config: DictConfig, job_return: JobReturn) -> Path:

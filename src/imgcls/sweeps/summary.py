@@ -128,13 +128,12 @@ def summarize(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
     scores = pd.Series([j.score for j in jobs], dtype=float)
     if scores.notna().any():
         jobs[int((sign * scores).idxmax())].best = True
-    results, trials_file = sweep_dir / "optimization_results.yaml", sweep_dir / TRIALS_FILE
-    optuna = OmegaConf.to_container(OmegaConf.load(results)) if results.is_file() else None
-    optuna = optuna if isinstance(optuna, dict) else None
-    read = trials_file.is_file()
-    trials = pd.read_csv(trials_file, dtype=str, keep_default_na=False) if read else None
+    results, trials = sweep_dir / "optimization_results.yaml", sweep_dir / TRIALS_FILE
+    loaded = OmegaConf.to_container(OmegaConf.load(results)) if results.is_file() else None
+    optuna = {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else None
+    table = pd.read_csv(trials, dtype=str, keep_default_na=False) if trials.is_file() else None
     return Summary(
-        sweep_dir, metric, mode, jobs, _groups(jobs, sign), optuna, trials, _searched(sweep_dir)
+        sweep_dir, metric, mode, jobs, _groups(jobs, sign), optuna, table, _searched(sweep_dir)
     )
 
 

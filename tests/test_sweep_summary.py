@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.sweeps.jobs import STATUS_FILE
+from imgcls.sweeps.jobs import STATUS_FILE, TRIALS_FILE
 from imgcls.sweeps.multirun_ddp import rank_command
 from imgcls.sweeps.summary import summarize, write_summary
 
@@ -137,3 +137,31 @@ def test_jobs_without_a_labeled_test_split_say_so(tmp_path: Path) -> None:
     md = (tmp_path / "summary.md").read_text()
     assert "- test/*: none, no labeled test split in job(s) 0" in md
     assert "| 0 | completed | no labeled test split | `data=csv` |" in md
+
+
+def test_optuna_trials_table_is_the_studys(tmp_path: Path) -> None:
+    """optuna_trials.csv (from trials_dataframe) holds the study's values and params exactly."""
+    optuna = pytest.importorskip("optuna")
+    from hydra_plugins.imgcls_sweeper.optuna_resume import trials_table
+
+    def objective(trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number % 2:
+            trial.suggest_int("k", 1, 3)  # drawn by some trials only: stays an int
+        return x
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=4)
+    (tmp_path / TRIALS_FILE).write_text(trials_table(study).to_csv(index=False))
+    rows = _rows(tmp_path / TRIALS_FILE)
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 4
+    assert [float(r["value"]) for r in rows] == [t.value for t in study.trials]
+    assert [r["params"] for r in rows] == [
+        json.dumps(t.params, sort_keys=True) for t in study.trials
+    ]
+    _job(tmp_path, 0, ["x=0.5"], 0.5)
+    write_summary(tmp_path, "val/acc", "max")
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Every trial of the study (4, all runs on its storage)" in md
+    assert f"| 1 | COMPLETE | {study.trials[1].value:.5g} | `{rows[1]['params']}` |" in md

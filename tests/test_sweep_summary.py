@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
+import pytest
+
+from imgcls.sweeps.jobs import STATUS_FILE, TRIALS_FILE
 from imgcls.sweeps.multirun_ddp import rank_command
-from imgcls.sweeps.summary import STATUS_FILE, summarize, write_summary
+from imgcls.sweeps.summary import summarize, write_summary
 
 
 def _job(sweep: Path, num: int, overrides: list[str], value: float | None, error: str = "") -> None:
@@ -42,21 +46,27 @@ def test_seed_repeats_are_summarized_per_configuration(tmp_path: Path) -> None:
     assert [r["status"] for r in jobs] == ["completed"] * 3 + ["failed", "completed"]
     assert [r["best"] for r in jobs] == ["0", "0", "1", "0", "0"]  # the single best job
     assert jobs[3]["error"] == "ConfigError: bad"
+    # the jobs' own values, exactly (repr round-trips); a failed job has none
+    assert [r["optimized_metric"] for r in jobs] == ["0.9", "0.8", "0.95", "", "0.55"]
+    assert [r["overrides"] for r in jobs][3] == "model=mlp seed=2"
 
     groups = _rows(tmp_path / "summary_seeds.csv")
     assert [g["configuration"] for g in groups] == ["model=lenet", "model=mlp"]
     lenet, mlp = groups
     assert (lenet["n"], lenet["failed"], lenet["jobs"]) == ("2", "0", "0 1")
-    assert abs(float(lenet["mean"]) - 0.85) < 1e-9
-    assert abs(float(lenet["std"]) - 0.0707107) < 1e-6  # sample std of 0.9, 0.8
-    assert (mlp["n"], mlp["failed"]) == ("2", "1")
-    assert abs(float(mlp["mean"]) - 0.75) < 1e-9
+    assert float(lenet["mean"]) == pytest.approx(statistics.fmean([0.9, 0.8]), rel=1e-15)
+    assert float(lenet["std"]) == pytest.approx(statistics.stdev([0.9, 0.8]), rel=1e-12)
+    assert (mlp["n"], mlp["failed"], mlp["jobs"]) == ("2", "1", "2 3 4")
+    assert float(mlp["mean"]) == pytest.approx(statistics.fmean([0.95, 0.55]), rel=1e-15)
+    assert float(mlp["std"]) == pytest.approx(statistics.stdev([0.95, 0.55]), rel=1e-12)
     # the best configuration is the best mean, not the configuration of the best single job
     assert (lenet["best"], mlp["best"]) == ("1", "0")
 
     md = (tmp_path / "summary.md").read_text()
     assert "| `model=lenet` ★ | 2 | 0.85 ± 0.071 | 0 | 0, 1 |" in md
     assert "- jobs: 5, completed 4, failed 1" in md
+    assert "- best job: 2 (val/acc_best = 0.95): `model=mlp seed=1`" in md
+    assert "| 3 | failed |  | `model=mlp seed=2` | [3](3) | ConfigError: bad |" in md
     assert summary.best is not None and summary.best.num == 2
 
 
@@ -78,6 +88,7 @@ def test_minimized_metric_and_unfinished_jobs(tmp_path: Path) -> None:
     assert summary.jobs[2].overrides == ["lr=0.3"]
     assert [j.num for j in summary.failed] == [2]
     assert not summary.has_seed_repeats
+    assert [j.value for j in summary.jobs] == [0.30, 0.20, None]
 
 
 def test_ddp_rank_reruns_the_job_not_the_sweep() -> None:
@@ -126,3 +137,31 @@ def test_jobs_without_a_labeled_test_split_say_so(tmp_path: Path) -> None:
     md = (tmp_path / "summary.md").read_text()
     assert "- test/*: none, no labeled test split in job(s) 0" in md
     assert "| 0 | completed | no labeled test split | `data=csv` |" in md
+
+
+def test_optuna_trials_table_is_the_studys(tmp_path: Path) -> None:
+    """optuna_trials.csv (from trials_dataframe) holds the study's values and params exactly."""
+    optuna = pytest.importorskip("optuna")
+    from hydra_plugins.imgcls_sweeper.optuna_resume import trials_table
+
+    def objective(trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number % 2:
+            trial.suggest_int("k", 1, 3)  # drawn by some trials only: stays an int
+        return x
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=4)
+    (tmp_path / TRIALS_FILE).write_text(trials_table(study).to_csv(index=False))
+    rows = _rows(tmp_path / TRIALS_FILE)
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 4
+    assert [float(r["value"]) for r in rows] == [t.value for t in study.trials]
+    assert [r["params"] for r in rows] == [
+        json.dumps(t.params, sort_keys=True) for t in study.trials
+    ]
+    _job(tmp_path, 0, ["x=0.5"], 0.5)
+    write_summary(tmp_path, "val/acc", "max")
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Every trial of the study (4, all runs on its storage)" in md
+    assert f"| 1 | COMPLETE | {study.trials[1].value:.5g} | `{rows[1]['params']}` |" in md

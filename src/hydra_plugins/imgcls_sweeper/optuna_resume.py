@@ -1,27 +1,26 @@
 """Hydra's Optuna sweeper, made to continue a study it resumes from storage.
 
-With ``hydra.sweeper.storage`` set, a rerun loads the study (``load_if_exists``), but the stock
-sweeper (hydra-optuna-sweeper 1.3, optuna 2.10) then:
-
-- restarts its seeded sampler, so the new trials replay the first run's parameters;
-- numbers the new jobs 0, 1, ... again, while the study numbers the trials on.
-
-This subclass reseeds the sampler with ``seed + existing trials`` (a new, still reproducible
-stream), numbers the jobs by the study's trial numbers, and writes ``optuna_trials.csv`` at the
-sweep root: every trial of the study, from every run, in one table (the sweep summary shows it).
+With ``hydra.sweeper.storage`` set, a rerun loads the study, but the stock sweeper
+(hydra-optuna-sweeper 1.3, optuna 2.10) restarts its seeded sampler (the new trials replay the
+first run's parameters) and numbers the new jobs from 0 again. This subclass reseeds the
+sampler with ``seed + existing trials``, numbers the jobs by the study's trial numbers, and
+writes every trial of the study, from every run, to ``optuna_trials.csv`` at the sweep root.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from imgcls.sweeps.jobs import TRIALS_FILE
+from imgcls.utils.files import atomic_write_text
 
 try:
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
@@ -29,8 +28,6 @@ except ImportError:  # no `sweep` extra (make train): Hydra's plugin scan must n
     OptunaSweeper = object  # type: ignore[misc,assignment]  # not a Plugin: Hydra skips the class
 
 log = logging.getLogger(__name__)
-
-TRIALS_FILE = "optuna_trials.csv"
 
 
 def _load_study(storage: Any, study_name: str | None) -> Any | None:
@@ -51,6 +48,23 @@ def _make_sqlite_folder(storage: Any) -> None:
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
 
 
+def trials_table(study: Any) -> pd.DataFrame:
+    """Optuna's ``trials_dataframe`` as our columns: trial, state, value, params (JSON), started."""
+    df = study.trials_dataframe(attrs=("number", "state", "value", "datetime_start"))
+    return pd.DataFrame(
+        {
+            "trial": df["number"],
+            "state": df["state"],
+            "value": [repr(float(v)) if pd.notna(v) else "" for v in df["value"]],
+            # the frame's params_* columns would turn an int drawn by some trials only into float
+            "params": [json.dumps(t.params, sort_keys=True) for t in study.trials],
+            "started": [
+                d.isoformat(timespec="seconds") if pd.notna(d) else "" for d in df["datetime_start"]
+            ],
+        }
+    )
+
+
 class ResumableOptunaSweeper(OptunaSweeper):
     """``OptunaSweeper`` that continues a study loaded from storage (see the module doc)."""
 
@@ -68,9 +82,12 @@ class ResumableOptunaSweeper(OptunaSweeper):
         if existing:
             impl.job_idx = existing  # job numbers = the study's trial numbers
             self._reseed(existing)
-        result = impl.sweep(arguments)
-        self._write_trials(Path(impl.sweep_dir))
-        return result
+        impl.sweep(arguments)
+        study = _load_study(impl.storage, impl.study_name)
+        if study is not None and study.trials:  # in memory: this sweep's jobs are all the trials
+            path = Path(impl.sweep_dir) / TRIALS_FILE
+            atomic_write_text(path, trials_table(study).to_csv(index=False, lineterminator="\n"))
+            log.info("all %d trials of study %r: %s", len(study.trials), study.study_name, path)
 
     def _reseed(self, existing: int) -> None:
         cfg = self.sampler_config
@@ -79,36 +96,5 @@ class ResumableOptunaSweeper(OptunaSweeper):
             log.info("resuming study with %d trials (sampler unseeded)", existing)
             return
         self.sweeper.sampler = instantiate(cfg, seed=int(seed) + existing)
-        log.info(
-            "resuming study %r with %d trials: trials numbered from %d, sampler seed %d + %d",
-            self.sweeper.study_name,
-            existing,
-            existing,
-            int(seed),
-            existing,
-        )
-
-    def _write_trials(self, sweep_dir: Path) -> None:
-        study = _load_study(self.sweeper.storage, self.sweeper.study_name)
-        if study is None:  # in memory: this sweep's jobs are all the trials
-            return
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        with open(sweep_dir / TRIALS_FILE, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["trial", "state", "value", "params", "started"])
-            for t in study.trials:
-                w.writerow(
-                    [
-                        t.number,
-                        t.state.name,
-                        "" if t.value is None else repr(float(t.value)),
-                        json.dumps(t.params, sort_keys=True),
-                        t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else "",
-                    ]
-                )
-        log.info(
-            "all %d trials of study %r: %s",
-            len(study.trials),
-            study.study_name,
-            sweep_dir / TRIALS_FILE,
-        )
+        msg = "resuming study %r after trial %d: sampler seed %d + %d trials"
+        log.info(msg, self.sweeper.study_name, existing - 1, int(seed), existing)

@@ -1,21 +1,10 @@
 """A DDP job of a sweep runs in its own process group, so that a failing rank ends that job only.
 
-Lightning's subprocess launcher starts ranks 1..N-1 from rank 0 and watches them from a
-thread: when one exits non-zero it SIGKILLs them all *and its own main process*. In a
-multirun that main process would be the sweep (with Hydra's basic launcher) or the submitit
-worker, so one diverging job took the sweep down and orphaned the next job's ranks.
-
-Instead, a multirun job whose trainer starts rank processes runs as its own single run
-(``python src/train.py <job overrides> hydra.run.dir=<job dir>``, the command published by
-``imgcls.sweeps.multirun_ddp``) in a new session. The job process waits for it, then kills
-whatever is left of that process group (a rank stuck in a collective), and returns the job's
-metrics from ``metrics.json`` or raises :class:`JobProcessError` with the first error a rank
-recorded in ``job_error.json``. The sweep goes on; the summary lists the job as failed.
-SIGTERM/Ctrl+C sent to the sweep are forwarded to the job's group (which saves
-``last.ckpt``) before the sweep stops with the same exit code.
-
-``extras.isolate_ddp_jobs``: ``auto`` (DDP jobs whose ranks Lightning starts itself; not
-under SLURM/torchrun, which start every rank themselves), ``true`` (every job) or ``false``.
+Lightning SIGKILLs every rank *and its own main process* (in a multirun: the sweep, or the
+submitit worker) when a rank fails. So such a job runs as its own single run in a new session;
+its leftover ranks are killed, a failure is raised with the first error a rank recorded, and
+SIGTERM/Ctrl+C to the sweep reach the job's group first (it saves ``last.ckpt``).
+``extras.isolate_ddp_jobs``: ``auto`` (jobs whose ranks Lightning starts), ``true`` or ``false``.
 """
 
 from __future__ import annotations
@@ -35,14 +24,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from imgcls.checkpointing.fit_guard import SIGTERM_EXIT_CODE
 from imgcls.errors import ConfigError, UserError, find_user_error
+from imgcls.sweeps.jobs import read_json
 from imgcls.sweeps.multirun_ddp import JobCommand, current_job
 
 log = logging.getLogger(__name__)
 
 ERROR_FILE_ENV = "IMGCLS_JOB_ERROR_FILE"
 ERROR_FILE = "job_error.json"
-# strategies whose ranks are not re-runs of the script (no child-process observer)
-_NOT_SCRIPT_LAUNCHED = ("spawn", "fork", "notebook", "single")
+_NOT_SCRIPT_LAUNCHED = ("spawn", "fork", "notebook", "single")  # no re-run script, no observer
 
 
 class JobProcessError(UserError):
@@ -57,7 +46,6 @@ class JobProcessError(UserError):
         return (type(self), (self.description, self.detail))
 
 
-# -- which jobs -------------------------------------------------------------------------------
 def _device_count(devices: Any, accelerator: str) -> int:
     if isinstance(devices, list | tuple | ListConfig):
         return len(devices)
@@ -70,21 +58,16 @@ def _device_count(devices: Any, accelerator: str) -> int:
         return max(1, torch.cuda.device_count())
     if "," in text:
         return len([t for t in text.split(",") if t.strip()])
-    try:
-        return int(text)
-    except ValueError:
-        return 1
+    return int(text) if text.isdigit() else 1
 
 
 def _ranks_started_externally() -> bool:
     """SLURM, torchrun or LSF start every rank: Lightning spawns nothing, observes nothing."""
-    from lightning.fabric.plugins.environments import (
-        LSFEnvironment,
-        SLURMEnvironment,
-        TorchElasticEnvironment,
-    )
+    from lightning.fabric.plugins import environments as e
 
-    return any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment))
+    return any(
+        env.detect() for env in (e.SLURMEnvironment, e.TorchElasticEnvironment, e.LSFEnvironment)
+    )
 
 
 def launches_rank_processes(trainer: DictConfig | None) -> bool:
@@ -92,10 +75,9 @@ def launches_rank_processes(trainer: DictConfig | None) -> bool:
     if trainer is None:
         return False
     strategy = trainer.get("strategy", "auto")
+    name = str(strategy)
     if isinstance(strategy, DictConfig):
         name = f"{strategy.get('_target_', '')} {strategy.get('start_method', '')}"
-    else:
-        name = str(strategy)
     if any(k in name.lower() for k in _NOT_SCRIPT_LAUNCHED):
         return False
     accelerator = str(trainer.get("accelerator", "auto")).lower()
@@ -113,15 +95,11 @@ def should_isolate(cfg: DictConfig) -> bool:
     if text == "false" or not (text == "true" or launches_rank_processes(cfg.get("trainer"))):
         return False
     if current_job() is None:
-        log.warning(
-            "hydra.callbacks.multirun_ddp is not registered: this DDP job runs inside the sweep "
-            "process, and a failing rank can end the whole sweep"
-        )
-        return False
-    return True
+        msg = "hydra.callbacks.multirun_ddp is not registered: this DDP job runs inside the sweep"
+        log.warning("%s process, and a failing rank can end the whole sweep", msg)
+    return current_job() is not None
 
 
-# -- the job's process ----------------------------------------------------------------------
 def record_job_error(exc: BaseException) -> None:
     """In a job's own process (any rank): keep the first error for the job process to report."""
     path = os.environ.get(ERROR_FILE_ENV)
@@ -129,25 +107,16 @@ def record_job_error(exc: BaseException) -> None:
         return
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    text = json.dumps(
-        {
-            "error": f"{type(exc).__name__}: {exc}",
-            "rank": int(getattr(rank_zero_only, "rank", 0)),
-            "pid": os.getpid(),
-        }
-    )
-    # Written whole, then linked into place: the first rank that failed names the cause (the
-    # others only followed it), and a rank killed half-way never leaves a truncated file.
+    rank = int(getattr(rank_zero_only, "rank", 0))
+    text = json.dumps({"error": f"{type(exc).__name__}: {exc}", "rank": rank, "pid": os.getpid()})
+    # Not atomic_write_text (which replaces): written whole, then linked, so the first rank that
+    # failed names the cause (the others only followed it) and no file is ever half-written.
     tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
+    with contextlib.suppress(OSError):
+        Path(tmp).write_text(text)
         os.link(tmp, path)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -192,28 +161,21 @@ def _failure(code: int, job_dir: Path) -> JobProcessError:
     log_file = job_dir / "train.log"
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
     detail = f"the job's process {how}; its log: {log_file}"
-    try:
-        recorded = json.loads((job_dir / ERROR_FILE).read_text())
-    except (OSError, ValueError):
-        recorded = None
+    recorded = read_json(job_dir / ERROR_FILE)
     if recorded and recorded.get("error"):
         return JobProcessError(str(recorded["error"]), f"rank {recorded.get('rank')}; {detail}")
     return JobProcessError(f"DDP job failed: {how}", f"see {log_file}")
 
 
 def run_job_process(cfg: DictConfig) -> dict[str, float]:
-    """Run the current multirun job in its own process group; its final metrics.
-
-    Raises:
-        JobProcessError: the job failed (the sweep records it and goes on).
-        SystemExit / KeyboardInterrupt: the sweep itself was told to stop.
-    """
+    """The job's final metrics; ``JobProcessError`` when it failed (the sweep goes on),
+    ``SystemExit``/``KeyboardInterrupt`` when the sweep itself was told to stop."""
     job = current_job()
     assert job is not None
     job_dir = Path(job.output_dir)
     error_file = job_dir / ERROR_FILE
-    error_file.unlink(missing_ok=True)
-    (job_dir / "metrics.json").unlink(missing_ok=True)
+    for stale in (error_file, job_dir / "metrics.json"):
+        stale.unlink(missing_ok=True)
     code, received = _run(job, {**os.environ, ERROR_FILE_ENV: str(error_file)})
     if received:
         names = ", ".join(signal.Signals(s).name for s in received)
@@ -224,21 +186,16 @@ def run_job_process(cfg: DictConfig) -> dict[str, float]:
         raise SystemExit(SIGTERM_EXIT_CODE)
     if code != 0:
         raise _failure(code, job_dir)
-    try:
-        summary = json.loads((job_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        raise JobProcessError(
-            "DDP job wrote no metrics.json", f"see {job_dir / 'train.log'}"
-        ) from None
+    summary = read_json(job_dir / "metrics.json")
+    if summary is None:
+        raise JobProcessError("DDP job wrote no metrics.json", f"see {job_dir / 'train.log'}")
     return {k: float(v) for k, v in summary.get("metrics", {}).items()}
 
 
 @contextlib.contextmanager
 def stop_ranks_on_error(trainer: Any) -> Iterator[None]:
-    """When rank 0 fails, end the rank processes it started (they would wait for it forever).
-
-    Lightning does so for Ctrl+C only; SIGTERM stops every rank by itself (``SigtermAgreement``).
-    """
+    """When rank 0 fails, end the rank processes it started (they would wait for it forever):
+    Lightning does so for Ctrl+C only (SIGTERM stops every rank by itself)."""
     try:
         yield
     except SystemExit:

@@ -1,21 +1,10 @@
 """Lightning DDP inside Hydra multirun jobs: one job, one run dir, no leftovers for the next job.
 
-Lightning's ``ddp`` strategy starts ranks 1..N-1 by re-running the script with its original
-command line. In a multirun that command line is the whole sweep (``-m a=1,2 b=3,4``; under
-submitit it is not even our script), so every rank would start its own sweep in a new
-directory. And when the jobs share one process (Hydra's basic launcher), the first DDP job
-leaves ``LOCAL_RANK``/``MASTER_PORT`` in the environment and its process group open: the next
-job then believes its ranks were started externally and waits for them forever.
-
-:class:`MultirunDDP` (a Hydra callback, registered in ``configs/hydra/default.yaml``) makes
-each rank re-run *this job* instead (its overrides, single-run mode, ``hydra.run.dir`` = the
-job's directory: the same run dir as rank 0, exactly as in a single DDP run), and restores
-the environment and closes the process group when the job ends.
-
-It also publishes the job's single-run command (:func:`current_job`): a DDP job of a sweep
-runs as that command in its own process group (``imgcls.sweeps.job_process``), so that
-Lightning's child-process observer, which SIGKILLs its main process when a rank fails, can
-only end that job and never the sweep.
+Lightning starts ranks 1..N-1 by re-running the command line: in a multirun, the whole sweep. And
+jobs sharing a process (basic launcher) would inherit ``LOCAL_RANK``/``MASTER_PORT`` and an open
+process group, and wait forever for ranks "started externally". :class:`MultirunDDP` makes each
+rank re-run *this job* as a single run in the job's directory, restores the environment and
+closes the process group at the job's end, and publishes the job's command (:func:`current_job`).
 """
 
 from __future__ import annotations
@@ -44,7 +33,7 @@ _LAUNCHER_MODULES = (
 )
 _HOOK = "_hydra_subprocess_cmd"
 
-# Hydra overrides that belong to the sweep, not to the job a rank re-runs.
+# Hydra overrides that belong to the sweep, not to the job a rank re-runs
 _SWEEP_ONLY = (
     "hydra.mode",
     "hydra.run.",
@@ -58,44 +47,9 @@ _SWEEP_ONLY = (
 )
 
 
-def rank_command(
-    script: str,
-    task_overrides: Sequence[str],
-    hydra_overrides: Sequence[str],
-    output_dir: str,
-    config_dir: str | None,
-    config_name: str | None,
-    local_rank: int | None,
-    python: str = sys.executable,
-) -> list[str]:
-    """The command that runs DDP rank ``local_rank`` of one multirun job as a single run.
-
-    ``local_rank=None``: the job's own single-run command (its rank 0 then starts the others).
-    """
-    cmd = [python, script]
-    if config_dir:
-        cmd.append(f"--config-path={config_dir}")
-    if config_name:
-        cmd.append(f"--config-name={config_name}")
-    cmd += list(task_overrides)
-    cmd += [o for o in hydra_overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
-    cmd += [
-        f'hydra.run.dir="{output_dir}"',
-    ]
-    if local_rank is not None:
-        cmd.append(f"hydra.job.name=ddp_rank_{local_rank}")
-    cmd += [
-        # the sweep already saved the job's config; a rank must not overwrite it
-        "hydra.output_subdir=null",
-        # a config may switch to multirun itself (hparams_search); a rank is one run
-        "hydra.mode=RUN",
-    ]
-    return cmd
-
-
 def _script_of(task_function: TaskFunction) -> str:
-    """The entry script that defines ``task_function`` (also when submitit unpickled it:
-    cloudpickle renames the code's file to ``<dynamic-code>`` but keeps ``__file__``)."""
+    """The script defining ``task_function`` (unpickled by submitit, its code's file is
+    ``<dynamic-code>``, but ``__file__`` is kept)."""
     candidates = [getattr(task_function, "__globals__", {}).get("__file__")]
     with contextlib.suppress(TypeError):
         candidates.append(inspect.getsourcefile(task_function))
@@ -106,41 +60,52 @@ def _script_of(task_function: TaskFunction) -> str:
 
 
 def _main_config_dir(config: DictConfig) -> str | None:
-    for source in config.hydra.runtime.config_sources:
-        if source.provider == "main" and source.schema == "file":
-            return str(source.path)
-    return None
+    sources = config.hydra.runtime.config_sources
+    return next((str(s.path) for s in sources if s.provider == "main" and s.schema == "file"), None)
 
 
 @dataclass(frozen=True)
 class JobCommand:
-    """How to re-run the current multirun job as a single run (see :func:`current_job`)."""
+    """How to re-run one multirun job as a single run (see :func:`current_job`)."""
 
     script: str
-    task_overrides: tuple[str, ...]
-    hydra_overrides: tuple[str, ...]
+    task_overrides: Sequence[str]
+    hydra_overrides: Sequence[str]
     output_dir: str
     config_dir: str | None
     config_name: str | None
-    cwd: str
+    cwd: str = ""
 
-    def command(self, local_rank: int | None = None) -> list[str]:
-        return rank_command(
-            self.script,
-            self.task_overrides,
-            self.hydra_overrides,
-            self.output_dir,
-            self.config_dir,
-            self.config_name,
-            local_rank,
-        )
+    def command(self, local_rank: int | None = None, python: str = sys.executable) -> list[str]:
+        """Rank ``local_rank``'s command (``None``: the job's own; its rank 0 starts the rest)."""
+        cmd = [python, self.script]
+        if self.config_dir:
+            cmd.append(f"--config-path={self.config_dir}")
+        if self.config_name:
+            cmd.append(f"--config-name={self.config_name}")
+        cmd += list(self.task_overrides)
+        cmd += [o for o in self.hydra_overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
+        cmd.append(f'hydra.run.dir="{self.output_dir}"')
+        if local_rank is not None:
+            cmd.append(f"hydra.job.name=ddp_rank_{local_rank}")
+        cmd += [
+            # the sweep already saved the job's config; a rank must not overwrite it
+            "hydra.output_subdir=null",
+            # a config may switch to multirun itself (hparams_search); a rank is one run
+            "hydra.mode=RUN",
+        ]
+        return cmd
+
+
+def rank_command(*, local_rank: int | None, python: str = sys.executable, **job: Any) -> list[str]:
+    return JobCommand(**job).command(local_rank, python)
 
 
 _current_job: JobCommand | None = None
 
 
 def current_job() -> JobCommand | None:
-    """The multirun job running in this process (``None`` outside a multirun job)."""
+    """The multirun job running in this process (``None`` outside one)."""
     return _current_job
 
 
@@ -156,10 +121,10 @@ class MultirunDDP(Callback):
     ) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        self._saved_env = dict(os.environ)
         global _current_job
+        self._saved_env = dict(os.environ)
         hydra = config.hydra
-        job = JobCommand(
+        job = _current_job = JobCommand(
             script=_script_of(task_function),
             task_overrides=tuple(hydra.overrides.task),
             hydra_overrides=tuple(hydra.overrides.hydra),
@@ -168,7 +133,6 @@ class MultirunDDP(Callback):
             config_name=hydra.job.config_name,
             cwd=str(hydra.runtime.cwd),
         )
-        _current_job = job
 
         def command(local_rank: int) -> tuple[list[str], str]:
             return job.command(local_rank), job.cwd
@@ -179,12 +143,7 @@ class MultirunDDP(Callback):
             except ImportError:
                 continue
             if not hasattr(module, _HOOK):
-                log.warning(
-                    "%s.%s not found (Lightning changed?): DDP ranks of multirun jobs will re-run "
-                    "the whole sweep",
-                    name,
-                    _HOOK,
-                )
+                log.warning("%s.%s not found: DDP ranks will re-run the whole sweep", name, _HOOK)
                 continue
             self._saved_hooks[name] = getattr(module, _HOOK)
             setattr(module, _HOOK, command)

@@ -1,26 +1,15 @@
-"""One table per sweep: every job's status, overrides and ``optimized_metric``, best job marked.
+"""One table per sweep: every job's status, overrides and ``optimized_metric``, best job marked;
+seed and fold repeats as mean ± std per configuration; Optuna's best trial.
 
-A Hydra callback (registered in ``configs/hydra/default.yaml``) does the bookkeeping:
-
-- at the end of every multirun job, wherever the job ran (this process, a submitit worker,
-  a SLURM node), it writes ``<job dir>/job_status.json`` and refreshes the sweep's summary,
-  so a sweep that dies half-way still leaves a table of the jobs that finished;
-- at the end of the multirun, it writes the final ``summary.csv`` and ``summary.md`` at the
-  sweep root (seed repeats as mean ± std per configuration, Optuna's best trial), and makes
-  the command exit non-zero when a job failed.
-
-The table is built from files only, so it is the same whichever launcher ran the jobs.
+Refreshed after every job, wherever it ran, so a sweep that dies half-way keeps the table of the
+jobs that finished; a sweep in which a job failed exits non-zero.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import os
-import statistics
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,68 +22,37 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.errors import UserError
+from imgcls.sweeps.jobs import TRIALS_FILE, JobRecord, collect_jobs, write_job_status
+from imgcls.utils.files import atomic_write_text
 from imgcls.utils.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "job_status.json"
 # repeat dimensions: jobs differing only by these are one configuration (mean ± std over them)
 SEED_KEYS = ("seed", "data.fold")
 REPEAT_NAMES = {"seed": "seed repeats", "data.fold": "folds"}
+JOB_COLUMNS = ["job", "status", "best", "optimized_metric", "overrides", "run_dir", "error"]
+GROUP_COLUMNS = ["configuration", "n", "failed", "mean", "std", "best", "jobs"]
 
 
-@dataclass
-class JobRecord:
-    """One job of a sweep, as read back from its directory."""
-
-    num: int | None
-    status: str  # completed | failed | incomplete (no status file: still running or killed)
-    overrides: list[str]
-    value: float | None
-    run_dir: str
-    error: str = ""
-    best: bool = False
-    note: str = ""  # e.g. "no labeled test split" (metrics.json's "test"): why test/* is empty
-
-
-@dataclass
-class ConfigGroup:
-    """Jobs that differ only by their seed."""
-
-    overrides: list[str]
-    jobs: list[JobRecord] = field(default_factory=list)
-    best: bool = False
-
-    @property
-    def values(self) -> list[float]:
-        return [v for j in self.jobs if (v := _score(j)) is not None]
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
-
-    @property
-    def failed(self) -> int:
-        return sum(j.status != "completed" for j in self.jobs)
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
 
 
 @dataclass
 class Summary:
-    """Everything written at the sweep root."""
-
     sweep_dir: Path
     metric: str | None
     mode: str  # max | min
     jobs: list[JobRecord]
-    groups: list[ConfigGroup]
+    groups: pd.DataFrame  # one row per configuration: GROUP_COLUMNS, overrides
     optuna: dict[str, Any] | None = None
-    # every trial of a study resumed from storage (optuna_trials.csv), and the searched keys
-    trials: list[dict[str, str]] = field(default_factory=list)
+    trials: pd.DataFrame | None = None  # TRIALS_FILE, as strings
     searched: set[str] = field(default_factory=set)
+
+    @property
+    def label(self) -> str:
+        return self.metric or "(no optimized_metric)"
 
     @property
     def failed(self) -> list[JobRecord]:
@@ -106,24 +64,13 @@ class Summary:
 
     @property
     def has_seed_repeats(self) -> bool:
-        return any(len(g.jobs) > 1 for g in self.groups)
+        return len(self.groups) < len(self.jobs)
 
     @property
     def repeat_label(self) -> str:
-        """What the repeats are, e.g. ``folds`` or ``seed repeats, folds`` (the keys that vary)."""
-        varying = {
-            k
-            for j in self.jobs
-            for o in j.overrides
-            if (k := o.lstrip("+~").split("=", 1)[0]) in SEED_KEYS
-        }
+        """The repeat keys that vary, e.g. ``folds`` or ``seed repeats, folds``."""
+        varying = {_key(o) for j in self.jobs for o in j.overrides}
         return ", ".join(REPEAT_NAMES[k] for k in SEED_KEYS if k in varying) or "seed repeats"
-
-
-def _score(job: JobRecord) -> float | None:
-    """The job's metric when it counts (completed, finite), else ``None``."""
-    v = job.value
-    return v if job.status == "completed" and v is not None and math.isfinite(v) else None
 
 
 def metric_mode(config: DictConfig, metric: str | None) -> str:
@@ -135,157 +82,37 @@ def metric_mode(config: DictConfig, metric: str | None) -> str:
     return "min" if any(k in name for k in ("loss", "err", "perplexity")) else "max"
 
 
-# -- per job -----------------------------------------------------------------------------------
-def describe_error(error: BaseException) -> str:
-    """``Type: message`` of a job's error; a job run as its own process names its rank's error."""
-    description = getattr(error, "description", None)
-    if isinstance(description, str) and description:
-        return description
-    return f"{type(error).__name__}: {error}"
-
-
-def write_job_status(config: DictConfig, job_return: JobReturn) -> Path:
-    """Record a finished job in its own directory (read back by :func:`collect_jobs`)."""
-    out = Path(str(config.hydra.runtime.output_dir))
-    ok = job_return.status == JobStatus.COMPLETED
-    value = job_return._return_value if ok else None
-    error = job_return._return_value if not ok else None
-    status = {
-        "num": int(config.hydra.job.num),
-        "status": "completed" if ok else "failed",
-        "overrides": list(job_return.overrides or []),
-        "value": float(value) if isinstance(value, (int, float)) else None,
-        "error": describe_error(error) if error is not None else "",
-        "run_dir": str(out),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / STATUS_FILE, json.dumps(status, indent=2))
-    return out / STATUS_FILE
-
-
-def _read_overrides(job_dir: Path) -> list[str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    return [str(o) for o in OmegaConf.load(path)]
-
-
-def _read_metric(job_dir: Path, metric: str | None) -> float | None:
-    path = job_dir / "metrics.json"
-    if not metric or not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text()).get("metrics", {}).get(metric)
-    except (OSError, ValueError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _read_test_note(job_dir: Path) -> str:
-    """metrics.json's ``test`` note (``"no labeled test split"``), or ``""``."""
-    try:
-        note = json.loads((job_dir / "metrics.json").read_text()).get("test", "")
-    except (OSError, ValueError):
-        return ""
-    return note if isinstance(note, str) else ""
-
-
-def _value_cell(job: JobRecord, metric: str | None) -> str:
-    """The job's metric, or why a ``test/*`` metric has no value."""
-    if job.value is None and job.note and str(metric or "").startswith("test/"):
-        return job.note
-    return _fmt(job.value)
-
-
-def collect_jobs(sweep_dir: Path, metric: str | None = None) -> list[JobRecord]:
-    """Read every job directory of a sweep (one with a status file or a saved Hydra config)."""
-    jobs: list[JobRecord] = []
-    for d in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
-        status_file = d / STATUS_FILE
-        if status_file.is_file():
-            try:
-                s = json.loads(status_file.read_text())
-            except (OSError, ValueError):  # being written by a job right now
-                continue
-            value = s.get("value")
-            if value is None and s.get("status") == "completed":
-                value = _read_metric(d, metric)
-            jobs.append(
-                JobRecord(
-                    num=s.get("num"),
-                    status=s.get("status", "failed"),
-                    overrides=list(s.get("overrides", [])),
-                    value=value,
-                    run_dir=str(d),
-                    error=s.get("error", ""),
-                    note=_read_test_note(d),
-                )
-            )
-        elif (d / ".hydra" / "overrides.yaml").is_file():
-            jobs.append(
-                JobRecord(
-                    num=int(d.name) if d.name.isdigit() else None,
-                    status="incomplete",
-                    overrides=_read_overrides(d),
-                    value=None,
-                    run_dir=str(d),
-                    error="no job_status.json: the job is still running or was killed",
-                )
-            )
-    jobs.sort(key=lambda j: (j.num is None, j.num if j.num is not None else 0, j.run_dir))
-    return jobs
-
-
-# -- per sweep ---------------------------------------------------------------------------------
-def _config_key(overrides: list[str]) -> tuple[str, ...]:
-    def is_seed(o: str) -> bool:
-        return o.lstrip("+~").split("=", 1)[0] in SEED_KEYS
-
-    return tuple(o for o in overrides if not is_seed(o))
-
-
-def group_by_config(jobs: list[JobRecord]) -> list[ConfigGroup]:
-    """Group jobs whose overrides are equal but for the seed, in order of first appearance."""
-    groups: dict[tuple[str, ...], ConfigGroup] = {}
-    for job in jobs:
-        key = _config_key(job.overrides)
-        groups.setdefault(key, ConfigGroup(overrides=list(key))).jobs.append(job)
-    return list(groups.values())
-
-
-def summarize(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
-    """Collect the jobs of ``sweep_dir`` and mark the best job and configuration."""
-    sweep_dir = Path(sweep_dir)
-    jobs = collect_jobs(sweep_dir, metric)
-    sign = 1.0 if mode == "max" else -1.0
-    scored = [(v, j) for j in jobs if (v := _score(j)) is not None]
-    if scored:
-        max(scored, key=lambda t: sign * t[0])[1].best = True
-    groups = group_by_config(jobs)
-    means = [(m, g) for g in groups if (m := g.mean) is not None]
-    if means:
-        max(means, key=lambda t: sign * t[0])[1].best = True
-    optuna: dict[str, Any] | None = None
-    results = sweep_dir / "optimization_results.yaml"
-    if results.is_file():
-        loaded = OmegaConf.to_container(OmegaConf.load(results))
-        optuna = {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else None
-    return Summary(
-        sweep_dir, metric, mode, jobs, groups, optuna, _read_trials(sweep_dir), _searched(sweep_dir)
+def _groups(jobs: list[JobRecord], sign: float) -> pd.DataFrame:
+    """Jobs equal but for their seed/fold, in order of first appearance; best mean marked."""
+    frame = pd.DataFrame(
+        {
+            "overrides": [tuple(o for o in j.overrides if _key(o) not in SEED_KEYS) for j in jobs],
+            "value": pd.Series([j.score for j in jobs], dtype=float),
+            "failed": [int(j.status != "completed") for j in jobs],
+            "job": [str(j.num) for j in jobs],
+        }
     )
-
-
-def _read_trials(sweep_dir: Path) -> list[dict[str, str]]:
-    path = sweep_dir / "optuna_trials.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    frame["configuration"] = frame["overrides"].map(" ".join)
+    groups = (
+        frame.groupby("configuration", sort=False)
+        .agg(
+            n=("value", "count"),
+            failed=("failed", "sum"),
+            mean=("value", "mean"),
+            std=("value", "std"),  # ddof 1
+            jobs=("job", " ".join),
+            overrides=("overrides", "first"),
+        )
+        .reset_index()
+    )
+    groups["best"] = 0
+    if groups["mean"].notna().any():
+        groups.loc[(sign * groups["mean"]).idxmax(), "best"] = 1
+    return groups
 
 
 def _searched(sweep_dir: Path) -> set[str]:
-    """Keys a sweeper searches over (``hydra.sweeper.params`` with a choice/range/interval):
-    per-job values, never "overrides of every job" even when the trials drew one value."""
+    """Keys the sweeper searches: shown per job even when every trial drew the same value."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return set()
@@ -293,192 +120,147 @@ def _searched(sweep_dir: Path) -> set[str]:
     return {str(k) for k, v in params.items() if any(c in str(v) for c in "(,")}
 
 
+def summarize(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
+    """Collect the jobs of ``sweep_dir`` and mark the best job and configuration."""
+    sweep_dir = Path(sweep_dir)
+    jobs = collect_jobs(sweep_dir, metric)
+    sign = 1.0 if mode == "max" else -1.0
+    scores = pd.Series([j.score for j in jobs], dtype=float)
+    if scores.notna().any():
+        jobs[int((sign * scores).idxmax())].best = True
+    results, trials = sweep_dir / "optimization_results.yaml", sweep_dir / TRIALS_FILE
+    loaded = OmegaConf.to_container(OmegaConf.load(results)) if results.is_file() else None
+    optuna = {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else None
+    table = pd.read_csv(trials, dtype=str, keep_default_na=False) if trials.is_file() else None
+    return Summary(
+        sweep_dir, metric, mode, jobs, _groups(jobs, sign), optuna, table, _searched(sweep_dir)
+    )
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.5g}"
 
 
-def _common_overrides(
-    jobs: list[JobRecord], searched: set[str] | None = None
-) -> tuple[list[str], set[str]]:
-    """Overrides shared by every job (shown once) and the ones that vary (shown per row).
+def _value_cell(job: JobRecord, metric: str | None, fmt: Any) -> str:
+    """The job's metric, or why a ``test/*`` metric has none."""
+    if job.value is None:
+        return job.note if str(metric or "").startswith("test/") else ""
+    return fmt(job.value)
 
-    A searched parameter stays per row even when every trial drew the same value.
-    """
-    if not jobs:
-        return [], set()
 
-    def key(o: str) -> str:
-        return o.lstrip("+~").split("=", 1)[0]
-
-    common = [
-        o
-        for o in jobs[0].overrides
-        if all(o in j.overrides for j in jobs[1:]) and key(o) not in (searched or set())
-    ]
-    return common, set(common)
+def _common_overrides(jobs: list[JobRecord], searched: set[str]) -> list[str]:
+    """Overrides every job shares (shown once); a searched key stays per row."""
+    first, others = (jobs[0].overrides, jobs[1:]) if jobs else ([], [])
+    return [o for o in first if all(o in j.overrides for j in others) and _key(o) not in searched]
 
 
 def to_csv(summary: Summary) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["job", "status", "best", "optimized_metric", "overrides", "run_dir", "error"])
-    for j in summary.jobs:
-        w.writerow(
-            [
-                "" if j.num is None else j.num,
-                j.status,
-                int(j.best),
-                (j.note if str(summary.metric or "").startswith("test/") else "")
-                if j.value is None
-                else repr(float(j.value)),
-                " ".join(j.overrides),
-                j.run_dir,
-                j.error,
-            ]
-        )
-    return buf.getvalue()
+    def row(j: JobRecord) -> list[Any]:
+        value = _value_cell(j, summary.metric, lambda v: repr(float(v)))  # exact
+        num = "" if j.num is None else j.num
+        return [num, j.status, int(j.best), value, " ".join(j.overrides), j.run_dir, j.error]
+
+    table = pd.DataFrame([row(j) for j in summary.jobs], columns=JOB_COLUMNS)
+    return table.to_csv(index=False, lineterminator="\n")
 
 
 def seeds_to_csv(summary: Summary) -> str:
-    """One row per configuration: n, failed, mean and std (ddof 1) over its seeds/folds."""
-    rows = [
-        {
-            "configuration": " ".join(g.overrides),
-            "value": _score(j),
-            "failed": int(j.status != "completed"),
-            "best": int(g.best),
-            "job": str(j.num),
-        }
-        for g in summary.groups
-        for j in g.jobs
-    ]
-    if not rows:
-        return "configuration,n,failed,mean,std,best,jobs\n"
-    table = (
-        pd.DataFrame(rows)
-        .groupby("configuration", sort=False)
-        .agg(
-            n=("value", "count"),
-            failed=("failed", "sum"),
-            mean=("value", "mean"),
-            std=("value", "std"),
-            best=("best", "max"),
-            jobs=("job", " ".join),
-        )
-        .reset_index()
-    )
-    for col in ("mean", "std"):  # exact reprs, empty when undefined (as before)
+    """One row per configuration: n, failed, mean and std over its seeds/folds."""
+    table = summary.groups.reindex(columns=GROUP_COLUMNS)
+    for col in ("mean", "std"):  # exact reprs, empty when undefined
         table[col] = [repr(float(v)) if pd.notna(v) else "" for v in table[col]]
     return table.to_csv(index=False, lineterminator="\n")
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _md_table(table: pd.DataFrame) -> list[str]:
+    # DataFrame.to_markdown needs `tabulate`, which is not a dependency: a GitHub table by hand.
+    cells = [table.columns, *table.itertuples(index=False)]
+    rows = [
+        "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |"
+        for r in cells
+    ]
+    return ["", rows[0], "|" + "---|" * table.shape[1], *rows[1:]]
 
 
-def to_markdown(summary: Summary) -> str:
-    metric = summary.metric or "(no optimized_metric)"
-    n_ok = sum(j.status == "completed" for j in summary.jobs)
+def _bullets(s: Summary, common: list[str]) -> list[str]:
+    n_ok = sum(j.status == "completed" for j in s.jobs)
     lines = [
-        f"# Sweep summary: {summary.sweep_dir.name}",
+        f"# Sweep summary: {s.sweep_dir.name}",
         "",
-        f"- sweep dir: `{summary.sweep_dir}`",
-        f"- optimized_metric: `{metric}` ({summary.mode})",
-        f"- jobs: {len(summary.jobs)}, completed {n_ok}, failed {len(summary.failed)}",
+        f"- sweep dir: `{s.sweep_dir}`",
+        f"- optimized_metric: `{s.label}` ({s.mode})",
+        f"- jobs: {len(s.jobs)}, completed {n_ok}, failed {len(s.failed)}",
     ]
-    no_test = [str(j.num) for j in summary.jobs if j.note]
-    if no_test:
-        lines.append(
-            f"- test/*: none, {next(j.note for j in summary.jobs if j.note)} in job(s) {', '.join(no_test)}"
-        )
-    common, common_set = _common_overrides(summary.jobs, summary.searched)
-    if common and len(summary.jobs) > 1:
+    if no_test := [j for j in s.jobs if j.note]:
+        nums = ", ".join(str(j.num) for j in no_test)
+        lines.append(f"- test/*: none, {no_test[0].note} in job(s) {nums}")
+    if common and len(s.jobs) > 1:
         lines.append(f"- overrides of every job: `{' '.join(common)}`")
-    best = summary.best
-    if best is not None:
-        varying = [o for o in best.overrides if o not in common_set] or best.overrides
-        lines.append(
-            f"- best job: {best.num} ({metric} = {_fmt(best.value)}): `{' '.join(varying)}`"
-        )
-    if summary.optuna:
-        lines.append(
-            f"- Optuna best value: {_fmt(summary.optuna.get('best_value'))}, best params: "
-            f"`{json.dumps(summary.optuna.get('best_params', {}), sort_keys=True)}`"
-        )
-    lines += [
-        "",
-        f"| job | status | {metric} | overrides | run dir | error |",
-        "|---|---|---|---|---|---|",
-    ]
-    for j in summary.jobs:
-        varying = (
-            [o for o in j.overrides if o not in common_set]
-            if len(summary.jobs) > 1
-            else j.overrides
-        )
-        rel = os.path.relpath(j.run_dir, summary.sweep_dir)
-        mark = " ★" if j.best else ""
-        lines.append(
-            f"| {j.num}{mark} | {j.status} | {_value_cell(j, summary.metric)} | `{_md_cell(' '.join(varying))}` "
-            f"| [{rel}]({rel}) | {_md_cell(j.error)} |"
-        )
-    if summary.trials:
-        lines += [
-            "",
-            f"## Every trial of the study ({len(summary.trials)}, all runs on its storage)",
-            "",
-            f"| trial | state | {metric} | params |",
-            "|---|---|---|---|",
-        ]
-        for t in summary.trials:
-            value = _fmt(float(t["value"])) if t.get("value") else ""
-            lines.append(
-                f"| {t['trial']} | {t['state']} | {value} | `{_md_cell(t.get('params', ''))}` |"
-            )
-    if summary.has_seed_repeats:
-        lines += [
-            "",
-            f"## Per configuration ({summary.repeat_label}: mean ± std)",
-            "",
-            f"| configuration | n | {metric} | failed | jobs |",
-            "|---|---|---|---|---|",
-        ]
-        for g in summary.groups:
-            cfg = [o for o in g.overrides if o not in common_set] or ["(all jobs)"]
-            value = "" if g.mean is None else f"{g.mean:.5g} ± {(g.std or 0.0):.2g}"
-            mark = " ★" if g.best else ""
-            jobs = ", ".join(str(j.num) for j in g.jobs)
-            lines.append(
-                f"| `{_md_cell(' '.join(cfg))}`{mark} | {len(g.values)} | {value} | {g.failed} | {jobs} |"
-            )
+    if (best := s.best) is not None:
+        varying = " ".join([o for o in best.overrides if o not in common] or best.overrides)
+        lines.append(f"- best job: {best.num} ({s.label} = {_fmt(best.value)}): `{varying}`")
+    if s.optuna:
+        params = json.dumps(s.optuna.get("best_params", {}), sort_keys=True)
+        value = _fmt(s.optuna.get("best_value"))
+        lines.append(f"- Optuna best value: {value}, best params: `{params}`")
+    return lines
+
+
+def _jobs_table(s: Summary, common: list[str]) -> pd.DataFrame:
+    shown = common if len(s.jobs) > 1 else []
+    rows = []
+    for j in s.jobs:
+        rel = os.path.relpath(j.run_dir, s.sweep_dir)
+        varying = " ".join(o for o in j.overrides if o not in shown)
+        num = f"{j.num} ★" if j.best else str(j.num)
+        value = _value_cell(j, s.metric, _fmt)
+        rows.append([num, j.status, value, f"`{varying}`", f"[{rel}]({rel})", j.error])
+    return pd.DataFrame(rows, columns=["job", "status", s.label, "overrides", "run dir", "error"])
+
+
+def _trials_table(t: pd.DataFrame, label: str) -> pd.DataFrame:
+    values = [_fmt(float(v)) if v else "" for v in t["value"]]
+    params = "`" + t["params"] + "`"
+    return pd.DataFrame({"trial": t["trial"], "state": t["state"], label: values, "params": params})
+
+
+def _groups_table(s: Summary, common: list[str]) -> pd.DataFrame:
+    rows = []
+    for g in s.groups.itertuples(index=False):
+        cfg = " ".join(o for o in g.overrides if o not in common) or "(all jobs)"
+        std = 0.0 if pd.isna(g.std) else g.std
+        value = "" if pd.isna(g.mean) else f"{g.mean:.5g} ± {std:.2g}"
+        mark = " ★" if g.best else ""
+        rows.append([f"`{cfg}`{mark}", g.n, value, g.failed, ", ".join(g.jobs.split())])
+    return pd.DataFrame(rows, columns=["configuration", "n", s.label, "failed", "jobs"])
+
+
+def to_markdown(s: Summary) -> str:
+    common = _common_overrides(s.jobs, s.searched)
+    lines = _bullets(s, common) + _md_table(_jobs_table(s, common))
+    if s.trials is not None and len(s.trials):
+        title = f"## Every trial of the study ({len(s.trials)}, all runs on its storage)"
+        lines += ["", title] + _md_table(_trials_table(s.trials, s.label))
+    if s.has_seed_repeats:
+        title = f"## Per configuration ({s.repeat_label}: mean ± std)"
+        lines += ["", title] + _md_table(_groups_table(s, common))
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # Jobs on other machines refresh the same files: never leave a half-written table.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_summary(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
-    """Write ``summary.csv``, ``summary.md`` (and ``summary_seeds.csv``) at the sweep root."""
+    """``summary.csv``, ``summary.md`` (and ``summary_seeds.csv``) at the sweep root; jobs on
+    other machines refresh the same files, hence atomic writes."""
     summary = summarize(Path(sweep_dir), metric, mode)
-    _atomic_write(summary.sweep_dir / "summary.csv", to_csv(summary))
-    _atomic_write(summary.sweep_dir / "summary.md", to_markdown(summary))
+    atomic_write_text(summary.sweep_dir / "summary.csv", to_csv(summary))
+    atomic_write_text(summary.sweep_dir / "summary.md", to_markdown(summary))
     if summary.has_seed_repeats:
-        _atomic_write(summary.sweep_dir / "summary_seeds.csv", seeds_to_csv(summary))
+        atomic_write_text(summary.sweep_dir / "summary_seeds.csv", seeds_to_csv(summary))
     return summary
 
 
 class SweepSummary(Callback):
-    """Hydra callback: job status files, a refreshed sweep table, non-zero exit on failures.
-
-    Args:
-        refresh_each_job: rewrite the table after every job (a sweep killed half-way keeps
-            the table of its finished jobs).
-        fail_on_job_failure: exit with status 1 at the end of a sweep in which a job failed.
-    """
+    """Hydra callback: job status files, the table refreshed after each job (``refresh_each_job``),
+    exit 1 at the end of a sweep in which a job failed (``fail_on_job_failure``)."""
 
     def __init__(self, refresh_each_job: bool = True, fail_on_job_failure: bool = True) -> None:
         self.refresh_each_job = refresh_each_job
@@ -490,11 +272,8 @@ class SweepSummary(Callback):
         error = job_return._return_value if job_return.status != JobStatus.COMPLETED else None
         if error is not None and not isinstance(error, UserError):
             # Hydra keeps the exception but prints nothing: put the traceback in the job's log.
-            log.error(
-                "job %s failed:\n%s",
-                config.hydra.job.num,
-                "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-            )
+            trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            log.error("job %s failed:\n%s", config.hydra.job.num, trace)
         write_job_status(config, job_return)
         if self.refresh_each_job:
             try:
@@ -515,7 +294,5 @@ class SweepSummary(Callback):
                 log.info("%s", line)
         if summary.failed and self.fail_on_job_failure:
             nums = ", ".join(str(j.num) for j in summary.failed)
-            raise SystemExit(
-                f"error: {len(summary.failed)} of {len(summary.jobs)} jobs failed (job {nums}); "
-                f"see {sweep_dir / 'summary.md'}"
-            )
+            failed = f"{len(summary.failed)} of {len(summary.jobs)} jobs failed (job {nums})"
+            raise SystemExit(f"error: {failed}; see {sweep_dir / 'summary.md'}")

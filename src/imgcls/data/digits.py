@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from imgcls.data.file_source import DecodedCache
+from imgcls.data.decode_cache import DecodedCache
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -8,18 +8,16 @@ split. Listing checks (traversal, empty labels, unknown classes) ran before, as 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from imgcls.data.base_datamodule import Splits
-from imgcls.data.images import GRAY_MODES, probe_image, target_size
+from imgcls.data.images import probe_image, target_size
+from imgcls.data.stats import log_mean_std, measure_mean_std
 from imgcls.data.streaming import (
     StreamImageDataset,
     StreamItem,
@@ -27,10 +25,11 @@ from imgcls.data.streaming import (
     build_train_transform,
     eval_transform_dict,
 )
+from imgcls.data.validation import channels_of, probe_files
 from imgcls.errors import DataError
 
 if TYPE_CHECKING:
-    from imgcls.data.file_source import FileImageDataModule, Problems
+    from imgcls.data.file_source import FileImageDataModule, Plan
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +72,6 @@ def resolve_loading(dm: FileImageDataModule, order: list[Path], stats: dict) -> 
     return choice
 
 
-def _prepass(
-    dm: FileImageDataModule,
-    order: list[Path],
-    where: dict[Path, str],
-    stats: dict,
-    problems: Problems,
-) -> dict[Path, tuple[tuple[int, int], str]]:
-    """Header of every present file (size, mode); unreadable ones are added to ``problems``."""
-    present = [p for p in order if p in stats]
-    probed: dict[Path, tuple[tuple[int, int], str]] = {}
-
-    def probe(p: Path) -> str | None:
-        try:
-            probed[p] = probe_image(p)
-        except DataError as e:
-            return str(e)
-        return None
-
-    with ThreadPoolExecutor(max_workers=max(1, dm.num_workers)) as pool:
-        for p, err in zip(present, pool.map(probe, present), strict=True):
-            if err is not None:
-                problems.add(where[p], err)
-    return probed
-
-
 def _measure(dm: FileImageDataModule, train: StreamImageDataset, eval_tf: Any) -> None:
     """Mean/std on a seeded sample of training images through the eval transform."""
     n = min(len(train), max(1, dm.stream_options.mean_std_sample))
@@ -111,30 +85,20 @@ def _measure(dm: FileImageDataModule, train: StreamImageDataset, eval_tf: Any) -
             images.append(x)
     if not images:
         raise DataError(f"{dm.describe()}: no training image could be decoded to measure mean/std")
-    dm._mean, dm._std = dm._measure_mean_std(torch.stack(images))
-    log.info(
-        "normalization: mean %s, std %s measured on %d training images (set data.mean/std to fix them)",
-        tuple(round(m, 4) for m in dm._mean),
-        tuple(round(s, 4) for s in dm._std),
-        len(images),
-    )
+    dm._mean, dm._std = measure_mean_std(torch.stack(images))
+    log_mean_std(dm._mean, dm._std, f"{len(images)} training images")
 
 
-def stream_splits(
-    dm: FileImageDataModule,
-    order: list[Path],
-    where: dict[Path, str],
-    stats: dict[Path, tuple[int, int]],
-    problems: Problems,
-    class_index: dict[str, int],
-    t0: float,
-) -> Splits:
+def stream_splits(dm: FileImageDataModule, plan: Plan) -> Splits:
     """Pre-pass the files and build the per-sample datasets of every split."""
-    probed = _prepass(dm, order, where, stats, problems)
-    problems.raise_if_any(dm.describe())
+    order = plan.order
+    probed = probe_files(
+        [p for p in order if p in plan.stats], plan.where, plan.problems, dm.num_workers
+    )
+    plan.problems.raise_if_any(dm.describe())
     channels = dm.channels
     if channels is None:
-        channels = 1 if all(mode in GRAY_MODES for _, mode in probed.values()) else 3
+        channels = channels_of(probed)
         log.info("channels: %d (from the file headers; set data.channels to choose)", channels)
     size = dm.target_image_size or target_size(probed[order[0]][0], None, dm.resize_factor)
     eval_desc = eval_transform_dict(dm.stream_options, size)
@@ -146,23 +110,12 @@ def stream_splits(
     splits = Splits()
     for s, entries in dm.entries.items():
         items = [
-            StreamItem(e.path, class_index[e.label] if e.label is not None else -1, e.where)
+            StreamItem(e.path, plan.class_index[e.label] if e.label is not None else -1, e.where)
             for e in entries
         ]
         splits[s] = StreamImageDataset(items, channels, train_tf if s == "train" else eval_tf)
-        h = hashlib.sha256(
-            json.dumps(
-                {
-                    "source": type(dm).__name__,
-                    "loading": "stream",
-                    "channels": channels,
-                    "eval_transform": eval_desc,
-                    "classes": list(dm.class_names),
-                    "items": [(str(e.path), *stats[e.path], e.label) for e in entries],
-                }
-            ).encode()
-        )
-        dm._fingerprints[s] = f"{type(dm).__name__}/{s}/{h.hexdigest()[:32]}"
+        about = {"loading": "stream", "channels": channels, "eval_transform": eval_desc}
+        dm.set_fingerprint(s, about, plan.stats)
     if dm._mean is None:
         _measure(dm, splits["train"], eval_tf)
     native = {hw for hw, _ in probed.values()}
@@ -172,7 +125,7 @@ def stream_splits(
         dm.describe(),
         len(order),
         len(native),
-        time.perf_counter() - t0,
+        time.perf_counter() - plan.t0,
         len(dm.class_names),
         dm.stream_options.train_crop,
         eval_desc,

@@ -1,8 +1,5 @@
-"""Threaded decoding of a file list into one uint8 ``(N, C, H, W)`` tensor, once per set-up.
-
-PIL releases the GIL while decoding, so threads decode in parallel; batches are then gathered
-from memory (or the memory-mapped cache) and nothing is decoded per epoch.
-"""
+"""Decode a file list once, in threads (PIL releases the GIL), into one uint8 ``(N, C, H, W)``
+tensor: batches are then gathered from memory or the mapped cache, never decoded per epoch."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from imgcls.data.decode_cache import CacheUnwritable, DecodedCache, fmt_bytes
@@ -43,9 +41,7 @@ def available_memory() -> int | None:
 
 
 def rank_name() -> str:
-    """Global rank (known from the environment before the trainer sets it) and pid, for logs."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
+    """Global rank (set from the environment before the trainer exists) and pid, for logs."""
     return f"rank {getattr(rank_zero_only, 'rank', 0)} (pid {os.getpid()})"
 
 
@@ -58,11 +54,10 @@ def decode_images(
     out: Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Tensor, list[str | None]]:
-    """Decode ``paths`` into one uint8 ``(N, C, H, W)`` tensor (or into ``out``, e.g. mapped).
+    """``paths`` -> uint8 ``(N, C, H, W)`` (into ``out`` if given), and per path ``None`` or an
+    error naming the file (its row stays zeros): callers decide whether to stop or skip.
 
-    ``size=None`` keeps the native size (divided by ``resize_factor``) of the first readable
-    file; files of another size are errors. Returns the images and per path ``None`` or an
-    error naming the file (its row is then zeros): callers decide whether to stop or skip.
+    ``size=None`` keeps the native size (over ``resize_factor``) of the first readable file.
     """
     n = len(paths)
     first: str | os.PathLike = paths[0] if n else ""
@@ -150,15 +145,8 @@ def _fill(dm: FileImageDataModule, plan: Plan, channels: int, out: Tensor) -> bo
             last = now
             log.info("decoded %d/%d images (%.0f images/s)", done, total, done / (now - t0))
 
-    _, errors = decode_images(
-        order,
-        channels,
-        dm.target_image_size,
-        dm.resize_factor,
-        max(1, dm.num_workers),
-        out,
-        progress,
-    )
+    size, factor = dm.target_image_size, dm.resize_factor
+    _, errors = decode_images(order, channels, size, factor, dm.num_workers, out, progress)
     mismatched = [p for p, e in zip(order, errors, strict=True) if e and SIZE_MISMATCH in e]
     for p, err in zip(order, errors, strict=True):
         if err is not None and SIZE_MISMATCH not in err:
@@ -172,10 +160,8 @@ def _fill(dm: FileImageDataModule, plan: Plan, channels: int, out: Tensor) -> bo
             f"e.g. {', '.join(str(p) for p in mismatched[:3])}; "
             f"set data.image_size=[height,width] to resize them all to one size",
         )
-    dt = time.perf_counter() - t0
-    log.info(
-        "decoded %d images in %.1f s (%.0f images/s)", len(order), dt, len(order) / max(dt, 1e-9)
-    )
+    dt = max(time.perf_counter() - t0, 1e-9)
+    log.info("decoded %d images in %.1f s (%.0f images/s)", len(order), dt, len(order) / dt)
     return not problems
 
 
@@ -189,24 +175,17 @@ def decode_source(dm: FileImageDataModule, plan: Plan, cache: DecodedCache | Non
     shape = (len(plan.order), channels, h, w)
     nbytes = math.prod(shape)
 
-    def announce(where_to: str) -> None:
-        log.info(
-            "decoding %d images once into %s: %s uint8, %s, %d threads, by %s",
-            len(plan.order),
-            where_to,
-            shape[1:],
-            fmt_bytes(nbytes),
-            max(1, dm.num_workers),
-            rank_name(),
-        )
+    how = f"{shape[1:]} uint8, {fmt_bytes(nbytes)}, {max(1, dm.num_workers)} threads"
 
-    def fill(out: Tensor) -> bool:
-        announce(f"on-disk cache {cache.data} (memory-mapped)")  # type: ignore[union-attr]
+    def fill(out: Tensor, into: str = "memory") -> bool:
+        log.info("decoding %d images once into %s: %s, by %s", len(out), into, how, rank_name())
         return _fill(dm, plan, channels, out)
 
     if cache is not None:
         try:
-            images = cache.write(shape, fill, {"files": len(plan.order), "channels": channels})
+            into = f"on-disk cache {cache.data} (memory-mapped)"
+            info = {"files": len(plan.order), "channels": channels}
+            images = cache.write(shape, lambda out: fill(out, into), info)
             if not plan.problems:
                 log.info("cached the decoded images in %s", cache.data)
             return images
@@ -221,7 +200,6 @@ def decode_source(dm: FileImageDataModule, plan: Plan, cache: DecodedCache | Non
             f"{fmt_bytes(avail)} of memory is available; set data.cache_dir=<dir> to keep them "
             f"in a memory-mapped file, or lower data.image_size"
         )
-    announce("memory")
     out = torch.zeros(shape, dtype=torch.uint8)
-    _fill(dm, plan, channels, out)
+    fill(out)
     return out

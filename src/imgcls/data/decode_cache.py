@@ -62,7 +62,7 @@ class CacheUnwritable(Exception):
 
 
 class _Discard(Exception):
-    pass
+    """Leave the temp file: the decode found problems."""
 
 
 class DecodedCache:
@@ -74,12 +74,8 @@ class DecodedCache:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold ``<key>.lock``: one process decodes, the others wait, then load.
-
-        A file lock, not a collective: the datamodule is set up before the trainer (the model
-        is sized from the data), with no process group yet. The kernel drops a dead process's
-        lock, so a killed decoder never blocks the others.
-        """
+        """One process decodes, the others wait, then load. A file lock, not a collective: set-up
+        runs before the trainer, with no process group yet; a dead holder's lock is dropped."""
         path = self.dir / f"{self.key}.lock"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -120,11 +116,7 @@ class DecodedCache:
         self, shape: tuple[int, ...], fill: Callable[[Tensor], bool], info: dict[str, Any]
     ) -> Tensor:
         """``fill`` a memory-mapped temp file; it becomes the cache when ``fill`` returns True.
-
-        Raises:
-            CacheUnwritable: no file could be mapped here (callers decode into memory).
-            DataError: the disk has less free space than the images need.
-        """
+        ``DataError`` when the disk is too full, ``CacheUnwritable`` when nothing maps here."""
         numel = math.prod(shape)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)

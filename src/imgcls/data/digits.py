@@ -1,12 +1,8 @@
-"""Make the digit CSV/folder sets from the bundled MNIST when a default digits root is missing.
+"""Build a missing default digits root (``<digits_dir>/digits_{csv,jpg,folder}``) from MNIST.
 
-A fresh clone has ``data/MNIST`` but not ``data/digits_*``; the shipped digits experiments then
-build their set on first use (``scripts/make_digit_datasets.py``, the same files as running it
-by hand). Only the default roots ``<digits_dir>/digits_{csv,jpg,folder}`` are ever created: a
-user's own missing path keeps its clear error.
-
-Local rank 0 builds under a file lock in ``digits_dir`` (``prepare_data``); the other ranks wait
-for the directory, which the script renames into place only when complete.
+A fresh clone has ``data/MNIST`` but not ``data/digits_*``: the digits experiments build theirs
+on first use with ``scripts/make_digit_datasets.py``. A user's own missing path keeps its error.
+Local rank 0 builds under a file lock; the others wait for the script's atomic rename.
 """
 
 from __future__ import annotations

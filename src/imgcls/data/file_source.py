@@ -63,6 +63,10 @@ class Plan:
     streamed: Splits | None = None  # data.loading=stream: the per-sample splits, no decode
 
 
+def _int(x: Any) -> int | None:
+    return None if x is None else int(x)
+
+
 class FileImageDataModule(ImageDataModule):
     """Base for sources that list image files with labels; subclasses implement ``list_entries``.
 
@@ -116,8 +120,7 @@ class FileImageDataModule(ImageDataModule):
             raise ConfigError(
                 f"data.channels must be 1 (grayscale), 3 (RGB) or null, got {channels}"
             )
-        self.num_folds = None if num_folds is None else int(num_folds)
-        self.fold = None if fold is None else int(fold)
+        self.num_folds, self.fold = _int(num_folds), _int(fold)
         self.digits_dir = str(digits_dir) if digits_dir else None
         self.loading = loading
         self.memory_budget_mb = float(memory_budget_mb)
@@ -125,11 +128,11 @@ class FileImageDataModule(ImageDataModule):
         self.decode_errors = DecodeErrors(on_decode_error, self.source_name)
         self.loading_used: str | None = None  # "memory" or "stream" once set up
         self.stream_info: dict[str, Any] = {}
-        self.channels = None if channels is None else int(channels)
+        self.channels = _int(channels)
         self.target_image_size = (
             None if image_size is None else (int(image_size[0]), int(image_size[1]))
         )
-        self.resize_factor = None if resize_factor is None else int(resize_factor)
+        self.resize_factor = _int(resize_factor)
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
         self.test_fraction = None if test_fraction is None else float(test_fraction)
@@ -139,11 +142,8 @@ class FileImageDataModule(ImageDataModule):
         self._planned: Plan | None = None
 
     def list_entries(self, problems: Problems) -> dict[str, list[ImageEntry]]:
-        """Entries per split (``train`` required; ``val``, ``test``, ``predict`` optional).
-
-        Structural errors (no rows, missing columns) raise ``DataError`` at once; per-entry
-        problems are added to ``problems`` and the entry left out.
-        """
+        """Entries per split (``train`` required): structural errors (no rows, missing columns)
+        raise ``DataError``; per-entry ones go to ``problems`` and the entry is left out."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -196,7 +196,7 @@ class FileImageDataModule(ImageDataModule):
         return {s: listed[s] for s in SPLIT_ORDER if listed.get(s)}
 
     def _plan(self) -> Plan:
-        """List and check the entries, fix the decode order and the cache key (once)."""
+        """List and check the entries, fix one decode order and the cache key (once)."""
         if self._planned is not None:
             return self._planned
         self._digits_ready()
@@ -222,11 +222,8 @@ class FileImageDataModule(ImageDataModule):
         return plan
 
     def _settings(self) -> dict[str, Any]:
-        return {
-            "channels": self.channels,
-            "image_size": self.target_image_size,
-            "resize_factor": self.resize_factor,
-        }
+        size, factor = self.target_image_size, self.resize_factor
+        return {"channels": self.channels, "image_size": size, "resize_factor": factor}
 
     def _digits_ready(self) -> None:
         """A missing default digits root: local rank 0 builds it from MNIST, the others wait."""
@@ -271,14 +268,11 @@ class FileImageDataModule(ImageDataModule):
         images = None if plan.problems else cache.load()
         if images is None:  # problems to report, or the cache could not be written
             return decoded
+        msg = "decode cache: loaded %d decoded images %s from %s in %.1f s, %s (memory-mapped; "
+        dt = time.perf_counter() - plan.t0
+        n, shape = len(plan.order), tuple(images.shape[1:])
         log.info(
-            "decode cache: loaded %d decoded images %s from %s in %.1f s, %s (memory-mapped; "
-            "delete the file to force a fresh decode)",
-            len(plan.order),
-            tuple(images.shape[1:]),
-            cache.data,
-            time.perf_counter() - plan.t0,
-            rank_name(),
+            msg + "delete the file to force a fresh decode)", n, shape, cache.data, dt, rank_name()
         )
         return images  # the same read-only mapping on every rank
 
@@ -304,13 +298,10 @@ class FileImageDataModule(ImageDataModule):
         if self._mean is None:
             self._mean, self._std = measure_mean_std(splits["train"].images)
             log_mean_std(self._mean, self._std, "the training images")
+        names = ", ".join(self.class_names[:10]) + (", ..." if len(self.class_names) > 10 else "")
+        dt = time.perf_counter() - plan.t0
         log.info(
-            "%s: %d classes (%s%s), set-up %.1f s",
-            self.describe(),
-            len(self.class_names),
-            ", ".join(self.class_names[:10]),
-            ", ..." if len(self.class_names) > 10 else "",
-            time.perf_counter() - plan.t0,
+            "%s: %d classes (%s), set-up %.1f s", self.describe(), len(self.class_names), names, dt
         )
         return splits
 

@@ -1,9 +1,5 @@
-"""Decoding image files into uint8 tensors, with errors that name the file.
-
-Every file-based source (CSV, ImageFolder, predict inputs) goes through these functions, so
-"how an image becomes a tensor" (decode, channels, resize) is decided in one place: the
-training data and the images a checkpoint later predicts on are decoded identically.
-"""
+"""How an image file becomes a uint8 tensor (decode, channels, resize), decided in one place:
+training data and the images a checkpoint later predicts on are decoded identically."""
 
 from __future__ import annotations
 
@@ -47,14 +43,6 @@ def resolve_under(root: str | os.PathLike, name: str, where: str = "") -> Path:
 
     The check is lexical (``..`` components), so a symlink the user placed inside ``root``
     is honoured while ``../../etc/passwd`` from a CSV cell is not.
-
-    Args:
-        root: the image directory.
-        name: a relative file name as listed in the data (CSV cell, folder entry).
-        where: location for the error message, e.g. ``"train.csv row 12, column 'id'"``.
-
-    Raises:
-        DataError: the name is empty, absolute, or resolves outside ``root``.
     """
     at = f" ({where})" if where else ""
     if (
@@ -76,11 +64,8 @@ def target_size(
     image_size: Sequence[int] | None = None,
     resize_factor: int | None = None,
 ) -> tuple[int, int]:
-    """(height, width) an image of ``native`` (h, w) size is decoded to.
-
-    ``image_size`` fixes the size; ``resize_factor`` shrinks by an integer factor (the seed
-    CNN's ``h // 8, w // 8``); neither keeps the native size.
-    """
+    """(height, width) a ``native`` (h, w) image is decoded to: ``image_size``, native shrunk
+    by ``resize_factor`` (the seed CNN's 8), or native."""
     if image_size is not None:
         return int(image_size[0]), int(image_size[1])
     if resize_factor:
@@ -89,7 +74,6 @@ def target_size(
 
 
 def check_size_options(image_size: Sequence[int] | None, resize_factor: int | None) -> None:
-    """Raise ``ConfigError`` unless the resize options are usable."""
     if image_size is not None and resize_factor is not None:
         raise ConfigError("set either data.image_size or data.resize_factor, not both")
     if image_size is not None and (len(image_size) != 2 or min(int(s) for s in image_size) < 1):
@@ -101,11 +85,7 @@ def check_size_options(image_size: Sequence[int] | None, resize_factor: int | No
 
 
 def probe_image(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
-    """(height, width) and PIL mode from the file header, without decoding the pixels.
-
-    Raises:
-        DataError: missing file or not an image (names the file).
-    """
+    """(height, width) and PIL mode from the file header, without decoding the pixels."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"image file not found: {p}")
@@ -122,14 +102,10 @@ def decode_image(
     image_size: Sequence[int] | None = None,
     resize_factor: int | None = None,
 ) -> np.ndarray:
-    """Decode one file into a uint8 ``(H, W, C)`` array (the fast path behind ``load_image``).
+    """One file -> uint8 ``(H, W, C)``; ``DataError`` names a missing or corrupt file.
 
-    PIL releases the GIL while decoding and resizing, so threads decode in parallel. Large
-    JPEGs that shrink a lot are decoded at a reduced DCT scale (``Image.draft``), at least
-    twice the target size, then resized with antialiasing as torchvision's ``Resize`` does.
-
-    Raises:
-        DataError: missing, unreadable, truncated or corrupt file (names the file).
+    Large JPEGs that shrink a lot are decoded at a reduced DCT scale (``Image.draft``), at
+    least twice the target size, then resized with antialiasing as torchvision's does.
     """
     p = Path(path)
     if not p.is_file():
@@ -162,11 +138,7 @@ def decode_steps(channels: int, size: Sequence[int]) -> list[dict[str, Any]]:
     mode = "L" if channels == 1 else "RGB"
     h, w = int(size[0]), int(size[1])
     return [
-        {
-            "op": "open",
-            "library": "PIL",
-            "call": "Image.open(path)",
-        },
+        {"op": "open", "library": "PIL", "call": "Image.open(path)"},
         {
             "op": "jpeg_draft",
             "when": "the file is a JPEG (img.format == 'JPEG') and its size differs from the target",
@@ -204,27 +176,9 @@ def load_image(
     where: str = "",
     resize_factor: int | None = None,
 ) -> Tensor:
-    """Decode one image file into a uint8 ``(C, H, W)`` tensor.
-
-    Args:
-        path: image file.
-        channels: 1 (grayscale) or 3 (RGB); ``None`` keeps 1 for grayscale files, else RGB.
-        size: (height, width) to resize to (antialiased bilinear), or ``None`` to keep.
-        where: location for error messages (CSV row/column).
-        resize_factor: shrink both sides by this integer factor instead of ``size``.
-
-    Raises:
-        DataError: missing, unreadable, truncated or corrupt file (names the file).
-    """
+    """``decode_image`` as a ``(C, H, W)`` tensor; ``where`` (CSV row) joins the error."""
     try:
         arr = decode_image(path, channels, size, resize_factor)
     except DataError as e:
         raise DataError(f"{e} ({where})" if where else str(e)) from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def stack_images(images: list[Tensor]) -> Tensor:
-    """Stack equally sized uint8 ``(C, H, W)`` tensors into ``(N, C, H, W)``."""
-    if not images:
-        return torch.empty(0, 1, 1, 1, dtype=torch.uint8)
-    return torch.stack(images)

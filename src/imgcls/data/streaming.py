@@ -1,20 +1,10 @@
-"""The streaming path: per-sample decode in DataLoader workers, torchvision transforms v2.
+"""The stream path, for sets whose decoded pixels exceed ``data.memory_budget_mb``.
 
-For datasets whose decoded pixels do not fit ``data.memory_budget_mb``: nothing is decoded at
-set-up beyond a header pre-pass (existence, format, size, mode). Each sample is decoded from
-its file in a worker process at native resolution and transformed there:
-
-- train: ``RandomResizedCrop`` (or a plain resize), optional horizontal flip, optional
-  ``TrivialAugmentWide`` / ``RandAugment``;
-- eval: resize + center crop, described by a plain dict (``eval_transform`` of the
-  ``DataSpec``) so that predict and export rebuild exactly the same transform from a checkpoint.
-
-Samples stay uint8 ``(C, H, W)`` until the batch reaches its device, where the datamodule
-normalizes them exactly as on the memory path: both paths feed the model identically.
-
-A file that fails to decode mid-epoch is never turned into a wrong label: the worker returns
-its error with the sample, and the main process stops with a ``DataError`` naming the file
-(``data.on_decode_error=stop``) or drops the sample, counts it and logs it (``skip``).
+Each sample is decoded in a DataLoader worker at native size and transformed there (torchvision
+v2); it stays uint8 until the batch reaches its device, where the datamodule normalizes it as
+on the memory path. The eval transform is plain data (``DataSpec.eval_transform``) so predict
+and export rebuild it from a checkpoint. A file failing mid-epoch never becomes a wrong label:
+its error travels with the batch and the main process stops or skips (``DecodeErrors``).
 """
 
 from __future__ import annotations
@@ -33,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from imgcls.data.images import _DECODE_ERRORS, decode_image
+from imgcls.data.images import _DECODE_ERRORS, decode_image, load_image
 from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -51,22 +41,10 @@ _INTERPOLATIONS = {
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """Per-sample transform options of the streaming path (``data.stream.*``).
-
-    Attributes:
-        train_crop: ``random_resized_crop`` (at native resolution, the ImageNet recipe) or
-            ``resize`` (the memory path's plain resize to ``image_size``).
-        scale: ``RandomResizedCrop`` area range.
-        ratio: ``RandomResizedCrop`` aspect-ratio range.
-        hflip: probability of a horizontal flip (0 for digits and text).
-        auto_augment: ``null``, ``trivial`` (TrivialAugmentWide) or ``randaugment``.
-        randaugment_ops: ``RandAugment`` ``num_ops``.
-        randaugment_magnitude: ``RandAugment`` ``magnitude``.
-        eval_resize: ``null`` resizes to ``image_size`` exactly (as the memory path does);
-            an int resizes the shorter side to it and then center-crops ``image_size``.
-        interpolation: ``bilinear``, ``bicubic`` or ``nearest`` (antialiased when shrinking).
-        mean_std_sample: training images decoded to measure mean/std when not given.
-    """
+    """``data.stream.*``. ``train_crop``: ``random_resized_crop`` (native resolution, the
+    ImageNet recipe) or ``resize`` (as the memory path). ``eval_resize``: ``null`` resizes to
+    ``image_size`` exactly; an int resizes the shorter side, then center-crops.
+    ``mean_std_sample``: training images decoded to measure mean/std when not given."""
 
     train_crop: str = "resize"
     scale: tuple[float, float] = (0.08, 1.0)
@@ -127,11 +105,7 @@ def eval_transform_dict(opts: StreamOptions, image_size: tuple[int, int]) -> dic
 
 
 def build_eval_transform(desc: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
-    """uint8 ``(C, H, W)`` -> uint8 ``(C, crop_h, crop_w)``: resize, then center crop.
-
-    ``desc`` is ``DataSpec.eval_transform``: ``resize`` ([h, w] exactly, or an int for the
-    shorter side), ``crop`` [h, w], ``interpolation``, ``antialias``.
-    """
+    """Resize (``[h, w]``, or an int for the shorter side), then center crop; uint8 in and out."""
     resize = desc["resize"]
     size = [int(resize[0]), int(resize[1])] if isinstance(resize, (list, tuple)) else int(resize)
     return v2.Compose(
@@ -151,19 +125,12 @@ def build_train_transform(
 ) -> Callable[[Tensor], Tensor]:
     """Per-sample training transform on uint8 ``(C, H, W)`` at native resolution."""
     interp = _INTERPOLATIONS[opts.interpolation]
-    steps: list[Any]
-    if opts.train_crop == "random_resized_crop":
-        steps = [
-            v2.RandomResizedCrop(
-                list(image_size),
-                scale=opts.scale,
-                ratio=opts.ratio,
-                interpolation=interp,
-                antialias=True,
-            )
-        ]
-    else:
-        steps = [v2.Resize(list(image_size), interpolation=interp, antialias=True)]
+    size = list(image_size)
+    steps: list[Any] = [
+        v2.RandomResizedCrop(size, opts.scale, opts.ratio, interp, antialias=True)
+        if opts.train_crop == "random_resized_crop"
+        else v2.Resize(size, interpolation=interp, antialias=True)
+    ]
     if opts.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(opts.hflip))
     if opts.auto_augment == "trivial":
@@ -176,7 +143,7 @@ def build_train_transform(
 
 
 def decode_bytes(data: bytes, channels: int, name: str) -> Tensor:
-    """Decode encoded image bytes (a shard's sample) into uint8 ``(C, H, W)``."""
+    """A shard's encoded sample -> uint8 ``(C, H, W)``."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -198,11 +165,8 @@ class StreamItem:
 
 
 class StreamImageDataset(Dataset):
-    """Map-style dataset decoding one file per ``__getitem__`` (in DataLoader workers).
-
-    Returns ``(image, label, error)``: on a decode failure ``image`` is ``None`` and ``error``
-    names the file and where it was listed; ``collate_stream`` separates such samples.
-    """
+    """One file decoded per ``__getitem__``: ``(image, label, error)``, ``image`` ``None`` and
+    ``error`` naming the file on a failure (``collate_stream`` separates those)."""
 
     def __init__(
         self, items: Sequence[StreamItem], channels: int, transform: Callable[[Tensor], Tensor]
@@ -270,11 +234,7 @@ def stream_loader(
     sampler: Any = None,
     collate_fn: Callable[..., Any] = collate_stream,
 ) -> DataLoader:
-    """A plain map-style DataLoader: Lightning swaps in a ``DistributedSampler`` under DDP.
-
-    Workers persist across epochs (no re-spawn per epoch); host memory is pinned only when
-    there is a CUDA device to copy to.
-    """
+    """A plain DataLoader, so Lightning swaps in a ``DistributedSampler`` under DDP."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -290,17 +250,9 @@ def stream_loader(
 def load_for_eval(
     path: str | Path, channels: int, eval_transform: Mapping[str, Any], where: str = ""
 ) -> Tensor:
-    """One file through a streamed checkpoint's eval transform: uint8 ``(C, crop_h, crop_w)``.
-
-    The predict/export counterpart of the stream path's eval split (native decode, then
-    ``build_eval_transform``); memory-path checkpoints (no ``eval_transform``) keep
-    ``imgcls.data.images.load_image`` at ``image_size``.
-    """
-    try:
-        arr = decode_image(path, channels)
-    except DataError as e:
-        raise DataError(f"{e} ({where})" if where else str(e)) from None
-    return build_eval_transform(eval_transform)(torch.from_numpy(arr).permute(2, 0, 1)).contiguous()
+    """One file through a streamed checkpoint's eval transform (predict/export)."""
+    image = load_image(path, channels, where=where)
+    return build_eval_transform(eval_transform)(image).contiguous()
 
 
 def describe_eval_transform(desc: Mapping[str, Any]) -> str:

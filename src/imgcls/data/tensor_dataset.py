@@ -1,10 +1,6 @@
-"""In-memory uint8 image tensors served a whole batch at a time.
-
-Per-sample ``__getitem__`` + collation costs more than the forward pass of a small net on
-MNIST-sized images; ``__getitems__`` lets the DataLoader fetch a batch with one tensor gather.
-The loader stays an ordinary ``DataLoader`` (batch_size, shuffle), so Lightning can still
-inject its ``DistributedSampler`` under DDP.
-"""
+"""In-memory tensors served a batch at a time: per-sample ``__getitem__`` + collation costs
+more than a small net's forward pass, so ``__getitems__`` gathers a batch in one index; the
+loader stays a plain ``DataLoader`` so Lightning still injects its DDP sampler."""
 
 from __future__ import annotations
 
@@ -70,7 +66,6 @@ def batch_loader(
     drop_last: bool = False,
     sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A plain DataLoader over a batch-fetching dataset (works with Lightning's DDP samplers)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,

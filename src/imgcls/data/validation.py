@@ -17,9 +17,8 @@ Probed = dict[Path, tuple[tuple[int, int], str]]
 
 @dataclass(frozen=True)
 class ImageEntry:
-    """One listed image: ``label`` ``None`` when unlabeled; ``name`` is how the data names it
-    (CSV id or relative path: predictions are written against it); ``where`` locates it for
-    error messages, e.g. ``"train.csv row 3 (line 4), column 'id'"``."""
+    """One listed image. ``name``: the CSV id or relative path predictions are written against;
+    ``where``: e.g. ``"train.csv row 3 (line 4), column 'id'"``; ``label`` ``None``: unlabeled."""
 
     path: Path
     label: str | None
@@ -27,33 +26,24 @@ class ImageEntry:
     where: str
 
 
-class Problems:
+class Problems(list[str]):
     """Per-entry problems collected during validation, raised together as one ``DataError``."""
 
-    def __init__(self, limit: int = 25) -> None:
-        self.items: list[str] = []
-        self.limit = limit
+    limit = 25
 
     def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}" if where else message)
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
+        self.append(f"{where}: {message}" if where else message)
 
     def raise_if_any(self, context: str) -> None:
-        if not self.items:
+        if not self:
             return
         # by file, then row number ("row 9" before "row 10"), whatever the stage that found it
-        self.items.sort(key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
-        if len(self.items) == 1:
-            raise DataError(f"{self.items[0]} [{context}]")
-        shown = "\n".join(f"  - {p}" for p in self.items[: self.limit])
-        more = len(self.items) - self.limit
-        tail = f"\n  ... and {more} more" if more > 0 else ""
-        raise DataError(f"{len(self.items)} problems in {context}:\n{shown}{tail}")
+        self.sort(key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+        if len(self) == 1:
+            raise DataError(f"{self[0]} [{context}]")
+        shown = "\n".join(f"  - {p}" for p in self[: self.limit])
+        tail = f"\n  ... and {len(self) - self.limit} more" if len(self) > self.limit else ""
+        raise DataError(f"{len(self)} problems in {context}:\n{shown}{tail}")
 
 
 def sort_class_names(labels: Sequence[str] | set[str]) -> tuple[str, ...]:

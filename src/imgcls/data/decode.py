@@ -16,8 +16,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from imgcls.data.decode_cache import CacheUnwritable, DecodedCache, fmt_bytes
-from imgcls.data.images import decode_image, probe_image, target_size
-from imgcls.data.validation import channels_of, common_size, probe_files, report_each
+from imgcls.data.images import decode_image
+from imgcls.data.validation import (
+    channels_of,
+    common_size,
+    first_size,
+    probe_files,
+    report_each,
+)
 from imgcls.errors import DataError
 
 if TYPE_CHECKING:
@@ -60,15 +66,8 @@ def decode_images(
     ``size=None`` keeps the native size (over ``resize_factor``) of the first readable file.
     """
     n = len(paths)
-    first: str | os.PathLike = paths[0] if n else ""
-    h, w = size or (1, 1)
-    for p in paths if size is None else ():
-        try:
-            h, w = target_size(probe_image(p)[0], None, resize_factor)
-            first = p
-            break
-        except DataError:
-            continue
+    found = first_size(paths, resize_factor) if size is None else None
+    first, (h, w) = found or (paths[0] if n else "", size or (1, 1))
     if out is None:
         out = torch.zeros(n, channels, h, w, dtype=torch.uint8)
     elif tuple(out.shape) != (n, channels, h, w):
@@ -107,14 +106,10 @@ def _settle(dm: FileImageDataModule, plan: Plan) -> tuple[int, tuple[int, int]] 
     threads, problems = max(1, dm.num_workers), plan.problems
     present = [p for p in plan.order if p in plan.stats]
     channels, size = dm.channels, dm.target_image_size
-    probe_all = channels is None or bool(problems)
-    if not probe_all and size is None:
-        try:
-            size = target_size(probe_image(present[0])[0], None, dm.resize_factor)
-        except DataError:
-            probe_all = True
-    if not probe_all:
-        return channels, size  # type: ignore[return-value]
+    if channels is not None and not problems:
+        found = first_size(present[:1], dm.resize_factor) if size is None else (None, size)
+        if found is not None:
+            return channels, found[1]
     probed = probe_files(present, plan.where, problems, threads)
     if not probed:
         return None
@@ -190,9 +185,8 @@ def decode_source(dm: FileImageDataModule, plan: Plan, cache: DecodedCache | Non
                 log.info("cached the decoded images in %s", cache.data)
             return images
         except CacheUnwritable as e:  # read-only mount, no mmap: train without it
-            log.warning(
-                "cannot write the decode cache in %s (%s); decoding into memory", cache.dir, e
-            )
+            msg = "cannot write the decode cache in %s (%s); decoding into memory"
+            log.warning(msg, cache.dir, e)
     avail = available_memory()
     if avail is not None and nbytes > 0.8 * avail:
         raise DataError(

@@ -70,25 +70,12 @@ def _int(x: Any) -> int | None:
 class FileImageDataModule(ImageDataModule):
     """Base for sources that list image files with labels; subclasses implement ``list_entries``.
 
-    Args:
-        channels: 1 or 3; ``None`` picks 1 when every image is grayscale.
-        image_size: ``[height, width]`` every image is resized to; or ``resize_factor``, an
-            integer shrink (the seed CNN's 8). With neither, all images must share one size.
-        val_fraction: per-class hold-out for validation when the source lists none.
-        split_seed: seed of every split (independent of the training seed).
-        test_fraction: without a labeled test split, hold out this fraction of each training
-            class as test (before, and apart from, validation); ``None``: no ``test/*`` metrics.
-        cache_dir: on-disk decode cache (memory-mapped, so it also serves sets larger than
-            RAM); ``None`` decodes into memory on every run.
-        num_workers: decoding threads at set-up; the in-memory loaders use no workers (they
-            would only add inter-process copies). On the stream path: DataLoader workers.
-        loading: ``memory``, ``stream`` (``imgcls.data.streaming``) or ``auto`` (memory when
-            the decoded set fits ``memory_budget_mb``).
-        on_decode_error: stream path, a file failing mid-epoch: ``stop`` or ``skip`` it.
-        stream: the stream path's per-sample transform options (``StreamOptions``).
-        num_folds, fold: k-fold validation on the training pool.
-        digits_dir: where missing default digits roots are built from MNIST.
-        **kwargs: see ``ImageDataModule``; ``mean``/``std`` ``None`` are measured on train.
+    ``channels=None`` picks 1 when every image is grayscale; ``image_size`` or an integer
+    ``resize_factor`` (the seed CNN's 8) sets the size, else all images must share one.
+    ``val_fraction``/``test_fraction``/``num_folds`` hold out per class, seeded by
+    ``split_seed``. ``num_workers`` are decoding threads (the in-memory loaders use none: they
+    would only add copies), or the stream path's loader workers. ``mean``/``std`` ``None`` are
+    measured on the training images.
     """
 
     source_name = "image files"
@@ -258,8 +245,7 @@ class FileImageDataModule(ImageDataModule):
                 return images
         elif not plan.problems and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             log.info(
-                "data.cache_dir=null: every DDP rank decodes the images itself (set data.cache_dir "
-                "to decode once per node)"
+                "data.cache_dir=null: every DDP rank decodes the images itself (set data.cache_dir to decode once per node)"
             )
         return decode_source(self, plan, None)
 
@@ -268,12 +254,9 @@ class FileImageDataModule(ImageDataModule):
         images = None if plan.problems else cache.load()
         if images is None:  # problems to report, or the cache could not be written
             return decoded
-        msg = "decode cache: loaded %d decoded images %s from %s in %.1f s, %s (memory-mapped; "
-        dt = time.perf_counter() - plan.t0
-        n, shape = len(plan.order), tuple(images.shape[1:])
-        log.info(
-            msg + "delete the file to force a fresh decode)", n, shape, cache.data, dt, rank_name()
-        )
+        msg = "decode cache: loaded %d decoded images %s from %s in %.1f s, %s (memory-mapped; delete the file to force a fresh decode)"
+        dt, shape = time.perf_counter() - plan.t0, tuple(images.shape[1:])
+        log.info(msg, len(plan.order), shape, cache.data, dt, rank_name())
         return images  # the same read-only mapping on every rank
 
     def load_splits(self) -> Splits:
@@ -291,7 +274,7 @@ class FileImageDataModule(ImageDataModule):
             else:
                 x = images[torch.tensor(idx)]
             y = torch.tensor(
-                [plan.class_index[e.label] if e.label is not None else -1 for e in entries]
+                [-1 if e.label is None else plan.class_index[e.label] for e in entries]
             )
             splits[s] = TensorImageDataset(x, y)
             self.set_fingerprint(s, self._settings(), plan.stats)
@@ -299,10 +282,8 @@ class FileImageDataModule(ImageDataModule):
             self._mean, self._std = measure_mean_std(splits["train"].images)
             log_mean_std(self._mean, self._std, "the training images")
         names = ", ".join(self.class_names[:10]) + (", ..." if len(self.class_names) > 10 else "")
-        dt = time.perf_counter() - plan.t0
-        log.info(
-            "%s: %d classes (%s), set-up %.1f s", self.describe(), len(self.class_names), names, dt
-        )
+        n, dt = len(self.class_names), time.perf_counter() - plan.t0
+        log.info("%s: %d classes (%s), set-up %.1f s", self.describe(), n, names, dt)
         return splits
 
     def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:

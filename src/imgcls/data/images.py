@@ -3,6 +3,7 @@ training data and the images a checkpoint later predicts on are decoded identica
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,17 +102,18 @@ def decode_image(
     channels: int | None = None,
     image_size: Sequence[int] | None = None,
     resize_factor: int | None = None,
+    data: bytes | None = None,
 ) -> np.ndarray:
-    """One file -> uint8 ``(H, W, C)``; ``DataError`` names a missing or corrupt file.
+    """One file (or its encoded ``data``) -> uint8 ``(H, W, C)``; errors name the file.
 
     Large JPEGs that shrink a lot are decoded at a reduced DCT scale (``Image.draft``), at
     least twice the target size, then resized with antialiasing as torchvision's does.
     """
     p = Path(path)
-    if not p.is_file():
+    if data is None and not p.is_file():
         raise DataError(f"image file not found: {p}")
     try:
-        with Image.open(p) as img:
+        with Image.open(p if data is None else io.BytesIO(data)) as img:
             if channels is None:
                 channels = 1 if img.mode in GRAY_MODES else 3
             mode = "L" if channels == 1 else "RGB"

@@ -86,21 +86,17 @@ def hold_out_test(
             f"data.test_fraction={fraction} but {source} already has a "
             "labeled test split; set data.test_fraction=null"
         )
-    if not 0.0 < float(fraction) < 1.0:
+    fraction = float(fraction)
+    if not 0.0 < fraction < 1.0:
         raise ConfigError(f"data.test_fraction must be in (0, 1) or null, got {fraction}")
     pool = listed["train"]
     # a seed of its own: the validation draw that follows stays seeded by split_seed
-    rest, test = stratified_split(_labels(pool, class_index), float(fraction), seed + 1)
+    rest, test = stratified_split(_labels(pool, class_index), fraction, seed + 1)
     if not test:
         raise DataError(f"{source}: too few training images to hold out a test set")
     listed["train"], listed["test"] = [pool[i] for i in rest], [pool[i] for i in test]
-    log.info(
-        "data.test_fraction: holding out %.0f%% of each class as the test split "
-        "(%d images, stratified, seed %d), apart from validation",
-        100 * float(fraction),
-        len(test),
-        seed + 1,
-    )
+    msg = "data.test_fraction: holding out %.0f%% of each class as the test split (%d images, stratified, seed %d), apart from validation"
+    log.info(msg, 100 * fraction, len(test), seed + 1)
 
 
 def fold_split(
@@ -113,14 +109,8 @@ def fold_split(
     folds = stratified_folds(_labels(pool, class_index), num_folds, seed)
     listed["train"] = [e for e, f in zip(pool, folds, strict=True) if f != fold]
     listed["val"] = [e for e, f in zip(pool, folds, strict=True) if f == fold]
-    log.info(
-        "fold %d of %d: %d validation, %d training images (stratified, seed %d)",
-        fold,
-        num_folds,
-        len(listed["val"]),
-        len(listed["train"]),
-        seed,
-    )
+    msg = "fold %d of %d: %d validation, %d training images (stratified, seed %d)"
+    log.info(msg, fold, num_folds, len(listed["val"]), len(listed["train"]), seed)
 
 
 def hold_out_val(
@@ -129,12 +119,8 @@ def hold_out_val(
     """Without a validation list, hold out ``fraction`` of each training class."""
     pool = listed["train"]
     tr, va = stratified_split(_labels(pool, class_index), fraction, seed)
-    log.info(
-        "no validation list: holding out %.0f%% of each class (%d images, stratified, seed %d)",
-        100 * fraction,
-        len(va),
-        seed,
-    )
+    msg = "no validation list: holding out %.0f%% of each class (%d images, stratified, seed %d)"
+    log.info(msg, 100 * fraction, len(va), seed)
     listed["train"], listed["val"] = [pool[i] for i in tr], [pool[i] for i in va]
     if not listed["val"]:
         raise DataError(f"{source}: too few training images to hold out a validation set")

@@ -28,9 +28,5 @@ def measure_mean_std(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ..
 
 
 def log_mean_std(mean: tuple[float, ...], std: tuple[float, ...], on: str) -> None:
-    log.info(
-        "normalization: mean %s, std %s measured on %s (set data.mean/std to fix them)",
-        tuple(round(m, 4) for m in mean),
-        tuple(round(s, 4) for s in std),
-        on,
-    )
+    msg = "normalization: mean %s, std %s measured on %s (set data.mean/std to fix them)"
+    log.info(msg, tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std), on)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from imgcls.data.base_datamodule import Splits
-from imgcls.data.images import probe_image, target_size
+from imgcls.data.images import target_size
 from imgcls.data.stats import log_mean_std, measure_mean_std
 from imgcls.data.streaming import (
     StreamImageDataset,
@@ -25,7 +25,7 @@ from imgcls.data.streaming import (
     build_train_transform,
     eval_transform_dict,
 )
-from imgcls.data.validation import channels_of, probe_files
+from imgcls.data.validation import channels_of, first_size, probe_files
 from imgcls.errors import DataError
 
 if TYPE_CHECKING:
@@ -41,13 +41,10 @@ def decoded_size(dm: FileImageDataModule, order: list[Path], stats: dict) -> tup
     channels = dm.channels or 3  # unknown channels: count RGB, the upper bound
     size = dm.target_image_size
     if size is None:
-        first = next((p for p in order if p in stats), None)
-        if first is None:
-            return 0, "no readable file"
-        try:
-            size = target_size(probe_image(first)[0], None, dm.resize_factor)
-        except DataError:
+        found = first_size([p for p in order if p in stats][:1], dm.resize_factor)
+        if found is None:
             return 0, "first file unreadable"
+        size = found[1]
     nbytes = len(order) * channels * size[0] * size[1]
     return nbytes, f"{len(order)} images x {channels}x{size[0]}x{size[1]} uint8"
 
@@ -58,17 +55,9 @@ def resolve_loading(dm: FileImageDataModule, order: list[Path], stats: dict) -> 
         log.info("data.loading=%s", dm.loading)
         return dm.loading
     nbytes, how = decoded_size(dm, order, stats)
-    budget = dm.memory_budget_mb * MB
-    choice = "memory" if nbytes <= budget else "stream"
-    log.info(
-        "data.loading=auto chose %s: the decoded set would take %.1f MB (%s), %s "
-        "data.memory_budget_mb=%g",
-        choice,
-        nbytes / MB,
-        how,
-        "within" if choice == "memory" else "over",
-        dm.memory_budget_mb,
-    )
+    choice, rel = ("memory", "within") if nbytes <= dm.memory_budget_mb * MB else ("stream", "over")
+    msg = "data.loading=auto chose %s: the decoded set would take %.1f MB (%s), %s data.memory_budget_mb=%g"
+    log.info(msg, choice, nbytes / MB, how, rel, dm.memory_budget_mb)
     return choice
 
 
@@ -109,26 +98,16 @@ def stream_splits(dm: FileImageDataModule, plan: Plan) -> Splits:
 
     splits = Splits()
     for s, entries in dm.entries.items():
-        items = [
-            StreamItem(e.path, plan.class_index[e.label] if e.label is not None else -1, e.where)
-            for e in entries
-        ]
+        label = [-1 if e.label is None else plan.class_index[e.label] for e in entries]
+        items = [StreamItem(e.path, y, e.where) for e, y in zip(entries, label, strict=True)]
         splits[s] = StreamImageDataset(items, channels, train_tf if s == "train" else eval_tf)
         about = {"loading": "stream", "channels": channels, "eval_transform": eval_desc}
         dm.set_fingerprint(s, about, plan.stats)
     if dm._mean is None:
         _measure(dm, splits["train"], eval_tf)
-    native = {hw for hw, _ in probed.values()}
-    log.info(
-        "%s: streaming %d files (%d native sizes, headers checked in %.1f s); %d classes; "
-        "train %s, eval %s; %d loader workers",
-        dm.describe(),
-        len(order),
-        len(native),
-        time.perf_counter() - plan.t0,
-        len(dm.class_names),
-        dm.stream_options.train_crop,
-        eval_desc,
-        dm.num_workers,
-    )
+    native, dt = len({hw for hw, _ in probed.values()}), time.perf_counter() - plan.t0
+    msg = "%s: streaming %d files (%d native sizes, headers checked in %.1f s); %d classes; "
+    args = (dm.describe(), len(order), native, dt, len(dm.class_names))
+    opts = (dm.stream_options.train_crop, eval_desc, dm.num_workers)
+    log.info(msg + "train %s, eval %s; %d loader workers", *args, *opts)
     return splits

@@ -9,21 +9,18 @@ its error travels with the batch and the main process stops or skips (``DecodeEr
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from imgcls.data.images import _DECODE_ERRORS, decode_image, load_image
+from imgcls.data.images import decode_image, load_image
 from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -69,26 +66,21 @@ class StreamOptions:
             if key in d:
                 d[key] = (float(d[key][0]), float(d[key][1]))
         opts = cls(**d)
-        if opts.train_crop not in TRAIN_CROPS:
-            raise ConfigError(
-                f"data.stream.train_crop must be one of {TRAIN_CROPS}, got {opts.train_crop!r}"
-            )
-        if opts.auto_augment not in AUTO_AUGMENTS:
-            raise ConfigError(
-                f"data.stream.auto_augment must be null, trivial or randaugment, got {opts.auto_augment!r}"
-            )
-        if opts.interpolation not in _INTERPOLATIONS:
-            raise ConfigError(
-                f"data.stream.interpolation must be one of {sorted(_INTERPOLATIONS)}, got {opts.interpolation!r}"
-            )
+        _one_of("stream.train_crop", opts.train_crop, TRAIN_CROPS)
+        _one_of("stream.auto_augment", opts.auto_augment, AUTO_AUGMENTS)
+        _one_of("stream.interpolation", opts.interpolation, tuple(_INTERPOLATIONS))
         return opts
 
 
+def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(f"data.{key} must be one of {shown}, got {value!r}")
+
+
 def check_loading(loading: str, on_decode_error: str, memory_budget_mb: float) -> None:
-    if loading not in LOADING_MODES:
-        raise ConfigError(f"data.loading must be memory, stream or auto, got {loading!r}")
-    if on_decode_error not in ERROR_MODES:
-        raise ConfigError(f"data.on_decode_error must be stop or skip, got {on_decode_error!r}")
+    _one_of("loading", loading, LOADING_MODES)
+    _one_of("on_decode_error", on_decode_error, ERROR_MODES)
     if float(memory_budget_mb) <= 0:
         raise ConfigError(f"data.memory_budget_mb must be positive, got {memory_budget_mb}")
 
@@ -106,18 +98,11 @@ def eval_transform_dict(opts: StreamOptions, image_size: tuple[int, int]) -> dic
 
 def build_eval_transform(desc: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
     """Resize (``[h, w]``, or an int for the shorter side), then center crop; uint8 in and out."""
-    resize = desc["resize"]
-    size = [int(resize[0]), int(resize[1])] if isinstance(resize, (list, tuple)) else int(resize)
-    return v2.Compose(
-        [
-            v2.Resize(
-                size,
-                interpolation=_INTERPOLATIONS[str(desc.get("interpolation", "bilinear"))],
-                antialias=bool(desc.get("antialias", True)),
-            ),
-            v2.CenterCrop([int(desc["crop"][0]), int(desc["crop"][1])]),
-        ]
-    )
+    r = desc["resize"]
+    size = [int(r[0]), int(r[1])] if isinstance(r, (list, tuple)) else int(r)
+    interp = _INTERPOLATIONS[str(desc.get("interpolation", "bilinear"))]
+    resize = v2.Resize(size, interpolation=interp, antialias=bool(desc.get("antialias", True)))
+    return v2.Compose([resize, v2.CenterCrop([int(desc["crop"][0]), int(desc["crop"][1])])])
 
 
 def build_train_transform(
@@ -144,15 +129,7 @@ def build_train_transform(
 
 def decode_bytes(data: bytes, channels: int, name: str) -> Tensor:
     """A shard's encoded sample -> uint8 ``(C, H, W)``."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            mode = "L" if channels == 1 else "RGB"
-            arr = np.array(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
-    except _DECODE_ERRORS as e:
-        raise DataError(f"cannot decode image {name}: {e}") from None
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_image(name, channels, data=data)).permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -193,15 +170,12 @@ def collate_stream(
     samples: list[tuple[Tensor | None, int, str]],
 ) -> tuple[Tensor, Tensor, list[str]]:
     """Stack the decoded samples; failed ones leave only their error message."""
-    good = [(x, y) for x, y, err in samples if x is not None]
+    good = [(x, y) for x, y, _ in samples if x is not None]
     errors = [err for x, _, err in samples if x is None]
-    if good:
-        images = torch.stack([x for x, _ in good])
-        targets = torch.tensor([y for _, y in good], dtype=torch.long)
-    else:
-        images = torch.empty(0, 1, 1, 1, dtype=torch.uint8)
-        targets = torch.empty(0, dtype=torch.long)
-    return images, targets, errors
+    if not good:
+        return torch.empty(0, 1, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), errors
+    xs, ys = zip(*good, strict=True)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), errors
 
 
 class DecodeErrors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -134,6 +135,16 @@ def probe_files(
 
     report_each(paths, probe, where, problems, threads)
     return probed
+
+
+def first_size(
+    paths: Sequence[str | os.PathLike], resize_factor: int | None
+) -> tuple[str | os.PathLike, tuple[int, int]] | None:
+    """The first readable file and its native size over ``resize_factor``."""
+    for p in paths:
+        with contextlib.suppress(DataError):
+            return p, target_size(probe_image(p)[0], None, resize_factor)
+    return None
 
 
 def channels_of(probed: Probed) -> int:

@@ -109,8 +109,7 @@ class FileImageDataModule(ImageDataModule):
             )
         self.num_folds, self.fold = _int(num_folds), _int(fold)
         self.digits_dir = str(digits_dir) if digits_dir else None
-        self.loading = loading
-        self.memory_budget_mb = float(memory_budget_mb)
+        self.loading, self.memory_budget_mb = loading, float(memory_budget_mb)
         self.stream_options = StreamOptions.from_config(stream)
         self.decode_errors = DecodeErrors(on_decode_error, self.source_name)
         self.loading_used: str | None = None  # "memory" or "stream" once set up
@@ -120,8 +119,7 @@ class FileImageDataModule(ImageDataModule):
             None if image_size is None else (int(image_size[0]), int(image_size[1]))
         )
         self.resize_factor = _int(resize_factor)
-        self.val_fraction = float(val_fraction)
-        self.split_seed = int(split_seed)
+        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
         self.test_fraction = None if test_fraction is None else float(test_fraction)
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.entries: dict[str, list[ImageEntry]] = {}

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from imgcls.errors import ConfigError, DataError
@@ -30,13 +30,8 @@ IMAGE_EXTENSIONS = (
 )
 # PIL modes that hold one channel; anything else is decoded as RGB when channels is not set.
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"})
-_DECODE_ERRORS = (
-    UnidentifiedImageError,
-    OSError,
-    SyntaxError,
-    ValueError,
-    Image.DecompressionBombError,
-)
+# OSError covers PIL.UnidentifiedImageError
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def resolve_under(root: str | os.PathLike, name: str, where: str = "") -> Path:
@@ -46,12 +41,7 @@ def resolve_under(root: str | os.PathLike, name: str, where: str = "") -> Path:
     is honoured while ``../../etc/passwd`` from a CSV cell is not.
     """
     at = f" ({where})" if where else ""
-    if (
-        not name
-        or os.path.isabs(name)
-        or name.startswith(("/", "\\"))
-        or (len(name) > 1 and name[1] == ":")
-    ):
+    if not name or os.path.isabs(name) or name.startswith(("/", "\\")) or name[1:2] == ":":
         raise DataError(f"image path {name!r}{at} must be relative to the image directory {root}")
     base = os.path.normpath(os.path.abspath(root))
     path = os.path.normpath(os.path.join(base, name))

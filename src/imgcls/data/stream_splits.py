@@ -67,11 +67,7 @@ def _measure(dm: FileImageDataModule, train: StreamImageDataset, eval_tf: Any) -
     g = torch.Generator().manual_seed(dm.split_seed)
     idx = torch.randperm(len(train), generator=g)[:n].tolist()
     sample = StreamImageDataset([train.items[i] for i in idx], train.channels, eval_tf)
-    images = []
-    for i in range(len(sample)):
-        x, _, err = sample[i]
-        if x is not None:
-            images.append(x)
+    images = [x for x, _, _ in (sample[i] for i in range(len(sample))) if x is not None]
     if not images:
         raise DataError(f"{dm.describe()}: no training image could be decoded to measure mean/std")
     dm._mean, dm._std = measure_mean_std(torch.stack(images))

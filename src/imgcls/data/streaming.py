@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from imgcls.data.images import decode_image, load_image
+from imgcls.data.tensor_dataset import batch_loader
 from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -208,16 +209,10 @@ def stream_loader(
     sampler: Any = None,
     collate_fn: Callable[..., Any] = collate_stream,
 ) -> DataLoader:
-    """A plain DataLoader, so Lightning swaps in a ``DistributedSampler`` under DDP."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+    pin = torch.cuda.is_available()
+    shuffle = shuffle and sampler is None
+    return batch_loader(
+        dataset, batch_size, shuffle, num_workers, pin, sampler=sampler, collate_fn=collate_fn
     )
 
 

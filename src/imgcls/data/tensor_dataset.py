@@ -4,7 +4,7 @@ loader stays a plain ``DataLoader`` so Lightning still injects its DDP sampler."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -65,7 +65,9 @@ def batch_loader(
     pin_memory: bool = False,
     drop_last: bool = False,
     sampler: Sampler | None = None,
+    collate_fn: Callable[[Any], Any] = keep_batch,
 ) -> DataLoader:
+    """Workers persist across epochs; a plain DataLoader, so Lightning injects its DDP sampler."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -74,6 +76,6 @@ def batch_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        collate_fn=keep_batch,
+        collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
     )

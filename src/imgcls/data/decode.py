@@ -17,13 +17,7 @@ from torch import Tensor
 
 from imgcls.data.decode_cache import CacheUnwritable, DecodedCache, fmt_bytes
 from imgcls.data.images import decode_image
-from imgcls.data.validation import (
-    channels_of,
-    common_size,
-    first_size,
-    probe_files,
-    report_each,
-)
+from imgcls.data.validation import channels_of, common_size, first_size, probe_files, report_each
 from imgcls.errors import DataError
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from imgcls.data.csv_datamodule import CSVDataModule
-from imgcls.data.file_source import stratified_folds
 from imgcls.data.folder_datamodule import FolderDataModule
+from imgcls.data.splits import stratified_folds
 from imgcls.errors import ConfigError, DataError
 from tests.conftest import MNIST_DATA, run_entry
 

@@ -28,7 +28,7 @@ def test_bundled_files_decompress_to_canonical_content(tmp_path) -> None:
     assert ensure_mnist_raw(tmp_path) == raw
     for name in MNIST_MD5:
         assert (raw / name).is_file()
-    assert not list(raw.glob("*.part"))
+    assert not list(raw.glob("*.tmp"))
 
 
 def test_corrupt_archive_is_named(tmp_path) -> None:

@@ -1,8 +1,7 @@
-"""What every image datamodule shares: in-memory uint8 splits, loaders, normalization, augmentation.
+"""What every image datamodule shares: uint8 splits, loaders, normalization, augmentation.
 
-A source subclass only says *which* images and labels make up each split (``load_splits``);
-how they become model input is decided here, once.
-"""
+A source only says which images make up each split (``load_splits``); how they become model
+input is decided here, once."""
 
 from __future__ import annotations
 
@@ -33,17 +32,9 @@ class Splits(dict[str, TensorImageDataset]):
 class ImageDataModule(L.LightningDataModule):
     """Base datamodule over in-memory uint8 tensors.
 
-    Args:
-        batch_size: training batch size (per device).
-        eval_batch_size: batch size for val/test/predict (defaults to ``batch_size``).
-        num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
-        pin_memory: pin host memory (useful with a GPU).
-        train_augment: batch transform applied to training batches only, in pixel space
-            (float 0..255, before normalization), so exposed borders are black as in torchvision.
-        mean: per-channel mean; ``None`` uses the subclass default.
-        std: per-channel std; ``None`` uses the subclass default.
-        batch_mix: MixUp/CutMix (``imgcls.data.recipes.BatchMix``) on normalized training
-            batches; their targets become ``(N, num_classes)`` probabilities.
+    ``train_augment`` runs on training batches in pixel space (float 0..255, before
+    normalization); ``batch_mix`` (MixUp/CutMix) on normalized ones, making soft targets.
+    ``mean``/``std`` ``None``: the subclass default.
     """
 
     default_mean: tuple[float, ...] = (0.5,)
@@ -74,20 +65,14 @@ class ImageDataModule(L.LightningDataModule):
         self._spec: DataSpec | None = None
         self._served: dict[str, Dataset] = {}
 
-    # -- what subclasses provide -------------------------------------------------------------
     def load_splits(self) -> Splits:
-        """Return the uint8 datasets for each split and set ``self.class_names``."""
+        """The uint8 datasets of each split; sets ``self.class_names``."""
         raise NotImplementedError
 
     def fingerprint(self, split: str) -> str:
-        """A string that changes whenever the images or labels of ``split`` may change.
-
-        Caches derived from the data (decoded images, frozen-backbone features) key on it.
-        File-based sources hash their file list with sizes and mtimes.
-        """
+        """Changes whenever the images or labels of ``split`` may: caches of derived data key on it."""
         raise NotImplementedError(f"{type(self).__name__} does not fingerprint its data")
 
-    # -- shared ------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # idempotent: the builder calls it before the Trainer does
             self.splits = self.load_splits()
@@ -98,7 +83,6 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def spec(self) -> DataSpec:
-        """Sizes, class names and normalization of the model input (after ``setup``)."""
         if self._spec is None:
             self._spec = self._make_spec()
         return self._spec
@@ -122,13 +106,11 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def _input_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of the model input."""
         assert self.splits is not None
         c, h, w = next(iter(self.splits.values())).images.shape[1:]
         return int(c), int(h), int(w)
 
     def _eval_transform(self) -> dict[str, Any] | None:
-        """The eval transform as plain data when it is more than a resize to ``image_size``."""
         return None
 
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -137,8 +119,7 @@ class ImageDataModule(L.LightningDataModule):
         self._spec = None
 
     def use_dataset(self, split: str, dataset: Dataset | None) -> None:
-        """Serve ``dataset`` in ``split``'s loader instead of its images (e.g. cached features,
-        which ``on_after_batch_transfer`` passes through); ``None`` restores the images."""
+        """Serve ``dataset`` (e.g. cached features) in ``split``'s loader; ``None`` restores images."""
         if dataset is None:
             self._served.pop(split, None)
         else:
@@ -183,14 +164,9 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
-        """Under DDP, shard val/test/predict so that every image is scored exactly once.
-
-        Lightning's default ``DistributedSampler`` pads the last shard with repeated images
-        (so that every rank runs as many batches), which biases the synced metrics whenever
-        the split size is not a multiple of the world size. Evaluation has no gradient sync,
-        so shards of unequal length are safe; Lightning leaves a ``DistributedSampler``
-        subclass in place instead of injecting its own.
-        """
+        """Under DDP every eval image is scored exactly once: Lightning's default sampler pads
+        the last shard with repeats, biasing synced metrics. Without gradient sync, unequal
+        shards are safe, and Lightning keeps a ``DistributedSampler`` subclass in place."""
         trainer = self.trainer
         kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
         if not kwargs or kwargs.get("num_replicas", 1) <= 1:

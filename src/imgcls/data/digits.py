@@ -1,24 +1,21 @@
-"""Make the digit CSV/folder sets from the bundled MNIST when a default digits root is missing.
+"""Build a missing default digits root (``<digits_dir>/digits_{csv,jpg,folder}``) from MNIST.
 
-A fresh clone has ``data/MNIST`` but not ``data/digits_*``; the shipped digits experiments then
-build their set on first use (``scripts/make_digit_datasets.py``, the same files as running it
-by hand). Only the default roots ``<digits_dir>/digits_{csv,jpg,folder}`` are ever created: a
-user's own missing path keeps its clear error.
-
-Local rank 0 builds under a file lock in ``digits_dir`` (``prepare_data``); the other ranks wait
-for the directory, which the script renames into place only when complete.
+A fresh clone has ``data/MNIST`` but not ``data/digits_*``: the digits experiments build theirs
+on first use with ``scripts/make_digit_datasets.py``. A user's own missing path keeps its error.
+Local rank 0 builds under a file lock; the others wait for the script's atomic rename.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
+import runpy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from imgcls.data.file_source import DecodedCache
+from imgcls.data.decode_cache import DecodedCache
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,17 +44,11 @@ def _mnist_dir(digits_dir: Path) -> Path:
     return project_root() / "data"
 
 
-def _load_script():
+def _script_main() -> Callable[[list[str]], int] | None:
     from imgcls.utils.config import project_root
 
     path = project_root() / "scripts" / "make_digit_datasets.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("make_digit_datasets", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return runpy.run_path(str(path))["main"] if path.is_file() else None
 
 
 def ensure_digits(root: str | os.PathLike, digits_dir: str | os.PathLike | None) -> bool:
@@ -66,8 +57,8 @@ def ensure_digits(root: str | os.PathLike, digits_dir: str | os.PathLike | None)
     if form is None or Path(root).exists():
         return False
     base = Path(digits_dir)  # type: ignore[arg-type]
-    script = _load_script()
-    if script is None:  # an installed package without scripts/: the usual missing-data error
+    main = _script_main()
+    if main is None:  # an installed package without scripts/: the usual missing-data error
         return False
     with DecodedCache(base, f".digits_{form}").lock():
         if Path(root).exists():  # another process built it while this one waited
@@ -76,7 +67,7 @@ def ensure_digits(root: str | os.PathLike, digits_dir: str | os.PathLike | None)
         log.info("%s is missing: building it from MNIST in %s (once)", root, mnist)
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(None):
-            rc = script.main(["--out", str(base), "--mnist-dir", str(mnist), "--forms", form])
+            rc = main(["--out", str(base), "--mnist-dir", str(mnist), "--forms", form])
         if rc != 0 or not Path(root).is_dir():
             raise DataError(f"could not build {root} from MNIST in {mnist}")
         log.info("built %s in %.1f s", root, time.perf_counter() - t0)

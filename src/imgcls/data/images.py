@@ -1,12 +1,9 @@
-"""Decoding image files into uint8 tensors, with errors that name the file.
-
-Every file-based source (CSV, ImageFolder, predict inputs) goes through these functions, so
-"how an image becomes a tensor" (decode, channels, resize) is decided in one place: the
-training data and the images a checkpoint later predicts on are decoded identically.
-"""
+"""How an image file becomes a uint8 tensor (decode, channels, resize), decided in one place:
+training data and the images a checkpoint later predicts on are decoded identically."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from imgcls.errors import ConfigError, DataError
@@ -33,13 +30,8 @@ IMAGE_EXTENSIONS = (
 )
 # PIL modes that hold one channel; anything else is decoded as RGB when channels is not set.
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"})
-_DECODE_ERRORS = (
-    UnidentifiedImageError,
-    OSError,
-    SyntaxError,
-    ValueError,
-    Image.DecompressionBombError,
-)
+# OSError covers PIL.UnidentifiedImageError
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def resolve_under(root: str | os.PathLike, name: str, where: str = "") -> Path:
@@ -47,22 +39,9 @@ def resolve_under(root: str | os.PathLike, name: str, where: str = "") -> Path:
 
     The check is lexical (``..`` components), so a symlink the user placed inside ``root``
     is honoured while ``../../etc/passwd`` from a CSV cell is not.
-
-    Args:
-        root: the image directory.
-        name: a relative file name as listed in the data (CSV cell, folder entry).
-        where: location for the error message, e.g. ``"train.csv row 12, column 'id'"``.
-
-    Raises:
-        DataError: the name is empty, absolute, or resolves outside ``root``.
     """
     at = f" ({where})" if where else ""
-    if (
-        not name
-        or os.path.isabs(name)
-        or name.startswith(("/", "\\"))
-        or (len(name) > 1 and name[1] == ":")
-    ):
+    if not name or os.path.isabs(name) or name.startswith(("/", "\\")) or name[1:2] == ":":
         raise DataError(f"image path {name!r}{at} must be relative to the image directory {root}")
     base = os.path.normpath(os.path.abspath(root))
     path = os.path.normpath(os.path.join(base, name))
@@ -76,11 +55,8 @@ def target_size(
     image_size: Sequence[int] | None = None,
     resize_factor: int | None = None,
 ) -> tuple[int, int]:
-    """(height, width) an image of ``native`` (h, w) size is decoded to.
-
-    ``image_size`` fixes the size; ``resize_factor`` shrinks by an integer factor (the seed
-    CNN's ``h // 8, w // 8``); neither keeps the native size.
-    """
+    """(height, width) a ``native`` (h, w) image is decoded to: ``image_size``, native shrunk
+    by ``resize_factor`` (the seed CNN's 8), or native."""
     if image_size is not None:
         return int(image_size[0]), int(image_size[1])
     if resize_factor:
@@ -89,7 +65,6 @@ def target_size(
 
 
 def check_size_options(image_size: Sequence[int] | None, resize_factor: int | None) -> None:
-    """Raise ``ConfigError`` unless the resize options are usable."""
     if image_size is not None and resize_factor is not None:
         raise ConfigError("set either data.image_size or data.resize_factor, not both")
     if image_size is not None and (len(image_size) != 2 or min(int(s) for s in image_size) < 1):
@@ -101,11 +76,7 @@ def check_size_options(image_size: Sequence[int] | None, resize_factor: int | No
 
 
 def probe_image(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
-    """(height, width) and PIL mode from the file header, without decoding the pixels.
-
-    Raises:
-        DataError: missing file or not an image (names the file).
-    """
+    """(height, width) and PIL mode from the file header, without decoding the pixels."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"image file not found: {p}")
@@ -121,21 +92,18 @@ def decode_image(
     channels: int | None = None,
     image_size: Sequence[int] | None = None,
     resize_factor: int | None = None,
+    data: bytes | None = None,
 ) -> np.ndarray:
-    """Decode one file into a uint8 ``(H, W, C)`` array (the fast path behind ``load_image``).
+    """One file (or its encoded ``data``) -> uint8 ``(H, W, C)``; errors name the file.
 
-    PIL releases the GIL while decoding and resizing, so threads decode in parallel. Large
-    JPEGs that shrink a lot are decoded at a reduced DCT scale (``Image.draft``), at least
-    twice the target size, then resized with antialiasing as torchvision's ``Resize`` does.
-
-    Raises:
-        DataError: missing, unreadable, truncated or corrupt file (names the file).
+    Large JPEGs that shrink a lot are decoded at a reduced DCT scale (``Image.draft``), at
+    least twice the target size, then resized with antialiasing as torchvision's does.
     """
     p = Path(path)
-    if not p.is_file():
+    if data is None and not p.is_file():
         raise DataError(f"image file not found: {p}")
     try:
-        with Image.open(p) as img:
+        with Image.open(p if data is None else io.BytesIO(data)) as img:
             if channels is None:
                 channels = 1 if img.mode in GRAY_MODES else 3
             mode = "L" if channels == 1 else "RGB"
@@ -162,11 +130,7 @@ def decode_steps(channels: int, size: Sequence[int]) -> list[dict[str, Any]]:
     mode = "L" if channels == 1 else "RGB"
     h, w = int(size[0]), int(size[1])
     return [
-        {
-            "op": "open",
-            "library": "PIL",
-            "call": "Image.open(path)",
-        },
+        {"op": "open", "library": "PIL", "call": "Image.open(path)"},
         {
             "op": "jpeg_draft",
             "when": "the file is a JPEG (img.format == 'JPEG') and its size differs from the target",
@@ -204,27 +168,9 @@ def load_image(
     where: str = "",
     resize_factor: int | None = None,
 ) -> Tensor:
-    """Decode one image file into a uint8 ``(C, H, W)`` tensor.
-
-    Args:
-        path: image file.
-        channels: 1 (grayscale) or 3 (RGB); ``None`` keeps 1 for grayscale files, else RGB.
-        size: (height, width) to resize to (antialiased bilinear), or ``None`` to keep.
-        where: location for error messages (CSV row/column).
-        resize_factor: shrink both sides by this integer factor instead of ``size``.
-
-    Raises:
-        DataError: missing, unreadable, truncated or corrupt file (names the file).
-    """
+    """``decode_image`` as a ``(C, H, W)`` tensor; ``where`` (CSV row) joins the error."""
     try:
         arr = decode_image(path, channels, size, resize_factor)
     except DataError as e:
         raise DataError(f"{e} ({where})" if where else str(e)) from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def stack_images(images: list[Tensor]) -> Tensor:
-    """Stack equally sized uint8 ``(C, H, W)`` tensors into ``(N, C, H, W)``."""
-    if not images:
-        return torch.empty(0, 1, 1, 1, dtype=torch.uint8)
-    return torch.stack(images)

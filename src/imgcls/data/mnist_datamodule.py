@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import logging
 import os
 import shutil
@@ -12,10 +11,12 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets import MNIST
+from torchvision.datasets.utils import calculate_md5, check_integrity
 
 from imgcls.data.base_datamodule import ImageDataModule, Splits
 from imgcls.data.tensor_dataset import TensorImageDataset
 from imgcls.errors import DataError
+from imgcls.utils.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -29,78 +30,54 @@ MNIST_MD5 = {
 }
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _stamp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.verified")
-
-
-def _verified_before(path: Path, md5: str) -> bool:
-    """The file is unchanged (size, mtime) since it was last found to have ``md5``.
-
-    Hashing the 55 MB of raw files costs a noticeable part of a run's start-up, and the
-    datamodule checks them twice per run (``prepare_data`` and ``setup``).
-    """
+def _verified(path: Path, md5: str) -> bool:
+    """``check_integrity`` once per file version: a stamp (size, mtime, md5) beside the file
+    spares hashing 55 MB twice per run start (``prepare_data`` and ``setup``)."""
     st = path.stat()
-    try:
-        return _stamp(path).read_text() == f"{st.st_size} {st.st_mtime_ns} {md5}"
-    except OSError:
-        return False
-
-
-def _mark_verified(path: Path, md5: str) -> None:
-    st = path.stat()
-    # a read-only data dir: verify again next time
+    stamp, mark = path.with_name(f".{path.name}.verified"), f"{st.st_size} {st.st_mtime_ns} {md5}"
     with contextlib.suppress(OSError):
-        _stamp(path).write_text(f"{st.st_size} {st.st_mtime_ns} {md5}")
+        if stamp.read_text() == mark:
+            return True
+    if not check_integrity(path, md5):
+        return False
+    with contextlib.suppress(OSError):  # a read-only data dir: verify again next time
+        stamp.write_text(mark)
+    return True
+
+
+def _decompress(gz: Path, target: Path, md5: str) -> None:
+    try:
+        with gzip.open(gz, "rb") as src, atomic_file(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (OSError, EOFError) as e:
+        raise DataError(f"MNIST archive {gz} cannot be decompressed: {e}") from None
+    if not _verified(target, md5):
+        target.unlink()
+        raise DataError(
+            f"MNIST archive {gz} does not hold the canonical {target.name} (md5 mismatch)"
+        )
 
 
 def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Path:
     """Make ``<data_dir>/MNIST/raw/<name>`` exist uncompressed and verified; return the raw dir.
 
-    Decompresses bundled ``.gz`` files (verifying the canonical md5). Only when files are
-    missing and ``download`` is set does torchvision try the network.
-
-    Raises:
-        DataError: files missing (and no download), or a file with the wrong content.
+    Decompresses the bundled ``.gz`` files; only when files are missing and ``download`` is
+    set does torchvision try the network.
     """
     raw = Path(data_dir) / "MNIST" / "raw"
     missing = []
     for name, md5 in MNIST_MD5.items():
         target, gz = raw / name, raw / f"{name}.gz"
         if target.is_file():
-            if _verified_before(target, md5):
-                continue
-            actual = _md5(target)
-            if actual != md5:
+            if not _verified(target, md5):
                 raise DataError(
-                    f"MNIST file {target} is corrupt (md5 {actual}, expected {md5}); delete it"
+                    f"MNIST file {target} is corrupt (md5 {calculate_md5(target)}, expected {md5}); "
+                    "delete it"
                 )
-            _mark_verified(target, md5)
-            continue
-        if gz.is_file():
-            tmp = target.with_suffix(".part")
-            try:
-                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            except (OSError, EOFError) as e:
-                tmp.unlink(missing_ok=True)
-                raise DataError(f"MNIST archive {gz} cannot be decompressed: {e}") from None
-            if _md5(tmp) != md5:
-                tmp.unlink()
-                raise DataError(
-                    f"MNIST archive {gz} does not hold the canonical {name} (md5 mismatch)"
-                )
-            os.replace(tmp, target)  # atomic: a crash never leaves a half-written raw file
-            _mark_verified(target, md5)
-            continue
-        missing.append(f"{name}.gz")
+        elif gz.is_file():
+            _decompress(gz, target, md5)
+        else:
+            missing.append(f"{name}.gz")
     if missing:
         if download:
             try:
@@ -121,16 +98,10 @@ def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Pat
 
 
 class MNISTDataModule(ImageDataModule):
-    """MNIST: 60k train (split into train/val, seeded) and the official 10k test set.
+    """MNIST: 60k train (seeded train/val split) and the official 10k test set.
 
-    Args:
-        data_dir: directory containing ``MNIST/raw``.
-        val_size: images held out from the 60k for validation.
-        split_seed: seed of the train/val split (independent of the training seed).
-        test_size: use only the first ``test_size`` images of the official test set (quick
-            evaluations); ``None`` keeps all 10k.
-        download: allow torchvision to download when the raw files are absent.
-        **kwargs: batch sizes, workers, augmentation, normalization (see ``ImageDataModule``).
+    ``test_size`` keeps only the first images of the test set (quick evaluations);
+    ``download`` lets torchvision fetch absent raw files.
     """
 
     default_mean = (0.1307,)

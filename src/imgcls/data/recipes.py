@@ -16,14 +16,8 @@ from imgcls.errors import ConfigError
 
 
 class PerSample(nn.Module):
-    """Apply ``transform`` to each chunk of ``chunk_size`` samples (1: every sample its own draw).
-
-    Args:
-        transform: a torchvision v2 transform on ``(..., C, H, W)`` tensors.
-        chunk_size: samples sharing one random draw; larger chunks cost fewer calls.
-        uint8: hand the transform uint8 pixels (auto-augment ops need 0..255 integers; on a
-            float tensor they assume 0..1) and return float 0..255 as the batch came in.
-    """
+    """``transform`` on chunks of ``chunk_size`` samples sharing one draw. ``uint8``: hand it
+    uint8 pixels (auto-augment ops assume 0..1 on floats) and return the batch's dtype."""
 
     def __init__(self, transform: nn.Module, chunk_size: int = 1, uint8: bool = True) -> None:
         super().__init__()
@@ -42,18 +36,9 @@ class PerSample(nn.Module):
 
 
 class BatchMix(nn.Module):
-    """MixUp and/or CutMix on a normalized training batch; labels become soft targets.
-
-    With both alphas > 0, ``v2.RandomChoice`` picks one per batch (``cutmix_prob`` for CutMix).
-    A batch left unmixed (probability ``1 - p``) still gets one-hot float targets, so every
-    training batch has ``(N, num_classes)`` targets.
-
-    Args:
-        mixup_alpha: Beta(alpha, alpha) of MixUp; 0 disables it.
-        cutmix_alpha: Beta(alpha, alpha) of CutMix; 0 disables it.
-        p: probability that a batch is mixed at all.
-        cutmix_prob: when both are on, the chance CutMix is the one chosen.
-    """
+    """MixUp and/or CutMix (alpha 0: off) on a batch with probability ``p``; with both on,
+    CutMix is chosen with ``cutmix_prob``. Unmixed batches get one-hot float targets, so every
+    training batch has ``(N, num_classes)`` targets."""
 
     def __init__(
         self,

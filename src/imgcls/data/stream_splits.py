@@ -8,18 +8,16 @@ split. Listing checks (traversal, empty labels, unknown classes) ran before, as 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from imgcls.data.base_datamodule import Splits
-from imgcls.data.images import GRAY_MODES, probe_image, target_size
+from imgcls.data.images import target_size
+from imgcls.data.stats import log_mean_std, measure_mean_std
 from imgcls.data.streaming import (
     StreamImageDataset,
     StreamItem,
@@ -27,10 +25,11 @@ from imgcls.data.streaming import (
     build_train_transform,
     eval_transform_dict,
 )
+from imgcls.data.validation import channels_of, first_size, probe_files
 from imgcls.errors import DataError
 
 if TYPE_CHECKING:
-    from imgcls.data.file_source import FileImageDataModule, Problems
+    from imgcls.data.file_source import FileImageDataModule, Plan
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +41,10 @@ def decoded_size(dm: FileImageDataModule, order: list[Path], stats: dict) -> tup
     channels = dm.channels or 3  # unknown channels: count RGB, the upper bound
     size = dm.target_image_size
     if size is None:
-        first = next((p for p in order if p in stats), None)
-        if first is None:
-            return 0, "no readable file"
-        try:
-            size = target_size(probe_image(first)[0], None, dm.resize_factor)
-        except DataError:
+        found = first_size([p for p in order if p in stats][:1], dm.resize_factor)
+        if found is None:
             return 0, "first file unreadable"
+        size = found[1]
     nbytes = len(order) * channels * size[0] * size[1]
     return nbytes, f"{len(order)} images x {channels}x{size[0]}x{size[1]} uint8"
 
@@ -59,43 +55,10 @@ def resolve_loading(dm: FileImageDataModule, order: list[Path], stats: dict) -> 
         log.info("data.loading=%s", dm.loading)
         return dm.loading
     nbytes, how = decoded_size(dm, order, stats)
-    budget = dm.memory_budget_mb * MB
-    choice = "memory" if nbytes <= budget else "stream"
-    log.info(
-        "data.loading=auto chose %s: the decoded set would take %.1f MB (%s), %s "
-        "data.memory_budget_mb=%g",
-        choice,
-        nbytes / MB,
-        how,
-        "within" if choice == "memory" else "over",
-        dm.memory_budget_mb,
-    )
+    choice, rel = ("memory", "within") if nbytes <= dm.memory_budget_mb * MB else ("stream", "over")
+    msg = "data.loading=auto chose %s: the decoded set would take %.1f MB (%s), %s data.memory_budget_mb=%g"
+    log.info(msg, choice, nbytes / MB, how, rel, dm.memory_budget_mb)
     return choice
-
-
-def _prepass(
-    dm: FileImageDataModule,
-    order: list[Path],
-    where: dict[Path, str],
-    stats: dict,
-    problems: Problems,
-) -> dict[Path, tuple[tuple[int, int], str]]:
-    """Header of every present file (size, mode); unreadable ones are added to ``problems``."""
-    present = [p for p in order if p in stats]
-    probed: dict[Path, tuple[tuple[int, int], str]] = {}
-
-    def probe(p: Path) -> str | None:
-        try:
-            probed[p] = probe_image(p)
-        except DataError as e:
-            return str(e)
-        return None
-
-    with ThreadPoolExecutor(max_workers=max(1, dm.num_workers)) as pool:
-        for p, err in zip(present, pool.map(probe, present), strict=True):
-            if err is not None:
-                problems.add(where[p], err)
-    return probed
 
 
 def _measure(dm: FileImageDataModule, train: StreamImageDataset, eval_tf: Any) -> None:
@@ -104,37 +67,23 @@ def _measure(dm: FileImageDataModule, train: StreamImageDataset, eval_tf: Any) -
     g = torch.Generator().manual_seed(dm.split_seed)
     idx = torch.randperm(len(train), generator=g)[:n].tolist()
     sample = StreamImageDataset([train.items[i] for i in idx], train.channels, eval_tf)
-    images = []
-    for i in range(len(sample)):
-        x, _, err = sample[i]
-        if x is not None:
-            images.append(x)
+    images = [x for x, _, _ in (sample[i] for i in range(len(sample))) if x is not None]
     if not images:
         raise DataError(f"{dm.describe()}: no training image could be decoded to measure mean/std")
-    dm._mean, dm._std = dm._measure_mean_std(torch.stack(images))
-    log.info(
-        "normalization: mean %s, std %s measured on %d training images (set data.mean/std to fix them)",
-        tuple(round(m, 4) for m in dm._mean),
-        tuple(round(s, 4) for s in dm._std),
-        len(images),
-    )
+    dm._mean, dm._std = measure_mean_std(torch.stack(images))
+    log_mean_std(dm._mean, dm._std, f"{len(images)} training images")
 
 
-def stream_splits(
-    dm: FileImageDataModule,
-    order: list[Path],
-    where: dict[Path, str],
-    stats: dict[Path, tuple[int, int]],
-    problems: Problems,
-    class_index: dict[str, int],
-    t0: float,
-) -> Splits:
+def stream_splits(dm: FileImageDataModule, plan: Plan) -> Splits:
     """Pre-pass the files and build the per-sample datasets of every split."""
-    probed = _prepass(dm, order, where, stats, problems)
-    problems.raise_if_any(dm.describe())
+    order = plan.order
+    probed = probe_files(
+        [p for p in order if p in plan.stats], plan.where, plan.problems, dm.num_workers
+    )
+    plan.problems.raise_if_any(dm.describe())
     channels = dm.channels
     if channels is None:
-        channels = 1 if all(mode in GRAY_MODES for _, mode in probed.values()) else 3
+        channels = channels_of(probed)
         log.info("channels: %d (from the file headers; set data.channels to choose)", channels)
     size = dm.target_image_size or target_size(probed[order[0]][0], None, dm.resize_factor)
     eval_desc = eval_transform_dict(dm.stream_options, size)
@@ -145,37 +94,16 @@ def stream_splits(
 
     splits = Splits()
     for s, entries in dm.entries.items():
-        items = [
-            StreamItem(e.path, class_index[e.label] if e.label is not None else -1, e.where)
-            for e in entries
-        ]
+        label = [-1 if e.label is None else plan.class_index[e.label] for e in entries]
+        items = [StreamItem(e.path, y, e.where) for e, y in zip(entries, label, strict=True)]
         splits[s] = StreamImageDataset(items, channels, train_tf if s == "train" else eval_tf)
-        h = hashlib.sha256(
-            json.dumps(
-                {
-                    "source": type(dm).__name__,
-                    "loading": "stream",
-                    "channels": channels,
-                    "eval_transform": eval_desc,
-                    "classes": list(dm.class_names),
-                    "items": [(str(e.path), *stats[e.path], e.label) for e in entries],
-                }
-            ).encode()
-        )
-        dm._fingerprints[s] = f"{type(dm).__name__}/{s}/{h.hexdigest()[:32]}"
+        about = {"loading": "stream", "channels": channels, "eval_transform": eval_desc}
+        dm.set_fingerprint(s, about, plan.stats)
     if dm._mean is None:
         _measure(dm, splits["train"], eval_tf)
-    native = {hw for hw, _ in probed.values()}
-    log.info(
-        "%s: streaming %d files (%d native sizes, headers checked in %.1f s); %d classes; "
-        "train %s, eval %s; %d loader workers",
-        dm.describe(),
-        len(order),
-        len(native),
-        time.perf_counter() - t0,
-        len(dm.class_names),
-        dm.stream_options.train_crop,
-        eval_desc,
-        dm.num_workers,
-    )
+    native, dt = len({hw for hw, _ in probed.values()}), time.perf_counter() - plan.t0
+    msg = "%s: streaming %d files (%d native sizes, headers checked in %.1f s); %d classes; "
+    args = (dm.describe(), len(order), native, dt, len(dm.class_names))
+    opts = (dm.stream_options.train_crop, eval_desc, dm.num_workers)
+    log.info(msg + "train %s, eval %s; %d loader workers", *args, *opts)
     return splits

@@ -1,39 +1,27 @@
-"""The streaming path: per-sample decode in DataLoader workers, torchvision transforms v2.
+"""The stream path, for sets whose decoded pixels exceed ``data.memory_budget_mb``.
 
-For datasets whose decoded pixels do not fit ``data.memory_budget_mb``: nothing is decoded at
-set-up beyond a header pre-pass (existence, format, size, mode). Each sample is decoded from
-its file in a worker process at native resolution and transformed there:
-
-- train: ``RandomResizedCrop`` (or a plain resize), optional horizontal flip, optional
-  ``TrivialAugmentWide`` / ``RandAugment``;
-- eval: resize + center crop, described by a plain dict (``eval_transform`` of the
-  ``DataSpec``) so that predict and export rebuild exactly the same transform from a checkpoint.
-
-Samples stay uint8 ``(C, H, W)`` until the batch reaches its device, where the datamodule
-normalizes them exactly as on the memory path: both paths feed the model identically.
-
-A file that fails to decode mid-epoch is never turned into a wrong label: the worker returns
-its error with the sample, and the main process stops with a ``DataError`` naming the file
-(``data.on_decode_error=stop``) or drops the sample, counts it and logs it (``skip``).
+Each sample is decoded in a DataLoader worker at native size and transformed there (torchvision
+v2); it stays uint8 until the batch reaches its device, where the datamodule normalizes it as
+on the memory path. The eval transform is plain data (``DataSpec.eval_transform``) so predict
+and export rebuild it from a checkpoint. A file failing mid-epoch never becomes a wrong label:
+its error travels with the batch and the main process stops or skips (``DecodeErrors``).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from imgcls.data.images import _DECODE_ERRORS, decode_image
+from imgcls.data.images import decode_image, load_image
+from imgcls.data.tensor_dataset import batch_loader
 from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -51,22 +39,10 @@ _INTERPOLATIONS = {
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """Per-sample transform options of the streaming path (``data.stream.*``).
-
-    Attributes:
-        train_crop: ``random_resized_crop`` (at native resolution, the ImageNet recipe) or
-            ``resize`` (the memory path's plain resize to ``image_size``).
-        scale: ``RandomResizedCrop`` area range.
-        ratio: ``RandomResizedCrop`` aspect-ratio range.
-        hflip: probability of a horizontal flip (0 for digits and text).
-        auto_augment: ``null``, ``trivial`` (TrivialAugmentWide) or ``randaugment``.
-        randaugment_ops: ``RandAugment`` ``num_ops``.
-        randaugment_magnitude: ``RandAugment`` ``magnitude``.
-        eval_resize: ``null`` resizes to ``image_size`` exactly (as the memory path does);
-            an int resizes the shorter side to it and then center-crops ``image_size``.
-        interpolation: ``bilinear``, ``bicubic`` or ``nearest`` (antialiased when shrinking).
-        mean_std_sample: training images decoded to measure mean/std when not given.
-    """
+    """``data.stream.*``. ``train_crop``: ``random_resized_crop`` (native resolution, the
+    ImageNet recipe) or ``resize`` (as the memory path). ``eval_resize``: ``null`` resizes to
+    ``image_size`` exactly; an int resizes the shorter side, then center-crops.
+    ``mean_std_sample``: training images decoded to measure mean/std when not given."""
 
     train_crop: str = "resize"
     scale: tuple[float, float] = (0.08, 1.0)
@@ -91,26 +67,21 @@ class StreamOptions:
             if key in d:
                 d[key] = (float(d[key][0]), float(d[key][1]))
         opts = cls(**d)
-        if opts.train_crop not in TRAIN_CROPS:
-            raise ConfigError(
-                f"data.stream.train_crop must be one of {TRAIN_CROPS}, got {opts.train_crop!r}"
-            )
-        if opts.auto_augment not in AUTO_AUGMENTS:
-            raise ConfigError(
-                f"data.stream.auto_augment must be null, trivial or randaugment, got {opts.auto_augment!r}"
-            )
-        if opts.interpolation not in _INTERPOLATIONS:
-            raise ConfigError(
-                f"data.stream.interpolation must be one of {sorted(_INTERPOLATIONS)}, got {opts.interpolation!r}"
-            )
+        _one_of("stream.train_crop", opts.train_crop, TRAIN_CROPS)
+        _one_of("stream.auto_augment", opts.auto_augment, AUTO_AUGMENTS)
+        _one_of("stream.interpolation", opts.interpolation, tuple(_INTERPOLATIONS))
         return opts
 
 
+def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(f"data.{key} must be one of {shown}, got {value!r}")
+
+
 def check_loading(loading: str, on_decode_error: str, memory_budget_mb: float) -> None:
-    if loading not in LOADING_MODES:
-        raise ConfigError(f"data.loading must be memory, stream or auto, got {loading!r}")
-    if on_decode_error not in ERROR_MODES:
-        raise ConfigError(f"data.on_decode_error must be stop or skip, got {on_decode_error!r}")
+    _one_of("loading", loading, LOADING_MODES)
+    _one_of("on_decode_error", on_decode_error, ERROR_MODES)
     if float(memory_budget_mb) <= 0:
         raise ConfigError(f"data.memory_budget_mb must be positive, got {memory_budget_mb}")
 
@@ -127,23 +98,12 @@ def eval_transform_dict(opts: StreamOptions, image_size: tuple[int, int]) -> dic
 
 
 def build_eval_transform(desc: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
-    """uint8 ``(C, H, W)`` -> uint8 ``(C, crop_h, crop_w)``: resize, then center crop.
-
-    ``desc`` is ``DataSpec.eval_transform``: ``resize`` ([h, w] exactly, or an int for the
-    shorter side), ``crop`` [h, w], ``interpolation``, ``antialias``.
-    """
-    resize = desc["resize"]
-    size = [int(resize[0]), int(resize[1])] if isinstance(resize, (list, tuple)) else int(resize)
-    return v2.Compose(
-        [
-            v2.Resize(
-                size,
-                interpolation=_INTERPOLATIONS[str(desc.get("interpolation", "bilinear"))],
-                antialias=bool(desc.get("antialias", True)),
-            ),
-            v2.CenterCrop([int(desc["crop"][0]), int(desc["crop"][1])]),
-        ]
-    )
+    """Resize (``[h, w]``, or an int for the shorter side), then center crop; uint8 in and out."""
+    r = desc["resize"]
+    size = [int(r[0]), int(r[1])] if isinstance(r, (list, tuple)) else int(r)
+    interp = _INTERPOLATIONS[str(desc.get("interpolation", "bilinear"))]
+    resize = v2.Resize(size, interpolation=interp, antialias=bool(desc.get("antialias", True)))
+    return v2.Compose([resize, v2.CenterCrop([int(desc["crop"][0]), int(desc["crop"][1])])])
 
 
 def build_train_transform(
@@ -151,19 +111,12 @@ def build_train_transform(
 ) -> Callable[[Tensor], Tensor]:
     """Per-sample training transform on uint8 ``(C, H, W)`` at native resolution."""
     interp = _INTERPOLATIONS[opts.interpolation]
-    steps: list[Any]
-    if opts.train_crop == "random_resized_crop":
-        steps = [
-            v2.RandomResizedCrop(
-                list(image_size),
-                scale=opts.scale,
-                ratio=opts.ratio,
-                interpolation=interp,
-                antialias=True,
-            )
-        ]
-    else:
-        steps = [v2.Resize(list(image_size), interpolation=interp, antialias=True)]
+    size = list(image_size)
+    steps: list[Any] = [
+        v2.RandomResizedCrop(size, opts.scale, opts.ratio, interp, antialias=True)
+        if opts.train_crop == "random_resized_crop"
+        else v2.Resize(size, interpolation=interp, antialias=True)
+    ]
     if opts.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(opts.hflip))
     if opts.auto_augment == "trivial":
@@ -176,16 +129,8 @@ def build_train_transform(
 
 
 def decode_bytes(data: bytes, channels: int, name: str) -> Tensor:
-    """Decode encoded image bytes (a shard's sample) into uint8 ``(C, H, W)``."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            mode = "L" if channels == 1 else "RGB"
-            arr = np.array(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
-    except _DECODE_ERRORS as e:
-        raise DataError(f"cannot decode image {name}: {e}") from None
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    """A shard's encoded sample -> uint8 ``(C, H, W)``."""
+    return torch.from_numpy(decode_image(name, channels, data=data)).permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -198,11 +143,8 @@ class StreamItem:
 
 
 class StreamImageDataset(Dataset):
-    """Map-style dataset decoding one file per ``__getitem__`` (in DataLoader workers).
-
-    Returns ``(image, label, error)``: on a decode failure ``image`` is ``None`` and ``error``
-    names the file and where it was listed; ``collate_stream`` separates such samples.
-    """
+    """One file decoded per ``__getitem__``: ``(image, label, error)``, ``image`` ``None`` and
+    ``error`` naming the file on a failure (``collate_stream`` separates those)."""
 
     def __init__(
         self, items: Sequence[StreamItem], channels: int, transform: Callable[[Tensor], Tensor]
@@ -229,15 +171,12 @@ def collate_stream(
     samples: list[tuple[Tensor | None, int, str]],
 ) -> tuple[Tensor, Tensor, list[str]]:
     """Stack the decoded samples; failed ones leave only their error message."""
-    good = [(x, y) for x, y, err in samples if x is not None]
+    good = [(x, y) for x, y, _ in samples if x is not None]
     errors = [err for x, _, err in samples if x is None]
-    if good:
-        images = torch.stack([x for x, _ in good])
-        targets = torch.tensor([y for _, y in good], dtype=torch.long)
-    else:
-        images = torch.empty(0, 1, 1, 1, dtype=torch.uint8)
-        targets = torch.empty(0, dtype=torch.long)
-    return images, targets, errors
+    if not good:
+        return torch.empty(0, 1, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), errors
+    xs, ys = zip(*good, strict=True)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), errors
 
 
 class DecodeErrors:
@@ -270,37 +209,19 @@ def stream_loader(
     sampler: Any = None,
     collate_fn: Callable[..., Any] = collate_stream,
 ) -> DataLoader:
-    """A plain map-style DataLoader: Lightning swaps in a ``DistributedSampler`` under DDP.
-
-    Workers persist across epochs (no re-spawn per epoch); host memory is pinned only when
-    there is a CUDA device to copy to.
-    """
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+    pin = torch.cuda.is_available()
+    shuffle = shuffle and sampler is None
+    return batch_loader(
+        dataset, batch_size, shuffle, num_workers, pin, sampler=sampler, collate_fn=collate_fn
     )
 
 
 def load_for_eval(
     path: str | Path, channels: int, eval_transform: Mapping[str, Any], where: str = ""
 ) -> Tensor:
-    """One file through a streamed checkpoint's eval transform: uint8 ``(C, crop_h, crop_w)``.
-
-    The predict/export counterpart of the stream path's eval split (native decode, then
-    ``build_eval_transform``); memory-path checkpoints (no ``eval_transform``) keep
-    ``imgcls.data.images.load_image`` at ``image_size``.
-    """
-    try:
-        arr = decode_image(path, channels)
-    except DataError as e:
-        raise DataError(f"{e} ({where})" if where else str(e)) from None
-    return build_eval_transform(eval_transform)(torch.from_numpy(arr).permute(2, 0, 1)).contiguous()
+    """One file through a streamed checkpoint's eval transform (predict/export)."""
+    image = load_image(path, channels, where=where)
+    return build_eval_transform(eval_transform)(image).contiguous()
 
 
 def describe_eval_transform(desc: Mapping[str, Any]) -> str:

@@ -1,14 +1,10 @@
-"""In-memory uint8 image tensors served a whole batch at a time.
-
-Per-sample ``__getitem__`` + collation costs more than the forward pass of a small net on
-MNIST-sized images; ``__getitems__`` lets the DataLoader fetch a batch with one tensor gather.
-The loader stays an ordinary ``DataLoader`` (batch_size, shuffle), so Lightning can still
-inject its ``DistributedSampler`` under DDP.
-"""
+"""In-memory tensors served a batch at a time: per-sample ``__getitem__`` + collation costs
+more than a small net's forward pass, so ``__getitems__`` gathers a batch in one index; the
+loader stays a plain ``DataLoader`` so Lightning still injects its DDP sampler."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -69,8 +65,9 @@ def batch_loader(
     pin_memory: bool = False,
     drop_last: bool = False,
     sampler: Sampler | None = None,
+    collate_fn: Callable[[Any], Any] = keep_batch,
 ) -> DataLoader:
-    """A plain DataLoader over a batch-fetching dataset (works with Lightning's DDP samplers)."""
+    """Workers persist across epochs; a plain DataLoader, so Lightning injects its DDP sampler."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -79,6 +76,6 @@ def batch_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        collate_fn=keep_batch,
+        collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
     )

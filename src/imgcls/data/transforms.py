@@ -15,12 +15,8 @@ from torch import Tensor, nn
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 (or float) ``(N, C, H, W)`` in [0, 255] -> float32 normalized per channel.
-
-    ``(x / 255 - mean) / std`` computed as one multiply and one subtract (it runs on every
-    batch; for one channel with Python scalars, so no small tensors are made per call). The
-    caller's tensor (uint8 batch, augmented float pixels) is left untouched.
-    """
+    """``(x / 255 - mean) / std`` per channel as one multiply and one subtract (every batch
+    runs it; one channel uses Python scalars); the caller's tensor is left untouched."""
     x = images.float()
     mul = x.mul if x is images else x.mul_  # float32 input: the first op makes the copy
     scale = [1.0 / (255.0 * s) for s in std]
@@ -34,19 +30,10 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
 
 
 class BatchRandomAffine(nn.Module):
-    """Independent random rotation/translation/scale/shear (and optional h-flip) per sample.
+    """Random rotation/translation/scale/shear (x axis, degrees) and h-flip, drawn per sample.
 
-    One ``affine_grid`` + ``grid_sample`` for the whole batch: a per-sample transform at the
-    cost of a single kernel, unlike torchvision's batch transforms that share one draw.
-    Exposed borders are filled with 0: the datamodules apply it to pixel values before
-    normalization, so that is black (torchvision's default fill).
-
-    Args:
-        degrees: max absolute rotation in degrees.
-        translate: max translation as a fraction of (width, height).
-        scale: (min, max) zoom factor.
-        shear: max absolute shear in degrees (x axis).
-        hflip: probability of a horizontal flip.
+    One ``affine_grid`` + ``grid_sample`` for the batch, where torchvision's batch transforms
+    share one draw. Borders are filled with 0, black in pixel space (torchvision's fill).
     """
 
     def __init__(

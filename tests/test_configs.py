@@ -88,7 +88,10 @@ def test_logger_options_instantiate(option, make_cfg) -> None:
 
 def test_gpu_configs_ask_for_gpus(make_cfg) -> None:
     ddp = make_cfg("train", ["trainer=ddp"]).trainer
-    assert (ddp.strategy, ddp.accelerator, ddp.sync_batchnorm) == ("ddp", "gpu", True)
+    assert (ddp.strategy, ddp.accelerator, ddp.devices) == ("ddp", "gpu", "auto")
+    # precision and SyncBN are the user's choice, not a side effect of picking DDP
+    default = make_cfg("train", []).trainer
+    assert (ddp.precision, ddp.sync_batchnorm) == (default.precision, False)
     assert make_cfg("train", ["trainer=gpu"]).trainer.accelerator == "gpu"
     assert make_cfg("train", ["trainer=mps"]).trainer.accelerator == "mps"
 

@@ -68,6 +68,22 @@ def run_entry(
     )
 
 
+def make_digits(
+    tmp_path_factory: pytest.TempPathFactory, train: int, test: int, form: str = "folder"
+) -> Path:
+    """A small digits set (``scripts/make_digit_datasets.py``) from the bundled MNIST.
+
+    ``folder``: RGB digits of mixed sizes in class folders (train/, valid/, test/);
+    ``csv``: ``train.csv`` (id,label) + ``test.csv`` (id only) beside the PNGs.
+    """
+    import make_digit_datasets
+
+    out = tmp_path_factory.mktemp(f"digits_{form}")
+    argv = ["--out", str(out), "--train", str(train), "--test", str(test), "--forms", form]
+    assert make_digit_datasets.main(argv) == 0
+    return out / f"digits_{form}"
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> None:
     torch.manual_seed(0)

@@ -7,32 +7,34 @@ import re
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from imgcls.builder import build_model, build_trainer
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, run_entry
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-def test_groups_are_populated() -> None:
-    for group in [
-        "data",
-        "model",
-        "trainer",
-        "logger",
-        "callbacks",
-        "debug",
-        "experiment",
-        "paths",
-        "hydra",
-        "extras",
-    ]:
-        assert options(group), f"configs/{group} has no options"
-    assert {"cpu", "gpu", "ddp", "ddp_sim", "mps", "default"} <= set(options("trainer"))
-    assert {"fdr", "overfit", "limit", "profiler", "default"} <= set(options("debug"))
-    assert {"tensorboard", "csv", "many_loggers"} <= set(options("logger"))
+def test_help_lists_groups_and_options_one_line_each() -> None:
+    proc = run_entry("train", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    expected = {
+        "model": {"lenet", "mlp", "simple_cnn", "resnet18", "resnet152", "timm"},
+        "trainer": {"cpu", "gpu", "ddp", "ddp_sim", "mps", "default"},
+        "debug": {"fdr", "overfit", "limit", "profiler", "default"},
+        "logger": {"tensorboard", "csv", "many_loggers"},
+        "data": {"mnist", "folder", "csv", "flowers", "shards"},
+    }
+    for group, names in expected.items():
+        assert names <= set(lines[group].split(", ")), (group, lines[group])
+    for group in ["callbacks", "experiment", "paths", "extras", "data/augment", "model/scheduler"]:
+        assert lines[group], group
+    # a base is not a model choice, and the help is not the whole config dump
+    assert "resnet_base" not in proc.stdout and "classifier" not in lines["model"]
+    assert "optimized_metric" not in proc.stdout and "python src/train.py" in proc.stdout
 
 
 def test_model_configs_take_sizes_from_data() -> None:
@@ -52,12 +54,15 @@ def test_every_model_composes_and_is_sized_by_mnist(option, make_cfg, mnist_dm) 
 
 
 @pytest.mark.parametrize(
-    "group", ["trainer", "logger", "callbacks", "debug", "experiment", "extras"]
+    "group", ["data", "trainer", "logger", "callbacks", "debug", "experiment", "extras"]
 )
 def test_every_option_composes(group, make_cfg) -> None:
     for option in options(group):
         cfg = make_cfg("train", [f"{group}={option}"])
-        assert cfg.trainer._target_.endswith("Trainer")
+        assert cfg.hydra.runtime.choices[group] == option
+        # every interpolation of the composed config resolves (resolvers, relative keys)
+        job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        assert OmegaConf.to_container(job, resolve=True)["trainer"]["_target_"]
 
 
 @pytest.mark.parametrize("option", ["default", "cpu", "ddp_sim"])
@@ -88,17 +93,37 @@ def test_logger_options_instantiate(option, make_cfg) -> None:
 
 def test_gpu_configs_ask_for_gpus(make_cfg) -> None:
     ddp = make_cfg("train", ["trainer=ddp"]).trainer
-    assert (ddp.strategy, ddp.accelerator, ddp.sync_batchnorm) == ("ddp", "gpu", True)
+    assert (ddp.strategy, ddp.accelerator, ddp.devices) == ("ddp", "gpu", "auto")
+    # precision and SyncBN are the user's choice, not a side effect of picking DDP
+    default = make_cfg("train", []).trainer
+    assert (ddp.precision, ddp.sync_batchnorm) == (default.precision, False)
     assert make_cfg("train", ["trainer=gpu"]).trainer.accelerator == "gpu"
     assert make_cfg("train", ["trainer=mps"]).trainer.accelerator == "mps"
+
+
+def test_folder_resizes_only_the_bundled_digits_set(make_cfg, tmp_path) -> None:
+    assert list(make_cfg("train", ["data=folder"]).data.image_size) == [28, 28]
+    user = make_cfg("train", ["data=folder", f"data.root={tmp_path}/photos"]).data
+    assert user.image_size is None
+    assert list(make_cfg("train", ["data=flowers"]).data.image_size) == [224, 224]
+
+
+def test_caches_live_under_one_root(make_cfg) -> None:
+    for overrides in (["data=folder"], ["data=csv"], ["data=flowers"], ["model=resnet18"]):
+        cfg = make_cfg("train", overrides)
+        dirs = [d for d in (cfg.data.get("cache_dir"), cfg.model.get("cache_dir")) if d]
+        assert dirs and all(d.startswith(cfg.paths.cache_dir + "/") for d in dirs), overrides
 
 
 def test_augment_option_builds_a_batch_transform(make_cfg) -> None:
     cfg = make_cfg("train", ["data/augment=light"])
     aug = instantiate(cfg.data.train_augment)
-    x = torch.rand(8, 1, 28, 28)
+    assert aug.degrees == cfg.data.train_augment.degrees == 10
+    # one image eight times: a per-sample transform moves each copy on its own
+    x = torch.rand(1, 1, 28, 28).expand(8, 1, 28, 28).clone()
     y = aug(x)
-    assert y.shape == x.shape and not torch.equal(x, y)
+    assert y.shape == x.shape
+    assert len({tuple(image.flatten().tolist()) for image in y}) == 8
 
 
 def test_run_dirs_are_unique_per_run(make_cfg, tmp_path) -> None:

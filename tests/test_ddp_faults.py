@@ -11,10 +11,10 @@ import signal
 import time
 from pathlib import Path
 
-import make_digit_datasets
 import pytest
 import torch
 
+from tests.conftest import make_digits
 from tests.process_tools import (
     finish,
     nothing_left_behind,
@@ -88,16 +88,14 @@ def test_failing_ddp_job_with_submitit_local(tmp_path: Path) -> None:
 # -- data prepared once per node --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("digits")
-    argv = ["--out", str(out), "--train", "300", "--test", "60", "--forms", "folder"]
-    assert make_digit_datasets.main(argv) == 0
-    return out / "digits_folder"
+    return make_digits(tmp_path_factory, train=300, test=60)
 
 
 def _folder(root: Path, tmp_path: Path) -> list[str]:
     return [
         "data=folder",
         f"data.root={root}",
+        "data.image_size=[28,28]",  # the digits are mixed-size
         f"data.cache_dir={tmp_path}/decoded",
         "data.eval_batch_size=64",
         f"paths.log_dir={tmp_path}/logs",

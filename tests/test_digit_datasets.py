@@ -43,7 +43,13 @@ def form_overrides(root: Path, form: str) -> list[str]:
             "data.test_csv=null",
             "data.resize_factor=8",
         ]
-    return ["data=folder", f"data.root={root}/digits_folder", "data.channels=1"]
+    # mixed sizes: outside the default data/digits_folder the size is the user's to give
+    return [
+        "data=folder",
+        f"data.root={root}/digits_folder",
+        "data.channels=1",
+        "data.image_size=[28,28]",
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-import make_digit_datasets
 import numpy as np
 import pytest
 import torch
@@ -18,16 +17,12 @@ from imgcls.builder import build
 from imgcls.checkpointing.load import load_classifier
 from imgcls.models.classifier import ImageClassifier
 from imgcls.tasks.train import train
-from tests.conftest import compose_config, run_entry
+from tests.conftest import compose_config, make_digits, run_entry
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    """RGB digits of mixed sizes in class folders (train/ and valid/), from the bundled MNIST."""
-    out = tmp_path_factory.mktemp("digits")
-    argv = ["--out", str(out), "--train", "600", "--test", "150", "--forms", "folder"]
-    assert make_digit_datasets.main(argv) == 0
-    return out / "digits_folder"
+    return make_digits(tmp_path_factory, train=600, test=150)
 
 
 def folder_cfg(root: Path, out: Path, *overrides: str):
@@ -41,6 +36,7 @@ def folder_cfg(root: Path, out: Path, *overrides: str):
             # the folder set has no test/: hold out a labeled test split from train/
             "data.test_fraction=0.1",
             f"data.root={root}",
+            "data.image_size=[28,28]",  # the digits are mixed-size
             "data.cache_dir=null",
             # fixed normalization: measured on the training images it would change (and with it
             # every split's features) whenever the training files change

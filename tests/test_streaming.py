@@ -10,7 +10,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import make_digit_datasets
 import pytest
 import torch
 
@@ -19,7 +18,7 @@ from imgcls.data.spec import DataSpec
 from imgcls.errors import DataError
 from imgcls.tasks.predict_inputs import ImageFiles, list_inputs
 from imgcls.tasks.train import train
-from tests.conftest import compose_config, run_entry
+from tests.conftest import compose_config, make_digits, run_entry
 
 FAST = [
     "logger=none",
@@ -33,10 +32,7 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("stream_digits")
-    args = ["--out", str(out), "--train", "1200", "--test", "300", "--forms", "folder"]
-    assert make_digit_datasets.main(args) == 0
-    return out / "digits_folder"
+    return make_digits(tmp_path_factory, train=1200, test=300)
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -52,6 +48,7 @@ def test_stream_path_learns_and_records_its_eval_transform(digits: Path, tmp_pat
         [
             "data=folder",
             f"data.root={digits}",
+            "data.image_size=[28,28]",  # the digits are mixed-size
             "data.loading=stream",
             "data.stream.eval_resize=32",  # shorter side to 32, then center-crop 28x28
             "data.stream.train_crop=random_resized_crop",
@@ -146,6 +143,7 @@ def test_decode_error_mid_epoch_stops_naming_the_file(digits: Path, tmp_path: Pa
         "train",
         "data=folder",
         f"data.root={root}",
+        "data.image_size=[28,28]",
         "data.loading=stream",
         "trainer.max_epochs=1",
         f"paths.log_dir={tmp_path}/logs",
@@ -168,6 +166,7 @@ def test_decode_error_mid_epoch_is_skipped_and_counted(
         [
             "data=folder",
             f"data.root={root}",
+            "data.image_size=[28,28]",
             "data.loading=stream",
             "data.on_decode_error=skip",
             "trainer.max_epochs=1",

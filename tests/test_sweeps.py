@@ -203,6 +203,7 @@ def test_slurm_launcher_config_makes_one_task_per_rank(
         [
             "hydra/launcher=submitit_slurm",
             "trainer=ddp",
+            "trainer.devices=4",
             "trainer.num_nodes=2",
             "hydra.launcher.partition=gpu",
         ],

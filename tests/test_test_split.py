@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import make_digit_datasets
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -22,7 +21,7 @@ from imgcls.data.images import load_image
 from imgcls.data.transforms import normalize
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.train import train
-from tests.conftest import compose_config, run_entry
+from tests.conftest import compose_config, make_digits, run_entry
 
 QUICK = [
     "model=lenet",
@@ -38,10 +37,7 @@ QUICK = [
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("digits")
-    args = ["--out", str(out), "--train", "600", "--test", "40", "--forms", "csv"]
-    assert make_digit_datasets.main(args) == 0
-    return out / "digits_csv"
+    return make_digits(tmp_path_factory, train=600, test=40, form="csv")
 
 
 @pytest.fixture(scope="module")

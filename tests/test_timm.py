@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import lightning as L
-import make_digit_datasets
 import pytest
 import torch
 
@@ -21,16 +20,12 @@ from imgcls.checkpointing.load import load_classifier  # noqa: E402
 from imgcls.models.classifier import ImageClassifier  # noqa: E402
 from imgcls.models.nets.timm_net import TimmNet  # noqa: E402
 from imgcls.tasks.train import train  # noqa: E402
-from tests.conftest import compose_config, run_entry  # noqa: E402
+from tests.conftest import compose_config, make_digits, run_entry  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    """RGB digits of mixed sizes in class folders (train/ and valid/), from the bundled MNIST."""
-    out = tmp_path_factory.mktemp("digits")
-    argv = ["--out", str(out), "--train", "300", "--test", "100", "--forms", "folder"]
-    assert make_digit_datasets.main(argv) == 0
-    return out / "digits_folder"
+    return make_digits(tmp_path_factory, train=300, test=100)
 
 
 def data_args(root: Path) -> list[str]:

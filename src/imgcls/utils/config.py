@@ -43,6 +43,16 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("tag_dict", tag_dict)
     if not OmegaConf.has_resolver("made_dir"):
         OmegaConf.register_new_resolver("made_dir", made_dir)
+    # data=folder's image_size: only the bundled digits folder set is resized by default
+    if not OmegaConf.has_resolver("digits_size"):
+        OmegaConf.register_new_resolver("digits_size", digits_size)
+
+
+def digits_size(root: Any, digits_dir: Any) -> list[int] | None:
+    """``[28, 28]`` for the default digits root (its images are mixed-size), else null."""
+    from imgcls.data.digits import digits_form  # lazy: the data package imports torch
+
+    return [28, 28] if digits_form(str(root), digits_dir and str(digits_dir)) else None
 
 
 def tag_dict(tags: Any) -> dict[str, str]:

@@ -1,8 +1,7 @@
-"""ImageClassifier: one LightningModule for every net — loss, metrics, optimizer from config.
+"""ImageClassifier: one LightningModule for every net: loss, metrics, optimizer from config.
 
-Everything it needs to rebuild itself (net config, data spec, optimizer config) is stored as
-plain containers in the checkpoint, so ``ImageClassifier.load_from_checkpoint(path)`` works
-alone and under ``torch.load(weights_only=True)``.
+Everything it needs to rebuild itself is stored as plain containers in the checkpoint, so
+``ImageClassifier.load_from_checkpoint(path)`` works alone and under ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -35,12 +34,8 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 
 class RunningSum(Metric):
-    """Sums of per-batch totals and counts, synced across ranks.
-
-    The training step runs every batch; torchmetrics' general-purpose classes validate and
-    reformat inputs each update, which costs measurable throughput on small nets. Accuracy
-    and mean loss over an epoch need only two running sums.
-    """
+    """A rank-synced running mean: torchmetrics' general classes validate inputs every update,
+    which costs small nets measurable throughput; epoch accuracy and loss need two sums."""
 
     full_state_update = False
     total: Tensor
@@ -71,33 +66,29 @@ def check_tta(tta: str | None) -> str | None:
     return str(tta)
 
 
+def eval_metrics(k: int, prefix: str) -> MetricCollection:
+    m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=k, average="micro")}
+    if k > 5:
+        m["acc_top5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+    return MetricCollection(m, prefix=prefix)
+
+
 class ImageClassifier(L.LightningModule):
     """Cross-entropy classifier around any net from ``imgcls.models.nets``.
 
     Args:
-        net: net config with ``_target_``; sizes (``in_channels``, ``num_classes``,
-            ``image_size``) are filled in from ``spec``.
-        spec: the ``DataSpec`` (as a dict) of the data the model is trained on.
-        optimizer: partial optimizer config (``_partial_: true``), gets ``params``.
-        scheduler: optional partial LR-scheduler config; ``total_steps`` is filled in for
-            schedulers that take it (OneCycleLR) from the trainer's step estimate.
-        scheduler_interval: ``step`` or ``epoch``.
-        scheduler_monitor: metric for schedulers such as ReduceLROnPlateau.
-        label_smoothing: cross-entropy label smoothing.
-        channels_last: run convolutions in NHWC memory format (about 1.7x faster for small
-            CNNs on CPU here; also the fast path on GPUs with tensor cores).
-        compile: compile the net in place (``nn.Module.compile``) for fit; the state-dict keys
-            stay those of the plain net.
-        weights: initial weights of a net that has pretrained ones (``model.weights``, e.g.
-            ``DEFAULT``). Not stored: the checkpoint holds the trained weights, so reloading
-            it never needs the pretrained file.
-        cache_features: ``true``/``false``/``auto``: train the head of a frozen backbone from
-            cached features (``imgcls.models.feature_cache``).
-        unfreeze_at_epoch: unfreeze the backbone at this epoch (Lightning's BackboneFinetuning).
-        backbone_lr_ratio: backbone learning rate at unfreezing, as a fraction of the head's.
-        cache_dir: where cached features live (a location, not stored in the checkpoint).
-        tta: test-time augmentation for test and predict: ``flip`` averages the softmax of the
-            image and its horizontal flip (off by default: digits are not flip-symmetric).
+        net: net config; ``in_channels``, ``num_classes`` and ``image_size`` come from ``spec``
+            (the ``DataSpec`` of the training data).
+        optimizer / scheduler: partial configs; the scheduler's run length (and OneCycle's
+            ``max_lr``, unless set) are filled in (``imgcls.models.schedules``).
+        channels_last: NHWC convolutions (about 1.7x faster for small CNNs on CPU here).
+        compile: compile the net in place for fit; state-dict keys stay the plain net's.
+        weights: a net's pretrained weights (e.g. ``DEFAULT``). Not stored: the checkpoint holds
+            the trained weights, so reloading it never needs the pretrained file.
+        cache_features / unfreeze_at_epoch / backbone_lr_ratio: transfer options
+            (``imgcls.models.transfer``); ``cache_dir`` is a location, not stored.
+        tta: ``flip`` averages the softmax of the image and its horizontal flip in test and
+            predict (off by default: digits are not flip-symmetric).
     """
 
     def __init__(
@@ -134,8 +125,7 @@ class ImageClassifier(L.LightningModule):
             "backbone_lr_ratio": float(backbone_lr_ratio),
             "tta": check_tta(tta),
         }
-        # names resolve against the registry only (imgcls.checkpointing.safe_config)
-        validate_hparams(hparams, root="model")
+        validate_hparams(hparams, root="model")  # names resolve against the registry only
         self.save_hyperparameters(hparams)
         self.spec = DataSpec.from_dict(hparams["spec"])
         self.net: nn.Module = call_registered(
@@ -153,24 +143,12 @@ class ImageClassifier(L.LightningModule):
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-
-        k = self.spec.num_classes
-
-        def metrics(prefix: str) -> MetricCollection:
-            m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=k, average="micro")}
-            if k > 5:
-                m["acc_top5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
-            return MetricCollection(m, prefix=prefix)
-
-        self.train_acc = RunningSum()
-        self.train_loss = RunningSum()
-        self.val_metrics = metrics("val/")
-        self.test_metrics = metrics("test/")
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
-        # Persistent so a resumed run keeps its best validation accuracy.
+        self.train_acc, self.train_loss = RunningSum(), RunningSum()
+        self.val_metrics = eval_metrics(self.spec.num_classes, "val/")
+        self.test_metrics = eval_metrics(self.spec.num_classes, "test/")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)
+        self.val_acc_best.persistent(True)  # a resumed run keeps its best validation accuracy
 
     @property
     def backbone(self) -> nn.Module | None:
@@ -182,7 +160,6 @@ class ImageClassifier(L.LightningModule):
 
         return [*transfer_callbacks(self), ReplanSchedulerOnResume()]
 
-    # -- checkpoints are data (imgcls.checkpointing) ---------------------------------------------
     @classmethod
     def load_from_checkpoint(
         cls,
@@ -193,8 +170,7 @@ class ImageClassifier(L.LightningModule):
         weights_only: bool | None = None,
         **kwargs: Any,
     ) -> ImageClassifier:
-        """Lightning's ``load_from_checkpoint``, with the stored config validated as data first
-        (see ``imgcls.checkpointing.safe_load.load_safe_classifier``)."""
+        """Lightning's, with the stored config validated as data first."""
         from imgcls.checkpointing.safe_load import load_safe_classifier
 
         return load_safe_classifier(
@@ -202,13 +178,12 @@ class ImageClassifier(L.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume/test from a file (``trainer.fit(ckpt_path=...)``): refuse an unsafe stored
-        config; accept weights saved by older versions under ``net._orig_mod.``."""
+        """``trainer.fit(ckpt_path=...)``: refuse an unsafe stored config; accept weights saved
+        by older versions under ``net._orig_mod.``."""
         from imgcls.checkpointing.safe_load import check_loaded_checkpoint
 
         check_loaded_checkpoint(self, checkpoint)
 
-    # -- forward / steps ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -232,8 +207,7 @@ class ImageClassifier(L.LightningModule):
         n = len(y)
         if y.ndim == 2:  # soft targets (data.batch_mix): accuracy against the dominant class
             y = y.argmax(1)
-        # Epoch accuracy and loss as plain running sums (one fused add a step); they enter the
-        # rank-synced RunningSum metrics once, at the epoch end.
+        # plain running sums (one fused add a step), into the synced RunningSums at epoch end
         step_sums = torch.stack(((logits.detach().argmax(1) == y).sum(), loss.detach() * n))
         sums = getattr(self, "_train_sums", None)
         if sums is None or sums.device != step_sums.device:
@@ -242,8 +216,7 @@ class ImageClassifier(L.LightningModule):
         else:
             sums.add_(step_sums)
             self._train_count += n
-        # Lightning only writes step metrics every log_every_n_steps; logging on the other
-        # steps is pure overhead (a few % of a small net's step).
+        # Lightning writes step metrics every log_every_n_steps; logging others costs a few %
         if (self.global_step + 1) % getattr(self.trainer, "log_every_n_steps", 50) == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -308,7 +281,6 @@ class ImageClassifier(L.LightningModule):
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return torch.softmax(self.tta_logits(x), dim=1)
 
-    # -- set-up --------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         trainable, total = count_parameters(self)
         log.info("parameters: %s trainable / %s total", f"{trainable:,}", f"{total:,}")
@@ -325,12 +297,8 @@ class ImageClassifier(L.LightningModule):
             return optimizer
         interval = self.hparams["scheduler_interval"]
         scheduler = build_scheduler(sched_cfg, optimizer, self.trainer, interval)
+        monitor = self.hparams["scheduler_monitor"]
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": self.hparams["scheduler_interval"],
-                "monitor": self.hparams["scheduler_monitor"],
-                "frequency": 1,
-            },
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor},
         }

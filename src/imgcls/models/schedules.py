@@ -1,11 +1,9 @@
-"""LR schedulers from validated configs, with step counts taken from the trainer.
+"""LR schedulers from validated configs, sized by the trainer.
 
-A plain scheduler gets ``total_steps`` (OneCycleLR) from ``trainer.estimated_stepping_batches``.
-A composite (``SequentialLR``, e.g. ``model/scheduler=warmup_cosine``) is a warmup child then a
-decay child: the warmup length is ``warmup_epochs`` (converted to steps) or ``warmup_fraction``
-of the run; the first child runs that long (``total_iters``), the last the rest (``T_max`` /
-``total_iters``), and the milestone between them is the warmup length. Lengths already set in a
-child's config are kept.
+A plain scheduler gets ``total_steps`` (OneCycleLR) from ``trainer.estimated_stepping_batches``,
+and ``max_lr`` (unset or null) from the optimizer's lr: one learning-rate knob per recipe. A
+composite (``SequentialLR``, ``model/scheduler=warmup_cosine``) is a warmup child, then a decay
+child for the rest of the run; lengths already set in a child's config are kept.
 """
 
 from __future__ import annotations
@@ -82,6 +80,8 @@ def build_scheduler(
         params = inspect.signature(scheduler_class(cfg)).parameters
         if "total_steps" in params and "total_steps" not in cfg:
             extra["total_steps"] = int(trainer.estimated_stepping_batches)
+        if "max_lr" in params and cfg.get("max_lr") is None:
+            extra["max_lr"] = [group["lr"] for group in optimizer.param_groups]
         return call_registered("scheduler", cfg, optimizer, **extra)
     children = list(cfg["schedulers"])
     if len(children) != 2 and "milestones" not in cfg:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from imgcls.models.nets._shapes import flat_features
+from imgcls.models.nets._shapes import flat_features, mlp_head
 
 
 class LeNet(nn.Module):
@@ -37,12 +37,7 @@ class LeNet(nn.Module):
             nn.Flatten(),
         )
         n = flat_features(self.features, in_channels, tuple(image_size), "lenet")
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers += [nn.Linear(n, h), nn.ReLU(inplace=True)]
-            n = h
-        layers.append(nn.Linear(n, num_classes))
-        self.classifier = nn.Sequential(*layers)
+        self.classifier = mlp_head(n, hidden, 0.0, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))

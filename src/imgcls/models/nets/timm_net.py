@@ -1,11 +1,7 @@
-"""Any timm model as a backbone by name: ``model=timm model.net.name=<timm model>``.
-
-The backbone is ``timm.create_model(name, num_classes=0, in_chans=<data channels>)`` (pooled
-features, ``num_features`` wide); the head, freezing, feature-only forward and feature-cache
-signature are ``BackboneHead``'s, shared with the torchvision ResNets. Grayscale data gets a
-1-channel stem (timm sums pretrained RGB filters, the same as repeating the gray channel).
-Weights come from a local file or timm's caches only (``imgcls.models.nets._timm_weights``).
-"""
+"""Any timm model as a backbone by name (``model=timm model.net.name=<timm model>``): the
+classifier-less ``timm.create_model(name, num_classes=0, in_chans=<data channels>)`` under a
+``BackboneHead``. Grayscale data gets a 1-channel stem (timm sums the pretrained RGB filters,
+the same as repeating the gray channel)."""
 
 from __future__ import annotations
 
@@ -18,13 +14,9 @@ from typing import Any, cast
 from torch import nn
 
 from imgcls.errors import WeightsError
-from imgcls.models.nets._backbone import BackboneHead, gray_normalization
-from imgcls.models.nets._timm_weights import (
-    TimmWeights,
-    check_name,
-    import_timm,
-    resolve_timm_weights,
-)
+from imgcls.models.nets._backbone import BackboneHead
+from imgcls.models.nets._timm_weights import check_name, import_timm, timm_weights
+from imgcls.models.nets._weights import Weights
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +25,11 @@ class TimmNet(BackboneHead):
     """``backbone`` (a timm model without its classifier) -> ``head`` (MLP).
 
     Args:
-        in_channels: input channels of the data (the stem is built for them).
-        num_classes: output classes.
-        image_size: input (height, width); passed as ``img_size`` to fixed-size models (ViTs).
+        image_size: passed as ``img_size`` to fixed-size models (ViTs).
         name: a timm model name, e.g. ``resnet18``, ``convnext_atto``, ``resnet18.a1_in1k``.
-        weights: ``DEFAULT`` | a pretrained tag | a local file | ``None`` (random init). A
-            checkpoint rebuilds the net with ``None`` and loads its own weights.
-        hidden: hidden layer sizes of the head (``Linear-ReLU`` each).
-        dropout: dropout before the output layer.
-        freeze: start with the backbone frozen; ``None``: frozen when ``weights`` are given.
+        weights: ``DEFAULT`` | a pretrained tag | a local file | ``None`` (random init; a
+            checkpoint rebuilds the net so and loads its own weights).
+        hidden / dropout / freeze: as for ``FrozenResNet``.
     """
 
     def __init__(
@@ -57,34 +45,19 @@ class TimmNet(BackboneHead):
     ) -> None:
         super().__init__()
         check_name(name)
-        self.arch = name
-        self.in_channels = int(in_channels)
-        pretrained = resolve_timm_weights(name, weights)
+        self.arch, self.in_channels = name, int(in_channels)
+        pretrained = timm_weights(name, weights)
         self.backbone = _create(name, pretrained, self.in_channels, image_size)
         self.num_features = int(cast(int, self.backbone.num_features))
         self._init_head(num_classes, hidden, dropout, freeze, pretrained is not None)
 
-    # -- what the builder and the feature cache ask the net class ------------------------------
     @classmethod
-    def check_weights(cls, weights: Any, name: str = "resnet18", **_: Any) -> None:
-        """Fail fast (before any data is decoded) when the weights file or cache entry is missing."""
-        pretrained = resolve_timm_weights(name, weights)
-        if pretrained is not None:
-            pretrained.check_available()
-
-    @classmethod
-    def input_normalization(
-        cls, weights: Any, in_channels: int, name: str = "resnet18", **_: Any
-    ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        """(mean, std) of the weights' pretrained config; ``None`` leaves the data's choice."""
-        pretrained = resolve_timm_weights(name, weights)
-        if pretrained is None:
-            return None
-        return gray_normalization(pretrained.mean, pretrained.std, in_channels)
+    def resolve_weights(cls, weights: Any, name: str = "resnet18", **_: Any) -> Weights | None:
+        return timm_weights(name, weights)
 
 
 def _create(
-    name: str, pretrained: TimmWeights | None, in_chans: int, image_size: Sequence[int]
+    name: str, pretrained: Weights | None, in_chans: int, image_size: Sequence[int]
 ) -> nn.Module:
     """``timm.create_model`` without a classifier; pretrained only from a local file."""
     timm = import_timm()
@@ -101,7 +74,7 @@ def _create(
     with _load_report() as report:
         try:
             model = timm.create_model(
-                pretrained.model_name,
+                pretrained.name,
                 pretrained=True,
                 pretrained_cfg_overlay={"file": where},
                 **kwargs,
@@ -111,22 +84,8 @@ def _create(
             raise WeightsError(f"weights file {where} does not fit {name}: {msg}") from None
     if report:
         raise WeightsError(f"weights file {where} does not fit {name}: {'; '.join(report)}")
-    log.info("%s: backbone weights %s (%s)", name, pretrained.model_name, where)
+    log.info("%s: backbone weights %s (%s)", name, pretrained.name, where)
     return model
-
-
-class _Collect(logging.Handler):
-    def __init__(self, out: list[str]) -> None:
-        super().__init__(logging.INFO)
-        self.out = out
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if text.startswith(("Missing keys", "Unexpected keys")):
-            kind, _, keys = text.partition(" (")
-            names = keys.split(")")[0].split(", ")
-            more = f", ... {len(names)} in all" if len(names) > 3 else ""
-            self.out.append(f"{kind.lower()} {', '.join(names[:3])}{more}")
 
 
 @contextmanager
@@ -135,13 +94,23 @@ def _load_report() -> Iterator[list[str]]:
     those messages so a file of another model is an error, not a half-loaded backbone."""
     logger = logging.getLogger("timm.models._builder")
     out: list[str] = []
-    handler, level = _Collect(out), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+
+    def collect(record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith(("Missing keys", "Unexpected keys")):
+            kind, _, keys = text.partition(" (")
+            names = keys.split(")")[0].split(", ")
+            more = f", ... {len(names)} in all" if len(names) > 3 else ""
+            out.append(f"{kind.lower()} {', '.join(names[:3])}{more}")
+        return True
+
+    level = logger.level
+    logger.addFilter(collect)
+    logger.setLevel(logging.INFO)  # the messages are INFO
     try:
         yield out
     finally:
-        logger.removeHandler(handler)
+        logger.removeFilter(collect)
         logger.setLevel(level)
 
 

@@ -24,7 +24,8 @@ class FrozenResNet(BackboneHead):
     """``backbone`` (torchvision ResNet minus ``fc``) -> ``head`` (MLP).
 
     Args:
-        in_channels: 1 (repeated to RGB) or 3; any image size works (global average pooling).
+        in_channels: 1 (repeated to RGB) or 3.
+        image_size: not needed: any size works (global average pooling).
         arch: ``resnet18`` ... ``resnet152``.
         weights: see ``imgcls.models.nets._weights``; ``None`` for random init (a checkpoint
             rebuilds the net so and loads its own weights).
@@ -36,7 +37,7 @@ class FrozenResNet(BackboneHead):
         self,
         in_channels: int,
         num_classes: int,
-        image_size: Sequence[int],
+        image_size: Sequence[int] | None = None,
         arch: str = "resnet152",
         weights: str | os.PathLike | None = None,
         hidden: Sequence[int] = (1600, 1024),

@@ -189,13 +189,10 @@ class ImageClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)
-        return self.criterion(logits, y), logits, y
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, logits, y = self._shared_step(batch)
+        loss = self.criterion(logits, y)
         # One host check a step (free on CPU; on a GPU it is the step's only sync): a NaN
         # stops the run at the step that produced it, before any checkpoint sees its update.
         if not torch.isfinite(loss):
@@ -238,17 +235,23 @@ class ImageClassifier(L.LightningModule):
         self.train_loss.reset()
         self.log_dict(values, prog_bar=True)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, logits, y = self._shared_step(batch)
-        self.val_loss.update(loss, weight=len(y))
-        self.val_metrics.update(logits, y)
+    def _eval_step(self, logits: Tensor, y: Tensor, stage: str) -> Tensor:
+        getattr(self, f"{stage}_loss").update(self.criterion(logits, y), weight=len(y))
+        getattr(self, f"{stage}_metrics").update(logits, y)
         return logits  # for callbacks (e.g. diagnostics) that need predictions without a re-run
 
+    def _epoch_values(self, stage: str) -> dict[str, Tensor]:
+        metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
+        values = {**metrics.compute(), f"{stage}/loss": loss.compute()}
+        metrics.reset()
+        loss.reset()
+        return values
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(self(batch[0]), batch[1], "val")
+
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        values["val/loss"] = self.val_loss.compute()
-        self.val_metrics.reset()
-        self.val_loss.reset()
+        values = self._epoch_values("val")
         if not self.trainer.sanity_checking:  # sanity batches must not set the best score
             self.val_acc_best.update(values["val/acc"])
             values["val/acc_best"] = self.val_acc_best.compute()
@@ -263,19 +266,10 @@ class ImageClassifier(L.LightningModule):
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        logits = self.tta_logits(x)
-        loss = self.criterion(logits, y)
-        self.test_loss.update(loss, weight=len(y))
-        self.test_metrics.update(logits, y)
-        return logits
+        return self._eval_step(self.tta_logits(batch[0]), batch[1], "test")
 
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
-        values["test/loss"] = self.test_loss.compute()
-        self.test_metrics.reset()
-        self.test_loss.reset()
-        self.log_dict(values)
+        self.log_dict(self._epoch_values("test"))
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch

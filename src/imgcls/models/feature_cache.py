@@ -35,14 +35,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-class FeatureDataset(BatchTensorDataset):
-    """Float features ``(N, D)`` with int64 targets."""
-
-    @property
-    def features(self) -> Tensor:
-        return self.inputs
-
-
 def parse_mode(value: Any) -> bool | str:
     """``true`` / ``false`` / ``auto`` (as YAML or a command line gives them)."""
     if isinstance(value, bool):
@@ -114,39 +106,42 @@ class FeatureCache(L.Callback):
         if self.mode is False:
             return False
         if not hasattr(dm, "use_dataset"):  # plain dataloaders passed to fit(): nothing to swap
-            if self.mode is True:
-                raise ConfigError("model.cache_features=true needs an imgcls ImageDataModule")
-            return False
+            return self._off("model.cache_features=true needs an imgcls ImageDataModule")
         if getattr(dm, "loading_used", None) == "stream":  # per-sample decode, per-epoch transforms
-            if self.mode is True:
-                raise ConfigError(
-                    "model.cache_features=true needs data.loading=memory (the stream path "
-                    "transforms each sample anew every epoch)"
-                )
-            log.info("feature cache off: data.loading chose stream")
-            return False
+            return self._off(
+                "model.cache_features=true needs data.loading=memory (the stream path "
+                "transforms each sample anew every epoch)",
+                "data.loading chose stream",
+            )
         # MixUp/CutMix (data.batch_mix) work on images too: cached features would skip them
         augment = getattr(dm, "train_augment", None) or getattr(dm, "batch_mix", None)
-        if self.mode == "auto" and augment is not None:
-            log.info(
-                "feature cache off: the training data is augmented (model.cache_features=true forces it)"
-            )
-            return False
         if augment is not None:
+            if self.mode == "auto":
+                log.info(
+                    "feature cache off: the training data is augmented (model.cache_features=true forces it)"
+                )
+                return False
             log.warning(
                 "feature cache on: training augmentation is skipped (features come from un-augmented images)"
             )
         try:
             dm.fingerprint("train")
         except NotImplementedError:
-            if self.mode == "auto":
-                log.info("feature cache off: %s cannot fingerprint its data", type(dm).__name__)
-                return False
-            raise ConfigError(
+            name = type(dm).__name__
+            return self._off(
                 f"model.cache_features=true needs a data source that fingerprints its data; "
-                f"{type(dm).__name__} does not (set model.cache_features=false)"
-            ) from None
+                f"{name} does not (set model.cache_features=false)",
+                f"{name} cannot fingerprint its data",
+            )
         return True
+
+    def _off(self, forced: str, auto: str | None = None) -> bool:
+        """Under ``mode=true`` why the cache cannot run is an error; under ``auto`` it is off."""
+        if self.mode is True:
+            raise ConfigError(forced) from None
+        if auto:
+            log.info("feature cache off: %s", auto)
+        return False
 
     def key(
         self, trainer: L.Trainer, dm: Any, split: str, signature: dict[str, Any]
@@ -179,7 +174,7 @@ class FeatureCache(L.Callback):
         dm: Any,
         split: str,
         signature: dict[str, Any],
-    ) -> FeatureDataset:
+    ) -> BatchTensorDataset:
         # through JSON: plain lists and dicts, as the file stores them
         key = json.loads(json.dumps(self.key(trainer, dm, split, signature)))
         path, n = self.path_for(key), len(dm.splits[split])
@@ -196,10 +191,10 @@ class FeatureCache(L.Callback):
             raise RuntimeError(f"feature cache {path} was not written")
         (self.misses if computed else self.hits).append(split)
         if not computed:
-            log.info("feature cache hit: %s %s from %s", split, tuple(cached.features.shape), path)
+            log.info("feature cache hit: %s %s from %s", split, tuple(cached.inputs.shape), path)
         return cached
 
-    def _read(self, path: Path, key: dict[str, Any], n: int) -> FeatureDataset | None:
+    def _read(self, path: Path, key: dict[str, Any], n: int) -> BatchTensorDataset | None:
         if not path.is_file():
             return None
         try:
@@ -209,7 +204,7 @@ class FeatureCache(L.Callback):
             return None
         if blob.get("key") != key or len(blob["features"]) != n:
             return None
-        return FeatureDataset(blob["features"], blob["targets"])
+        return BatchTensorDataset(blob["features"], blob["targets"])
 
     def _write(self, path: Path, key: dict[str, Any], features: Tensor, targets: Tensor) -> None:
         with atomic_file(path) as f:  # readers never see half a file

@@ -1,24 +1,131 @@
 """Any timm model as a backbone by name (``model=timm model.net.name=<timm model>``): the
 classifier-less ``timm.create_model(name, num_classes=0, in_chans=<data channels>)`` under a
 ``BackboneHead``. Grayscale data gets a 1-channel stem (timm sums the pretrained RGB filters,
-the same as repeating the gray channel)."""
+the same as repeating the gray channel).
+
+Weights, offline: a local file, or the file in timm's caches (the Hugging Face hub cache for
+``hf_hub_id`` weights, else torch hub's ``checkpoints/``), handed to timm as a file overlay so
+timm's own loader (stem adaptation, checkpoint filters) runs without any download code.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, cast
 
-from torch import nn
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it (timm imports it)
 
-from imgcls.errors import WeightsError
-from imgcls.models.nets._backbone import BackboneHead
-from imgcls.models.nets._timm_weights import check_name, import_timm, timm_weights
-from imgcls.models.nets._weights import Weights
+from collections.abc import Iterator, Sequence  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, cast  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+from imgcls.errors import ConfigError, WeightsError  # noqa: E402
+from imgcls.models.nets._backbone import BackboneHead  # noqa: E402
+from imgcls.models.nets._weights import Weights, hub_file, local_file, no_weights  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm tries, in its order
+
+
+def import_timm() -> Any:
+    """``timm``, or one line saying how to install the optional extra."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("model=timm needs timm: pip install -e '.[timm]'") from None
+    return timm
+
+
+def check_name(name: str) -> None:
+    """A timm model name (optionally ``.tag``); hub/local-dir prefixes would bypass the offline rule."""
+    timm = import_timm()
+    if ":" in name:
+        raise ConfigError(
+            f"model.net.name={name!r}: use a timm model name (e.g. resnet18) and give weights "
+            f"as model.weights=<file>"
+        )
+    if not timm.is_model(name.split(".", 1)[0]):
+        close = timm.list_models(f"*{name.split('.', 1)[0]}*")[:8]
+        hint = f" (close: {', '.join(close)})" if close else " (see timm.list_models())"
+        raise ConfigError(f"model.net.name={name!r} is not a timm model{hint}")
+
+
+def _pretrained_cfg(name: str, tag: str | None) -> Any:
+    from timm.models import get_pretrained_cfg
+
+    full = f"{name}.{tag}" if tag else name
+    try:
+        cfg = get_pretrained_cfg(full, allow_unregistered=False)
+    except RuntimeError:
+        cfg = None
+    if cfg is None and tag is not None:
+        import timm
+
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{name}.*")]
+        raise WeightsError(
+            f"model.weights={tag!r} is not a pretrained tag of {name} "
+            f"({', '.join(['DEFAULT', *tags]) if tags else 'it has none'}); use a tag, a file, or null"
+        )
+    return cfg
+
+
+def _cached_file(cfg: Any) -> tuple[Path | None, str]:
+    """(file in timm's cache or ``None``, the location to name when it is missing)."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, _, revision = str(cfg.hf_hub_id).partition("@")
+        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES
+        for f in files:
+            found = try_to_load_from_cache(repo, f, revision=revision or None)
+            if isinstance(found, str):
+                return Path(found), found
+        where = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+        return None, f"{where}/snapshots/<revision>/{files[0]} (Hugging Face hub {repo})"
+    if cfg.url:
+        path = hub_file(cfg.url)
+        return (path if path.is_file() else None), f"{path} (from {cfg.url})"
+    raise WeightsError(
+        f"{cfg.architecture}: timm lists no weights file for it; use model.weights=<file> or null"
+    )
+
+
+def timm_weights(name: str, weights: str | os.PathLike | None) -> Weights | None:
+    """``DEFAULT`` (the name's default tag), a tag (``a1_in1k``), a local file, or ``None``."""
+    if no_weights(weights):
+        return None
+    check_name(name)
+    value = str(weights).strip()
+    arch, _, name_tag = name.partition(".")
+    path = Path(value).expanduser()
+    if path.suffix in FILE_SUFFIXES or os.sep in value:
+        cfg = _pretrained_cfg(arch, name_tag or None)  # its mean/std describe the file's training
+        if cfg is None:
+            return local_file(value, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), name)
+        return local_file(value, cfg.mean, cfg.std, name)
+    tag = (name_tag or None) if value == "DEFAULT" else value
+    if name_tag and value not in ("DEFAULT", name_tag):
+        raise ConfigError(
+            f"model.net.name={name!r} already names tag {name_tag!r}; model.weights={value!r} "
+            f"names another (use DEFAULT)"
+        )
+    cfg = _pretrained_cfg(arch, tag)
+    if cfg is None:
+        raise WeightsError(
+            f"{arch} has no pretrained weights in timm; use model.weights=<file> or null"
+        )
+    found, expected = _cached_file(cfg)
+    full = f"{arch}.{cfg.tag}" if cfg.tag else arch
+    missing = (
+        f"pretrained weights for {full} not found: {expected} (offline: nothing is downloaded); "
+        f"put the file there, or train from scratch with model.weights=null"
+    )
+    return Weights(full, found, tuple(cfg.mean), tuple(cfg.std), missing)
 
 
 class TimmNet(BackboneHead):

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return trainable, total
@@ -74,21 +73,13 @@ def eval_metrics(k: int, prefix: str) -> MetricCollection:
 
 
 class ImageClassifier(L.LightningModule):
-    """Cross-entropy classifier around any net from ``imgcls.models.nets``.
-
-    Args:
-        net: net config; ``in_channels``, ``num_classes`` and ``image_size`` come from ``spec``
-            (the ``DataSpec`` of the training data).
-        optimizer / scheduler: partial configs; the scheduler's run length (and OneCycle's
-            ``max_lr``, unless set) are filled in (``imgcls.models.schedules``).
-        channels_last: NHWC convolutions (about 1.7x faster for small CNNs on CPU here).
-        compile: compile the net in place for fit; state-dict keys stay the plain net's.
-        weights: a net's pretrained weights (e.g. ``DEFAULT``). Not stored: the checkpoint holds
-            the trained weights, so reloading it never needs the pretrained file.
-        cache_features / unfreeze_at_epoch / backbone_lr_ratio: transfer options
-            (``imgcls.models.transfer``); ``cache_dir`` is a location, not stored.
-        tta: ``flip`` averages the softmax of the image and its horizontal flip in test and
-            predict (off by default: digits are not flip-symmetric).
+    """Cross-entropy classifier around any net of ``imgcls.models.nets`` (options: see
+    ``configs/model/*.yaml``). The net's sizes come from ``spec`` (the training data's
+    ``DataSpec``). ``weights`` and ``cache_dir`` are not stored: the checkpoint holds the trained
+    weights (reloading never needs the pretrained file), and a location is no hyper-parameter.
+    ``tta=flip`` averages the softmax of image and horizontal flip (off: digits are not
+    flip-symmetric); the scheduler's run length and OneCycle's ``max_lr`` are filled in by
+    ``imgcls.models.schedules``.
     """
 
     def __init__(
@@ -152,7 +143,7 @@ class ImageClassifier(L.LightningModule):
 
     @property
     def backbone(self) -> nn.Module | None:
-        """The net's backbone, where Lightning's ``BackboneFinetuning`` looks for it."""
+        """Where Lightning's ``BackboneFinetuning`` looks for it."""
         return getattr(self.net, "backbone", None)
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -193,8 +184,7 @@ class ImageClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        # One host check a step (free on CPU; on a GPU it is the step's only sync): a NaN
-        # stops the run at the step that produced it, before any checkpoint sees its update.
+        # one host check a step (a GPU's only sync): a NaN stops the run before a checkpoint has it
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
@@ -206,13 +196,11 @@ class ImageClassifier(L.LightningModule):
             y = y.argmax(1)
         # plain running sums (one fused add a step), into the synced RunningSums at epoch end
         step_sums = torch.stack(((logits.detach().argmax(1) == y).sum(), loss.detach() * n))
-        sums = getattr(self, "_train_sums", None)
-        if sums is None or sums.device != step_sums.device:
-            self._train_sums = step_sums.double()
-            self._train_count = n
-        else:
-            sums.add_(step_sums)
-            self._train_count += n
+        if getattr(self, "_train_sums", None) is None:
+            self._train_sums = torch.zeros_like(step_sums, dtype=torch.float64)
+            self._train_count = 0
+        self._train_sums.add_(step_sums)
+        self._train_count += n
         # Lightning writes step metrics every log_every_n_steps; logging others costs a few %
         if (self.global_step + 1) % getattr(self.trainer, "log_every_n_steps", 50) == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)

@@ -1,12 +1,9 @@
 """Frozen-backbone feature cache: compute the backbone once, train the head from disk.
 
-A frozen backbone under the deterministic eval transform gives the same features every epoch
-and run, so computing them is the whole cost of training a head. The key holds everything that
-changes them (a digest of the backbone's values, the eval transform, the source's
-``fingerprint(split)``, the precision) and no head-only setting, so a sweep over lr, head sizes
-or seeds shares one cache. Only the fit is served features: checkpoints hold the full net, and
-``trainer.test`` runs on images.
-"""
+Under the deterministic eval transform a frozen backbone gives the same features every epoch
+and run. The key holds all that changes them (the backbone's values, the eval transform, the
+source's ``fingerprint(split)``, the precision) and no head-only setting, so a sweep over lr,
+head or seed shares one cache. Only the fit is served features; ``trainer.test`` sees images."""
 
 from __future__ import annotations
 
@@ -59,11 +56,8 @@ def _drop_built_train_loader(trainer: L.Trainer) -> None:
 
 
 class FeatureCache(L.Callback):
-    """Serve cached backbone features for ``splits`` during ``fit``.
-
-    ``mode``: ``True``, ``False`` or ``"auto"`` (on when the data has no train augmentation:
-    features are computed from un-augmented images).
-    """
+    """Serve cached backbone features for ``splits`` during ``fit``; ``mode="auto"``: on when
+    the data has no train augmentation (features are computed from un-augmented images)."""
 
     def __init__(
         self,

@@ -1,10 +1,7 @@
-"""LR schedulers from validated configs, sized by the trainer.
-
-A plain scheduler gets ``total_steps`` (OneCycleLR) from ``trainer.estimated_stepping_batches``,
-and ``max_lr`` (unset or null) from the optimizer's lr: one learning-rate knob per recipe. A
-composite (``SequentialLR``, ``model/scheduler=warmup_cosine``) is a warmup child, then a decay
-child for the rest of the run; lengths already set in a child's config are kept.
-"""
+"""LR schedulers from validated configs, sized by the trainer: ``total_steps`` (OneCycleLR) from
+``trainer.estimated_stepping_batches``, ``max_lr`` (unset or null) from the optimizer's lr (one
+LR knob per recipe); a composite (``SequentialLR``, ``model/scheduler=warmup_cosine``) is a
+warmup child, then a decay child for the rest (lengths set in a child's config are kept)."""
 
 from __future__ import annotations
 
@@ -25,12 +22,8 @@ from imgcls.checkpointing.safe_config import (
 from imgcls.errors import ConfigError
 
 # the argument that says how many scheduler steps a child lasts
-LENGTH_ARGS = {
-    "LinearLR": "total_iters",
-    "ConstantLR": "total_iters",
-    "PolynomialLR": "total_iters",
-    "CosineAnnealingLR": "T_max",
-}
+LENGTH_ARGS = dict.fromkeys(("LinearLR", "ConstantLR", "PolynomialLR"), "total_iters")
+LENGTH_ARGS["CosineAnnealingLR"] = "T_max"
 
 
 def run_length(trainer: L.Trainer, interval: str) -> tuple[int, float]:

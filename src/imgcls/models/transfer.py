@@ -90,13 +90,10 @@ def use_weights_normalization(model_cfg: Mapping[str, Any], dm: Any) -> None:
 
 
 class BackboneUnfreezing(BackboneFinetuning):
-    """Lightning's ``BackboneFinetuning`` with the net's own freeze.
-
-    Lightning's either makes BatchNorm parameters trainable or switches off their running
-    statistics; both change a backbone that should stay bit-for-bit as loaded until the
-    unfreeze epoch. After it, BatchNorm stays frozen unless ``train_bn`` (small fine-tuning
-    batches make poor BN statistics).
-    """
+    """Lightning's ``BackboneFinetuning`` with the net's own freeze: Lightning's either trains
+    BatchNorm parameters or stops their running statistics, and both change a backbone that must
+    stay as loaded until the unfreeze epoch. BatchNorm stays frozen after it unless ``train_bn``
+    (small fine-tuning batches make poor BN statistics)."""
 
     def freeze_before_training(self, pl_module: Any) -> None:
         pl_module.net.freeze_backbone()

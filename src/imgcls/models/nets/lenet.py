@@ -1,8 +1,5 @@
-"""LeNet-5: conv 6/16 5x5 with max-pooling, fc 120/84.
-
-The flattened size is computed from the input (16*4*4 on 28x28), not the 16*5*5 literal of the
-32x32 original that breaks on MNIST.
-"""
+"""LeNet-5 (conv 6/16 5x5, max-pooling, fc 120/84); the flattened size comes from the input, not
+the 16*5*5 literal of the 32x32 original that breaks on MNIST."""
 
 from __future__ import annotations
 

@@ -23,14 +23,9 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 class FrozenResNet(BackboneHead):
     """``backbone`` (torchvision ResNet minus ``fc``) -> ``head`` (MLP).
 
-    Args:
-        in_channels: 1 (repeated to RGB) or 3.
-        image_size: not needed: any size works (global average pooling).
-        arch: ``resnet18`` ... ``resnet152``.
-        weights: see ``imgcls.models.nets._weights``; ``None`` for random init (a checkpoint
-            rebuilds the net so and loads its own weights).
-        hidden / dropout: the head (``Linear-ReLU`` each, then dropout: the seed's layout).
-        freeze: start with the backbone frozen; ``None``: frozen when ``weights`` are given.
+    ``in_channels`` 1 is repeated to RGB; any image size works (global average pooling);
+    ``weights``: see ``imgcls.models.nets._weights`` (``None``: random init, as a checkpoint
+    rebuilds the net before loading its own weights). ``freeze=None``: frozen when pretrained.
     """
 
     def __init__(

@@ -1,12 +1,8 @@
-"""Any timm model as a backbone by name (``model=timm model.net.name=<timm model>``): the
-classifier-less ``timm.create_model(name, num_classes=0, in_chans=<data channels>)`` under a
-``BackboneHead``. Grayscale data gets a 1-channel stem (timm sums the pretrained RGB filters,
-the same as repeating the gray channel).
-
-Weights, offline: a local file, or the file in timm's caches (the Hugging Face hub cache for
-``hf_hub_id`` weights, else torch hub's ``checkpoints/``), handed to timm as a file overlay so
-timm's own loader (stem adaptation, checkpoint filters) runs without any download code.
-"""
+"""Any timm model as a backbone by name (``model=timm model.net.name=<timm model>``), without
+its classifier, under a ``BackboneHead``; gray data gets a 1-channel stem (timm sums the RGB
+filters). Weights, offline: a local file, or the file in timm's caches (the Hugging Face hub
+cache for ``hf_hub_id`` weights, else torch hub's), handed to timm as a file overlay so timm's
+own loader (stem adaptation, checkpoint filters) runs without any download code."""
 
 from __future__ import annotations
 
@@ -129,14 +125,10 @@ def timm_weights(name: str, weights: str | os.PathLike | None) -> Weights | None
 
 
 class TimmNet(BackboneHead):
-    """``backbone`` (a timm model without its classifier) -> ``head`` (MLP).
+    """``backbone`` (a timm model without its classifier) -> ``head`` (MLP), as ``FrozenResNet``.
 
-    Args:
-        image_size: passed as ``img_size`` to fixed-size models (ViTs).
-        name: a timm model name, e.g. ``resnet18``, ``convnext_atto``, ``resnet18.a1_in1k``.
-        weights: ``DEFAULT`` | a pretrained tag | a local file | ``None`` (random init; a
-            checkpoint rebuilds the net so and loads its own weights).
-        hidden / dropout / freeze: as for ``FrozenResNet``.
+    ``name``: e.g. ``resnet18``, ``convnext_atto``, ``resnet18.a1_in1k``; ``image_size`` sizes
+    fixed-size models (ViTs); ``weights``: ``DEFAULT`` | a pretrained tag | a file | ``None``.
     """
 
     def __init__(
@@ -181,10 +173,7 @@ def _create(
     with _load_report() as report:
         try:
             model = timm.create_model(
-                pretrained.name,
-                pretrained=True,
-                pretrained_cfg_overlay={"file": where},
-                **kwargs,
+                pretrained.name, pretrained=True, pretrained_cfg_overlay={"file": where}, **kwargs
             )
         except Exception as e:  # not a weights file, wrong shapes, pickled code, ...
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -27,9 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return trainable, total
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 class RunningSum(Metric):
@@ -81,6 +80,8 @@ class ImageClassifier(L.LightningModule):
     flip-symmetric); the scheduler's run length and OneCycle's ``max_lr`` are filled in by
     ``imgcls.models.schedules``.
     """
+
+    _train_sums: Tensor | None
 
     def __init__(
         self,
@@ -196,10 +197,11 @@ class ImageClassifier(L.LightningModule):
             y = y.argmax(1)
         # plain running sums (one fused add a step), into the synced RunningSums at epoch end
         step_sums = torch.stack(((logits.detach().argmax(1) == y).sum(), loss.detach() * n))
-        if getattr(self, "_train_sums", None) is None:
-            self._train_sums = torch.zeros_like(step_sums, dtype=torch.float64)
+        sums = getattr(self, "_train_sums", None)
+        if sums is None:
+            sums = self._train_sums = torch.zeros_like(step_sums, dtype=torch.float64)
             self._train_count = 0
-        self._train_sums.add_(step_sums)
+        sums.add_(step_sums)
         self._train_count += n
         # Lightning writes step metrics every log_every_n_steps; logging others costs a few %
         if (self.global_step + 1) % getattr(self.trainer, "log_every_n_steps", 50) == 0:
@@ -207,7 +209,7 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self._train_sums: Tensor | None = None  # nothing left over from an interrupted epoch
+        self._train_sums = None  # nothing left over from an interrupted epoch
 
     def on_train_epoch_end(self) -> None:
         sums = getattr(self, "_train_sums", None)
@@ -215,13 +217,10 @@ class ImageClassifier(L.LightningModule):
             self.train_acc.update(sums[0], self._train_count)
             self.train_loss.update(sums[1], self._train_count)
             self._train_sums = None
-        values = {
-            "train/acc": self.train_acc.compute(),
-            "train/loss_epoch": self.train_loss.compute(),
-        }
+        acc, loss = self.train_acc.compute(), self.train_loss.compute()
         self.train_acc.reset()
         self.train_loss.reset()
-        self.log_dict(values, prog_bar=True)
+        self.log_dict({"train/acc": acc, "train/loss_epoch": loss}, prog_bar=True)
 
     def _eval_step(self, logits: Tensor, y: Tensor, stage: str) -> Tensor:
         getattr(self, f"{stage}_loss").update(self.criterion(logits, y), weight=len(y))

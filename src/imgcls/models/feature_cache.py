@@ -14,11 +14,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from imgcls.data.tensor_dataset import BatchTensorDataset, batch_loader
 from imgcls.data.transforms import normalize
@@ -77,7 +77,7 @@ class FeatureCache(L.Callback):
         dm: Any = trainer.datamodule  # type: ignore[attr-defined]
         if not self._enabled(dm):
             return
-        net: Any = unwrap(pl_module.net)
+        net: Any = unwrap(cast(nn.Module, pl_module.net))
         if not getattr(net, "backbone_frozen", False):
             raise ConfigError("model.cache_features needs a frozen backbone")
         signature = net.feature_signature()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -39,7 +39,7 @@ class Weights:
         """The file's state dict (``weights_only``: a weights file never runs code)."""
         self.check_available()
         try:
-            sd = torch.load(self.path, map_location="cpu", weights_only=True)
+            sd = torch.load(cast(Path, self.path), map_location="cpu", weights_only=True)
         except Exception as e:  # truncated file, not a torch file, pickled code, ...
             raise WeightsError(
                 f"weights file {self.path} cannot be read ({type(e).__name__}: {e})"

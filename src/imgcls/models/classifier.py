@@ -1,8 +1,7 @@
-"""ImageClassifier: one LightningModule for every net — loss, metrics, optimizer from config.
+"""ImageClassifier: one LightningModule for every net: loss, metrics, optimizer from config.
 
-Everything it needs to rebuild itself (net config, data spec, optimizer config) is stored as
-plain containers in the checkpoint, so ``ImageClassifier.load_from_checkpoint(path)`` works
-alone and under ``torch.load(weights_only=True)``.
+Everything it needs to rebuild itself is stored as plain containers in the checkpoint, so
+``ImageClassifier.load_from_checkpoint(path)`` works alone and under ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -28,19 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return trainable, total
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 class RunningSum(Metric):
-    """Sums of per-batch totals and counts, synced across ranks.
-
-    The training step runs every batch; torchmetrics' general-purpose classes validate and
-    reformat inputs each update, which costs measurable throughput on small nets. Accuracy
-    and mean loss over an epoch need only two running sums.
-    """
+    """A rank-synced running mean: torchmetrics' general classes validate inputs every update,
+    which costs small nets measurable throughput; epoch accuracy and loss need two sums."""
 
     full_state_update = False
     total: Tensor
@@ -71,34 +64,24 @@ def check_tta(tta: str | None) -> str | None:
     return str(tta)
 
 
-class ImageClassifier(L.LightningModule):
-    """Cross-entropy classifier around any net from ``imgcls.models.nets``.
+def eval_metrics(k: int, prefix: str) -> MetricCollection:
+    m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=k, average="micro")}
+    if k > 5:
+        m["acc_top5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+    return MetricCollection(m, prefix=prefix)
 
-    Args:
-        net: net config with ``_target_``; sizes (``in_channels``, ``num_classes``,
-            ``image_size``) are filled in from ``spec``.
-        spec: the ``DataSpec`` (as a dict) of the data the model is trained on.
-        optimizer: partial optimizer config (``_partial_: true``), gets ``params``.
-        scheduler: optional partial LR-scheduler config; ``total_steps`` is filled in for
-            schedulers that take it (OneCycleLR) from the trainer's step estimate.
-        scheduler_interval: ``step`` or ``epoch``.
-        scheduler_monitor: metric for schedulers such as ReduceLROnPlateau.
-        label_smoothing: cross-entropy label smoothing.
-        channels_last: run convolutions in NHWC memory format (about 1.7x faster for small
-            CNNs on CPU here; also the fast path on GPUs with tensor cores).
-        compile: compile the net in place (``nn.Module.compile``) for fit; the state-dict keys
-            stay those of the plain net.
-        weights: initial weights of a net that has pretrained ones (``model.weights``, e.g.
-            ``DEFAULT``). Not stored: the checkpoint holds the trained weights, so reloading
-            it never needs the pretrained file.
-        cache_features: ``true``/``false``/``auto``: train the head of a frozen backbone from
-            cached features (``imgcls.models.feature_cache``).
-        unfreeze_at_epoch: unfreeze the backbone at this epoch (Lightning's BackboneFinetuning).
-        backbone_lr_ratio: backbone learning rate at unfreezing, as a fraction of the head's.
-        cache_dir: where cached features live (a location, not stored in the checkpoint).
-        tta: test-time augmentation for test and predict: ``flip`` averages the softmax of the
-            image and its horizontal flip (off by default: digits are not flip-symmetric).
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy classifier around any net of ``imgcls.models.nets`` (options: see
+    ``configs/model/*.yaml``). The net's sizes come from ``spec`` (the training data's
+    ``DataSpec``). ``weights`` and ``cache_dir`` are not stored: the checkpoint holds the trained
+    weights (reloading never needs the pretrained file), and a location is no hyper-parameter.
+    ``tta=flip`` averages the softmax of image and horizontal flip (off: digits are not
+    flip-symmetric); the scheduler's run length and OneCycle's ``max_lr`` are filled in by
+    ``imgcls.models.schedules``.
     """
+
+    _train_sums: Tensor | None
 
     def __init__(
         self,
@@ -134,8 +117,7 @@ class ImageClassifier(L.LightningModule):
             "backbone_lr_ratio": float(backbone_lr_ratio),
             "tta": check_tta(tta),
         }
-        # names resolve against the registry only (imgcls.checkpointing.safe_config)
-        validate_hparams(hparams, root="model")
+        validate_hparams(hparams, root="model")  # names resolve against the registry only
         self.save_hyperparameters(hparams)
         self.spec = DataSpec.from_dict(hparams["spec"])
         self.net: nn.Module = call_registered(
@@ -153,28 +135,16 @@ class ImageClassifier(L.LightningModule):
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-
-        k = self.spec.num_classes
-
-        def metrics(prefix: str) -> MetricCollection:
-            m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=k, average="micro")}
-            if k > 5:
-                m["acc_top5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
-            return MetricCollection(m, prefix=prefix)
-
-        self.train_acc = RunningSum()
-        self.train_loss = RunningSum()
-        self.val_metrics = metrics("val/")
-        self.test_metrics = metrics("test/")
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
-        # Persistent so a resumed run keeps its best validation accuracy.
+        self.train_acc, self.train_loss = RunningSum(), RunningSum()
+        self.val_metrics = eval_metrics(self.spec.num_classes, "val/")
+        self.test_metrics = eval_metrics(self.spec.num_classes, "test/")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)
+        self.val_acc_best.persistent(True)  # a resumed run keeps its best validation accuracy
 
     @property
     def backbone(self) -> nn.Module | None:
-        """The net's backbone, where Lightning's ``BackboneFinetuning`` looks for it."""
+        """Where Lightning's ``BackboneFinetuning`` looks for it."""
         return getattr(self.net, "backbone", None)
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -182,7 +152,6 @@ class ImageClassifier(L.LightningModule):
 
         return [*transfer_callbacks(self), ReplanSchedulerOnResume()]
 
-    # -- checkpoints are data (imgcls.checkpointing) ---------------------------------------------
     @classmethod
     def load_from_checkpoint(
         cls,
@@ -193,8 +162,7 @@ class ImageClassifier(L.LightningModule):
         weights_only: bool | None = None,
         **kwargs: Any,
     ) -> ImageClassifier:
-        """Lightning's ``load_from_checkpoint``, with the stored config validated as data first
-        (see ``imgcls.checkpointing.safe_load.load_safe_classifier``)."""
+        """Lightning's, with the stored config validated as data first."""
         from imgcls.checkpointing.safe_load import load_safe_classifier
 
         return load_safe_classifier(
@@ -202,27 +170,22 @@ class ImageClassifier(L.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume/test from a file (``trainer.fit(ckpt_path=...)``): refuse an unsafe stored
-        config; accept weights saved by older versions under ``net._orig_mod.``."""
+        """``trainer.fit(ckpt_path=...)``: refuse an unsafe stored config; accept weights saved
+        by older versions under ``net._orig_mod.``."""
         from imgcls.checkpointing.safe_load import check_loaded_checkpoint
 
         check_loaded_checkpoint(self, checkpoint)
 
-    # -- forward / steps ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)
-        return self.criterion(logits, y), logits, y
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, logits, y = self._shared_step(batch)
-        # One host check a step (free on CPU; on a GPU it is the step's only sync): a NaN
-        # stops the run at the step that produced it, before any checkpoint sees its update.
+        loss = self.criterion(logits, y)
+        # one host check a step (a GPU's only sync): a NaN stops the run before a checkpoint has it
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
@@ -232,24 +195,21 @@ class ImageClassifier(L.LightningModule):
         n = len(y)
         if y.ndim == 2:  # soft targets (data.batch_mix): accuracy against the dominant class
             y = y.argmax(1)
-        # Epoch accuracy and loss as plain running sums (one fused add a step); they enter the
-        # rank-synced RunningSum metrics once, at the epoch end.
+        # plain running sums (one fused add a step), into the synced RunningSums at epoch end
         step_sums = torch.stack(((logits.detach().argmax(1) == y).sum(), loss.detach() * n))
         sums = getattr(self, "_train_sums", None)
-        if sums is None or sums.device != step_sums.device:
-            self._train_sums = step_sums.double()
-            self._train_count = n
-        else:
-            sums.add_(step_sums)
-            self._train_count += n
-        # Lightning only writes step metrics every log_every_n_steps; logging on the other
-        # steps is pure overhead (a few % of a small net's step).
+        if sums is None:
+            sums = self._train_sums = torch.zeros_like(step_sums, dtype=torch.float64)
+            self._train_count = 0
+        sums.add_(step_sums)
+        self._train_count += n
+        # Lightning writes step metrics every log_every_n_steps; logging others costs a few %
         if (self.global_step + 1) % getattr(self.trainer, "log_every_n_steps", 50) == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self._train_sums: Tensor | None = None  # nothing left over from an interrupted epoch
+        self._train_sums = None  # nothing left over from an interrupted epoch
 
     def on_train_epoch_end(self) -> None:
         sums = getattr(self, "_train_sums", None)
@@ -257,25 +217,28 @@ class ImageClassifier(L.LightningModule):
             self.train_acc.update(sums[0], self._train_count)
             self.train_loss.update(sums[1], self._train_count)
             self._train_sums = None
-        values = {
-            "train/acc": self.train_acc.compute(),
-            "train/loss_epoch": self.train_loss.compute(),
-        }
+        acc, loss = self.train_acc.compute(), self.train_loss.compute()
         self.train_acc.reset()
         self.train_loss.reset()
-        self.log_dict(values, prog_bar=True)
+        self.log_dict({"train/acc": acc, "train/loss_epoch": loss}, prog_bar=True)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, logits, y = self._shared_step(batch)
-        self.val_loss.update(loss, weight=len(y))
-        self.val_metrics.update(logits, y)
+    def _eval_step(self, logits: Tensor, y: Tensor, stage: str) -> Tensor:
+        getattr(self, f"{stage}_loss").update(self.criterion(logits, y), weight=len(y))
+        getattr(self, f"{stage}_metrics").update(logits, y)
         return logits  # for callbacks (e.g. diagnostics) that need predictions without a re-run
 
+    def _epoch_values(self, stage: str) -> dict[str, Tensor]:
+        metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
+        values = {**metrics.compute(), f"{stage}/loss": loss.compute()}
+        metrics.reset()
+        loss.reset()
+        return values
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(self(batch[0]), batch[1], "val")
+
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        values["val/loss"] = self.val_loss.compute()
-        self.val_metrics.reset()
-        self.val_loss.reset()
+        values = self._epoch_values("val")
         if not self.trainer.sanity_checking:  # sanity batches must not set the best score
             self.val_acc_best.update(values["val/acc"])
             values["val/acc_best"] = self.val_acc_best.compute()
@@ -290,25 +253,15 @@ class ImageClassifier(L.LightningModule):
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        logits = self.tta_logits(x)
-        loss = self.criterion(logits, y)
-        self.test_loss.update(loss, weight=len(y))
-        self.test_metrics.update(logits, y)
-        return logits
+        return self._eval_step(self.tta_logits(batch[0]), batch[1], "test")
 
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
-        values["test/loss"] = self.test_loss.compute()
-        self.test_metrics.reset()
-        self.test_loss.reset()
-        self.log_dict(values)
+        self.log_dict(self._epoch_values("test"))
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return torch.softmax(self.tta_logits(x), dim=1)
 
-    # -- set-up --------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         trainable, total = count_parameters(self)
         log.info("parameters: %s trainable / %s total", f"{trainable:,}", f"{total:,}")
@@ -325,12 +278,8 @@ class ImageClassifier(L.LightningModule):
             return optimizer
         interval = self.hparams["scheduler_interval"]
         scheduler = build_scheduler(sched_cfg, optimizer, self.trainer, interval)
+        monitor = self.hparams["scheduler_monitor"]
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": self.hparams["scheduler_interval"],
-                "monitor": self.hparams["scheduler_monitor"],
-                "frequency": 1,
-            },
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor},
         }

@@ -1,18 +1,9 @@
 """Frozen-backbone feature cache: compute the backbone once, train the head from disk.
 
-A frozen backbone under a deterministic eval transform produces the same features every epoch
-and every run, so recomputing them is the whole cost of training a head. ``FeatureCache``
-computes them once per split (``torch.inference_mode``, channels_last, the trainer's precision),
-stores them under a key of everything that changes them, and makes the datamodule serve them
-instead of the images for the fit. The model itself is untouched: checkpoints hold the full
-backbone + head, and ``trainer.test`` after the fit runs on images again.
-
-The key covers: a digest of the backbone's weights (so random, pretrained and local weights
-are told apart by value), its architecture and input channels, the data's normalization and
-image size (the eval transform), the source's ``fingerprint(split)`` (file list with sizes and
-mtimes for file-based sources), and the precision. A head-only setting (learning rate, hidden
-sizes, dropout, seed of the head) is not in the key, so a sweep over them shares one cache.
-"""
+Under the deterministic eval transform a frozen backbone gives the same features every epoch
+and run. The key holds all that changes them (the backbone's values, the eval transform, the
+source's ``fingerprint(split)``, the precision) and no head-only setting, so a sweep over lr,
+head or seed shares one cache. Only the fit is served features; ``trainer.test`` sees images."""
 
 from __future__ import annotations
 
@@ -23,29 +14,22 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from imgcls.data.tensor_dataset import BatchTensorDataset, batch_loader
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError
 from imgcls.models.compiled import unwrap
 from imgcls.utils.config import project_root
+from imgcls.utils.files import atomic_file
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-
-
-class FeatureDataset(BatchTensorDataset):
-    """Float features ``(N, D)`` with int64 targets, fetched a whole batch at a time."""
-
-    @property
-    def features(self) -> Tensor:
-        return self.inputs
 
 
 def parse_mode(value: Any) -> bool | str:
@@ -63,27 +47,17 @@ def parse_mode(value: Any) -> bool | str:
 
 
 def _drop_built_train_loader(trainer: L.Trainer) -> None:
-    """Make the fit loop request its train loader again, now that the datamodule serves features.
-
-    ``trainer.estimated_stepping_batches`` (read by ``configure_optimizers`` for schedulers
-    that need the total step count, e.g. OneCycle) builds the image loader before
-    ``on_fit_start``; the fit loop would then keep it, and the backbone would run every epoch.
-    The features dataset has as many items as the images, so the step count stays right.
-    """
+    """``estimated_stepping_batches`` (OneCycle's step count) builds the image loader before
+    ``on_fit_start``; the fit loop would keep it and run the backbone every epoch. (The step
+    count stays right: as many features as images.)"""
     loop = trainer.fit_loop
     if getattr(loop, "_combined_loader", None) is not None:
         loop._combined_loader = None
 
 
 class FeatureCache(L.Callback):
-    """Serve cached backbone features for the ``train`` and ``val`` splits during ``fit``.
-
-    Args:
-        cache_dir: where feature files live (``None``: ``<project>/.cache/features``).
-        mode: ``True``, ``False`` or ``"auto"`` (on when the data has no train augmentation:
-            cached features are computed from un-augmented images).
-        splits: splits to serve from the cache.
-    """
+    """Serve cached backbone features for ``splits`` during ``fit``; ``mode="auto"``: on when
+    the data has no train augmentation (features are computed from un-augmented images)."""
 
     def __init__(
         self,
@@ -94,17 +68,16 @@ class FeatureCache(L.Callback):
         self.cache_dir = Path(cache_dir) if cache_dir else project_root() / ".cache" / "features"
         self.mode = parse_mode(mode)
         self.splits = tuple(splits)
-        self.hits: list[str] = []  # split names served from an existing file (for logs and tests)
+        self.hits: list[str] = []  # splits served from an existing file (logs and tests)
         self.misses: list[str] = []
         self._swapped: list[str] = []
 
-    # -- Lightning hooks ------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After the model is on its device, before any dataloader is requested.
+        # the model is on its device, no dataloader requested yet
         dm: Any = trainer.datamodule  # type: ignore[attr-defined]
         if not self._enabled(dm):
             return
-        net: Any = unwrap(pl_module.net)
+        net: Any = unwrap(cast(nn.Module, pl_module.net))
         if not getattr(net, "backbone_frozen", False):
             raise ConfigError("model.cache_features needs a frozen backbone")
         signature = net.feature_signature()
@@ -123,44 +96,46 @@ class FeatureCache(L.Callback):
             dm.use_dataset(split, None)
         self._swapped = []
 
-    # -- internals ------------------------------------------------------------------------------
     def _enabled(self, dm: Any) -> bool:
         if self.mode is False:
             return False
         if not hasattr(dm, "use_dataset"):  # plain dataloaders passed to fit(): nothing to swap
-            if self.mode is True:
-                raise ConfigError("model.cache_features=true needs an imgcls ImageDataModule")
-            return False
+            return self._off("model.cache_features=true needs an imgcls ImageDataModule")
         if getattr(dm, "loading_used", None) == "stream":  # per-sample decode, per-epoch transforms
-            if self.mode is True:
-                raise ConfigError(
-                    "model.cache_features=true needs data.loading=memory (the stream path "
-                    "transforms each sample anew every epoch)"
-                )
-            log.info("feature cache off: data.loading chose stream")
-            return False
+            return self._off(
+                "model.cache_features=true needs data.loading=memory (the stream path "
+                "transforms each sample anew every epoch)",
+                "data.loading chose stream",
+            )
         # MixUp/CutMix (data.batch_mix) work on images too: cached features would skip them
         augment = getattr(dm, "train_augment", None) or getattr(dm, "batch_mix", None)
-        if self.mode == "auto" and augment is not None:
-            log.info(
-                "feature cache off: the training data is augmented (model.cache_features=true forces it)"
-            )
-            return False
         if augment is not None:
+            if self.mode == "auto":
+                log.info(
+                    "feature cache off: the training data is augmented (model.cache_features=true forces it)"
+                )
+                return False
             log.warning(
                 "feature cache on: training augmentation is skipped (features come from un-augmented images)"
             )
         try:
             dm.fingerprint("train")
         except NotImplementedError:
-            if self.mode == "auto":
-                log.info("feature cache off: %s cannot fingerprint its data", type(dm).__name__)
-                return False
-            raise ConfigError(
+            name = type(dm).__name__
+            return self._off(
                 f"model.cache_features=true needs a data source that fingerprints its data; "
-                f"{type(dm).__name__} does not (set model.cache_features=false)"
-            ) from None
+                f"{name} does not (set model.cache_features=false)",
+                f"{name} cannot fingerprint its data",
+            )
         return True
+
+    def _off(self, forced: str, auto: str | None = None) -> bool:
+        """Under ``mode=true`` why the cache cannot run is an error; under ``auto`` it is off."""
+        if self.mode is True:
+            raise ConfigError(forced) from None
+        if auto:
+            log.info("feature cache off: %s", auto)
+        return False
 
     def key(
         self, trainer: L.Trainer, dm: Any, split: str, signature: dict[str, Any]
@@ -193,36 +168,27 @@ class FeatureCache(L.Callback):
         dm: Any,
         split: str,
         signature: dict[str, Any],
-    ) -> FeatureDataset:
+    ) -> BatchTensorDataset:
         # through JSON: plain lists and dicts, as the file stores them
         key = json.loads(json.dumps(self.key(trainer, dm, split, signature)))
-        path = self.path_for(key)
-        n = len(dm.splits[split])
-        # Local rank 0 looks for the file and computes it when missing; then every rank meets
-        # at the barrier (whether or not a file was found: no barrier only some ranks reach)
-        # and the others read the file.
-        computed = False
+        path, n = self.path_for(key), len(dm.splits[split])
+        # Local rank 0 reads or computes; every rank meets at the barrier (found or not: no
+        # barrier only some ranks reach), then the others read the file.
         cached = self._read(path, key, n) if trainer.local_rank == 0 else None
-        if trainer.local_rank == 0 and cached is None:
-            # Forked RNG: iterating a DataLoader draws a seed, and a run that finds the
-            # cache must train exactly like the run that computed it.
-            with torch.random.fork_rng(devices=[]):
-                features, targets = self._compute(trainer, pl_module, net, dm, split)
-            self._write(path, key, features, targets)
-            computed = True
-        trainer.strategy.barrier("feature_cache")
-        if cached is None:
-            cached = self._read(path, key, n)
-            if cached is None:
-                raise RuntimeError(f"feature cache {path} was not written")
+        computed = trainer.local_rank == 0 and cached is None
         if computed:
-            self.misses.append(split)
-        else:
-            self.hits.append(split)
-            log.info("feature cache hit: %s %s from %s", split, tuple(cached.features.shape), path)
+            # forked RNG: a loader draws a seed, and a cache hit must train like the miss
+            with torch.random.fork_rng(devices=[]):
+                self._write(path, key, *self._compute(trainer, pl_module, net, dm, split))
+        trainer.strategy.barrier("feature_cache")
+        if cached is None and (cached := self._read(path, key, n)) is None:
+            raise RuntimeError(f"feature cache {path} was not written")
+        (self.misses if computed else self.hits).append(split)
+        if not computed:
+            log.info("feature cache hit: %s %s from %s", split, tuple(cached.inputs.shape), path)
         return cached
 
-    def _read(self, path: Path, key: dict[str, Any], n: int) -> FeatureDataset | None:
+    def _read(self, path: Path, key: dict[str, Any], n: int) -> BatchTensorDataset | None:
         if not path.is_file():
             return None
         try:
@@ -232,21 +198,18 @@ class FeatureCache(L.Callback):
             return None
         if blob.get("key") != key or len(blob["features"]) != n:
             return None
-        return FeatureDataset(blob["features"], blob["targets"])
+        return BatchTensorDataset(blob["features"], blob["targets"])
 
     def _write(self, path: Path, key: dict[str, Any], features: Tensor, targets: Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        torch.save({"key": key, "features": features, "targets": targets}, tmp)
-        os.replace(tmp, path)  # atomic: readers never see half a file
+        with atomic_file(path) as f:  # readers never see half a file
+            torch.save({"key": key, "features": features, "targets": targets}, f)
         log.info("feature cache written: %s (%.1f MB)", path, path.stat().st_size / 2**20)
 
     @torch.inference_mode()
     def _compute(
         self, trainer: L.Trainer, pl_module: L.LightningModule, net: Any, dm: Any, split: str
     ) -> tuple[Tensor, Tensor]:
-        spec = dm.spec
-        device = pl_module.device
+        spec, device = dm.spec, pl_module.device
         loader = batch_loader(
             dm.splits[split],
             batch_size=dm.eval_batch_size,
@@ -259,18 +222,17 @@ class FeatureCache(L.Callback):
         feats: list[Tensor] = []
         targets: list[Tensor] = []
         done, t0 = 0, time.perf_counter()
-        next_report = t0 + 30.0
+        report_at = t0 + 30.0
         with trainer.precision_plugin.forward_context():
             for images, y in loader:
                 x = normalize(images.to(device, non_blocking=True), spec.mean, spec.std)
                 feats.append(net.features(x).float().cpu())
                 targets.append(y)
                 done += len(y)
-                if time.perf_counter() > next_report:
-                    rate = done / (time.perf_counter() - t0)
+                if (now := time.perf_counter()) > report_at:
+                    rate, report_at = done / (now - t0), report_at + 30.0
                     log.info(
                         "  %s features: %d/%d images (%.0f images/s)", split, done, total, rate
                     )
-                    next_report += 30.0
         # (inference tensors: the caller trains from the file it writes, never from these)
         return torch.cat(feats), torch.cat(targets)

@@ -1,12 +1,7 @@
-"""LR schedulers from validated configs, with step counts taken from the trainer.
-
-A plain scheduler gets ``total_steps`` (OneCycleLR) from ``trainer.estimated_stepping_batches``.
-A composite (``SequentialLR``, e.g. ``model/scheduler=warmup_cosine``) is a warmup child then a
-decay child: the warmup length is ``warmup_epochs`` (converted to steps) or ``warmup_fraction``
-of the run; the first child runs that long (``total_iters``), the last the rest (``T_max`` /
-``total_iters``), and the milestone between them is the warmup length. Lengths already set in a
-child's config are kept.
-"""
+"""LR schedulers from validated configs, sized by the trainer: ``total_steps`` (OneCycleLR) from
+``trainer.estimated_stepping_batches``, ``max_lr`` (unset or null) from the optimizer's lr (one
+LR knob per recipe); a composite (``SequentialLR``, ``model/scheduler=warmup_cosine``) is a
+warmup child, then a decay child for the rest (lengths set in a child's config are kept)."""
 
 from __future__ import annotations
 
@@ -27,12 +22,8 @@ from imgcls.checkpointing.safe_config import (
 from imgcls.errors import ConfigError
 
 # the argument that says how many scheduler steps a child lasts
-LENGTH_ARGS = {
-    "LinearLR": "total_iters",
-    "ConstantLR": "total_iters",
-    "PolynomialLR": "total_iters",
-    "CosineAnnealingLR": "T_max",
-}
+LENGTH_ARGS = dict.fromkeys(("LinearLR", "ConstantLR", "PolynomialLR"), "total_iters")
+LENGTH_ARGS["CosineAnnealingLR"] = "T_max"
 
 
 def run_length(trainer: L.Trainer, interval: str) -> tuple[int, float]:
@@ -82,6 +73,8 @@ def build_scheduler(
         params = inspect.signature(scheduler_class(cfg)).parameters
         if "total_steps" in params and "total_steps" not in cfg:
             extra["total_steps"] = int(trainer.estimated_stepping_batches)
+        if "max_lr" in params and cfg.get("max_lr") is None:
+            extra["max_lr"] = [group["lr"] for group in optimizer.param_groups]
         return call_registered("scheduler", cfg, optimizer, **extra)
     children = list(cfg["schedulers"])
     if len(children) != 2 and "milestones" not in cfg:

@@ -1,10 +1,8 @@
 """Transfer-learning options of ``ImageClassifier`` for nets with a ``backbone`` and a ``head``.
 
-- ``model.weights``: checked before any data is decoded (``check_weights``) and allowed to set
-  the input normalization before the data spec is handed to the model
-  (``use_weights_normalization``), so the spec and the checkpoint carry the weights' mean/std.
-- ``model.cache_features`` / ``model.unfreeze_at_epoch``: the callbacks the model brings along
-  (``transfer_callbacks``): the feature cache, or Lightning's ``BackboneFinetuning``.
+``model.weights`` is checked, and may set the input normalization, before any data is decoded
+and before the data spec reaches the model (so the checkpoint carries the weights' mean/std).
+``model.cache_features`` / ``model.unfreeze_at_epoch`` are callbacks the model brings along.
 """
 
 from __future__ import annotations
@@ -47,12 +45,9 @@ def check_weights(model_cfg: Mapping[str, Any]) -> None:
 
 
 def resolve_freeze(model_cfg: Any) -> None:
-    """``model.net.freeze: null`` -> frozen with pretrained weights, whole net from scratch.
-
-    Written into the config (and so into the checkpoint's hparams) before the model is built:
-    ``model.weights=null`` trains the whole ResNet, as "from scratch" promises. A frozen random
-    backbone is possible but must be asked for with ``model.net.freeze=true``, and is announced.
-    """
+    """``model.net.freeze: null`` -> frozen with pretrained weights, whole net from scratch
+    without (written into the config, so into the checkpoint). A frozen random backbone must be
+    asked for (``model.net.freeze=true``) and is announced."""
     net = model_cfg.get("net") or {}
     if "freeze" not in net:
         return
@@ -95,15 +90,10 @@ def use_weights_normalization(model_cfg: Mapping[str, Any], dm: Any) -> None:
 
 
 class BackboneUnfreezing(BackboneFinetuning):
-    """Lightning's ``BackboneFinetuning`` for nets that freeze themselves (``freeze_backbone``).
-
-    Lightning's own ``freeze`` either makes BatchNorm parameters trainable (``train_bn=True``)
-    or switches off their running statistics (``train_bn=False``, after which eval-mode BN
-    normalizes with batch statistics); both change a backbone that should be fixed until
-    the unfreeze epoch. The net's own freeze keeps it bit-for-bit as loaded until then.
-    After unfreezing, BatchNorm stays frozen unless ``train_bn`` (small fine-tuning batches
-    make poor BN statistics).
-    """
+    """Lightning's ``BackboneFinetuning`` with the net's own freeze: Lightning's either trains
+    BatchNorm parameters or stops their running statistics, and both change a backbone that must
+    stay as loaded until the unfreeze epoch. BatchNorm stays frozen after it unless ``train_bn``
+    (small fine-tuning batches make poor BN statistics)."""
 
     def freeze_before_training(self, pl_module: Any) -> None:
         pl_module.net.freeze_backbone()
@@ -152,11 +142,8 @@ def transfer_plan(net: nn.Module, hparams: Mapping[str, Any]) -> tuple[int | Non
 
 
 def transfer_callbacks(module: Any) -> list[L.Callback]:
-    """The callbacks a classifier's transfer options ask for (see ``transfer_plan``).
-
-    Only for ``fit``: they change training, and a test after a fit would otherwise replace
-    (and announce replacing) the fit's instances.
-    """
+    """The callbacks the transfer options ask for; only for ``fit`` (a test after a fit would
+    otherwise replace, and announce replacing, the fit's instances)."""
     trainer = getattr(module, "_trainer", None)
     if trainer is not None and trainer.state.fn != TrainerFn.FITTING:
         return []

@@ -1,50 +1,27 @@
-"""What every frozen-backbone net shares: ``backbone`` -> MLP ``head``, one freeze, one signature.
-
-Subclasses build ``self.backbone`` (any ``nn.Module`` returning ``(N, num_features)``) and call
-``_init_head``; freezing, BatchNorm handling, feature-only forward and the feature-cache
-signature live here, so the ResNet and the timm nets behave identically.
-"""
+"""What every backbone net shares: ``backbone`` -> MLP ``head``, one freeze, one weights check,
+one feature signature, so the ResNet and the timm nets behave identically."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-
-def mlp_head(
-    num_features: int, hidden: Sequence[int], dropout: float, num_classes: int
-) -> nn.Sequential:
-    """``Linear-ReLU`` per hidden size, then ``Dropout`` (when > 0), then the output ``Linear``."""
-    layers: list[nn.Module] = []
-    n = int(num_features)
-    for h in hidden:
-        layers += [nn.Linear(n, int(h)), nn.ReLU(inplace=True)]
-        n = int(h)
-    if dropout > 0:
-        layers.append(nn.Dropout(float(dropout)))
-    layers.append(nn.Linear(n, num_classes))
-    return nn.Sequential(*layers)
-
-
-def gray_normalization(
-    mean: Sequence[float], std: Sequence[float], in_channels: int
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The weights' (mean, std); grayscale input gets the channel average (it is repeated to RGB,
-    or the first conv summed over RGB, after normalization)."""
-    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if in_channels == 1:
-        return (sum(mean) / len(mean),), (sum(std) / len(std),)
-    return mean, std
+from imgcls.models.nets._shapes import mlp_head
+from imgcls.models.nets._weights import Weights
 
 
 class BackboneHead(nn.Module):
-    """A frozen-or-trainable ``backbone`` and a trainable MLP ``head`` (see module docstring)."""
+    """A frozen-or-trainable ``backbone`` and a trainable MLP ``head``.
+
+    Subclasses build ``self.backbone`` (returning ``(N, num_features)``), call ``_init_head``
+    and say where their weights are (``resolve_weights``).
+    """
 
     arch: str
     in_channels: int
@@ -60,30 +37,53 @@ class BackboneHead(nn.Module):
         freeze: bool | None,
         pretrained: bool,
     ) -> None:
-        """Build the head on ``self.num_features``; ``freeze=None``: frozen when pretrained."""
+        """``freeze=None``: frozen when pretrained."""
         self.head = mlp_head(self.num_features, hidden, dropout, num_classes)
         self.backbone_frozen = False
         self.backbone_bn_frozen = False
         if freeze if freeze is not None else pretrained:
             self.freeze_backbone()
 
-    # -- freezing ------------------------------------------------------------------------------
+    # -- what the builder asks the class before any data is decoded -----------------------------
+    @classmethod
+    def resolve_weights(cls, weights: Any, **net_cfg: Any) -> Weights | None:
+        raise NotImplementedError
+
+    @classmethod
+    def check_weights(cls, weights: Any, **net_cfg: Any) -> None:
+        """Fail fast when the weights file (or cache entry) is missing."""
+        pretrained = cls.resolve_weights(weights, **net_cfg)
+        if pretrained is not None:
+            pretrained.check_available()
+
+    @classmethod
+    def input_normalization(
+        cls, weights: Any, in_channels: int, **net_cfg: Any
+    ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) the weights expect, ``None`` leaves the data's. Grayscale gets the channel
+        average (it is repeated to RGB, or the stem summed over RGB, after normalization)."""
+        pretrained = cls.resolve_weights(weights, **net_cfg)
+        if pretrained is None:
+            return None
+        mean, std = pretrained.mean, pretrained.std
+        if in_channels == 1:
+            return (sum(mean) / len(mean),), (sum(std) / len(std),)
+        return tuple(map(float, mean)), tuple(map(float, std))
+
     def freeze_backbone(self) -> None:
-        """No gradients for the backbone, and eval mode for it from now on (BN stats fixed)."""
+        """No gradients, and eval mode from now on (BN statistics fixed)."""
         self.backbone.requires_grad_(False)
-        self.backbone_frozen = True
-        self.backbone_bn_frozen = True
+        self.backbone_frozen = self.backbone_bn_frozen = True
         self.train(self.training)
 
     def unfreeze_backbone(self, train_bn: bool = True) -> None:
-        """Let the backbone train; with ``train_bn=False`` its BatchNorm layers stay frozen."""
+        """With ``train_bn=False`` the BatchNorm layers stay frozen."""
         self.backbone.requires_grad_(True)
         self.backbone_frozen = False
         self.backbone_bn_frozen = not train_bn
         if not train_bn:
-            for m in self.backbone.modules():
-                if isinstance(m, _BatchNorm):
-                    m.requires_grad_(False)
+            for m in self._bn_layers():
+                m.requires_grad_(False)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> BackboneHead:
@@ -91,26 +91,23 @@ class BackboneHead(nn.Module):
         if self.backbone_frozen:
             self.backbone.eval()
         elif self.backbone_bn_frozen:
-            for m in self.backbone.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
+            for m in self._bn_layers():
+                m.eval()
         return self
 
-    # -- forward ------------------------------------------------------------------------------
+    def _bn_layers(self) -> Iterator[nn.Module]:
+        return (m for m in self.backbone.modules() if isinstance(m, _BatchNorm))
+
     def features(self, x: Tensor) -> Tensor:
-        """Backbone features ``(N, num_features)`` of normalized images ``(N, C, H, W)``."""
         return self.backbone(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits from images ``(N, C, H, W)`` or from backbone features ``(N, num_features)``."""
-        if x.ndim == 2:
-            return self.head(x)
-        return self.head(self.features(x))
+        """Logits from images, or from backbone features (2-D: how the feature cache trains)."""
+        return self.head(x if x.ndim == 2 else self.features(x))
 
     def feature_signature(self) -> dict[str, Any]:
-        """What determines ``features(x)`` for a given ``x``: architecture, input channels and
-        a digest of every backbone parameter and buffer (so random, pretrained and local
-        weights are told apart by their values, not by how they were named)."""
+        """What determines ``features(x)``: a digest of the backbone's values (random, pretrained
+        and local weights are told apart by value, not by name), arch and input channels."""
         h = hashlib.sha256()
         for name, t in self.backbone.state_dict().items():
             h.update(name.encode())

@@ -1,4 +1,4 @@
-"""Shape inference shared by the nets: sizes come from a dry run, never from literals."""
+"""Layers shared by the nets; sizes come from a dry run, never from literals."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ from imgcls.errors import ConfigError
 
 
 def flat_features(body: nn.Module, in_channels: int, image_size: Sequence[int], net: str) -> int:
-    """Number of features ``body`` produces for one ``in_channels x image_size`` image.
-
-    Raises:
-        ConfigError: the image is too small for the body's convolutions/pooling.
-    """
+    """Features ``body`` makes of one image; ``ConfigError`` when the image is too small."""
     h, w = int(image_size[0]), int(image_size[1])
     try:
         with torch.no_grad():
@@ -28,3 +24,18 @@ def flat_features(body: nn.Module, in_channels: int, image_size: Sequence[int], 
             f"{net}: input {in_channels}x{h}x{w} is too small for this net ({e})"
         ) from None
     return int(out[0].numel())
+
+
+def mlp_head(
+    num_features: int, hidden: Sequence[int], dropout: float, num_classes: int
+) -> nn.Sequential:
+    """``Linear-ReLU`` per hidden size, then ``Dropout`` (when > 0), then the output ``Linear``."""
+    layers: list[nn.Module] = []
+    n = int(num_features)
+    for h in hidden:
+        layers += [nn.Linear(n, int(h)), nn.ReLU(inplace=True)]
+        n = int(h)
+    if dropout > 0:
+        layers.append(nn.Dropout(float(dropout)))
+    layers.append(nn.Linear(n, num_classes))
+    return nn.Sequential(*layers)

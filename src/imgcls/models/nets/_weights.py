@@ -1,18 +1,12 @@
-"""Pretrained torchvision weights, resolved and loaded without ever touching the network.
-
-``model.weights`` names the initial weights of a torchvision backbone: ``DEFAULT``, an enum
-member name (``IMAGENET1K_V1``, ``IMAGENET1K_V2``, or ``ResNet152_Weights.IMAGENET1K_V2``), a
-path to a local ``.pth`` state dict, or ``null`` for a random initialization. Enum weights are
-read from torchvision's cache (``$TORCH_HOME/hub/checkpoints/<file>``); when the file is absent
-we stop with one line naming it instead of letting torch.hub try (and hang on) a download.
-"""
+"""Initial backbone weights, offline: torchvision's weights enums name them; ours is only the
+file-exists check (torch.hub would otherwise try, and hang on, a download)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -23,47 +17,29 @@ from imgcls.errors import WeightsError
 NO_WEIGHTS = ("", "null", "none")
 
 
+def no_weights(weights: Any) -> bool:
+    return weights is None or str(weights).strip().lower() in NO_WEIGHTS
+
+
 @dataclass(frozen=True)
-class PretrainedWeights:
-    """Where a backbone's initial weights come from and what input they expect.
+class Weights:
+    """Where a backbone's initial weights are (or are expected) and the input they expect."""
 
-    Attributes:
-        name: ``ResNet152_Weights.IMAGENET1K_V2`` or the local file path.
-        path: the file the state dict is read from.
-        mean: per-channel normalization of the images the weights were trained on.
-        std: per-channel normalization std.
-        enum: the torchvision ``WeightsEnum`` member (``None`` for a local file).
-    """
-
-    name: str
-    path: Path
+    name: str  # what the log names (timm: the model to build)
+    path: Path | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    enum: Any = None
+    missing: str  # the one-line error when the file is absent
 
     def check_available(self) -> None:
-        """Raise ``WeightsError`` (one line, the exact path, the escape) unless the file exists."""
-        if self.path.is_file():
-            return
-        if self.enum is None:
-            raise WeightsError(
-                f"weights file {self.path} not found; fix model.weights or train the whole net from scratch with model.weights=null"
-            )
-        raise WeightsError(
-            f"pretrained weights {self.name} not found at {self.path} (offline: nothing is downloaded); "
-            f"put the file from {self.enum.url} there, or train the whole net from scratch with model.weights=null"
-        )
+        if self.path is None or not self.path.is_file():
+            raise WeightsError(self.missing)
 
     def state_dict(self) -> dict[str, Any]:
-        """Load the state dict (``weights_only``: a weights file never runs code)."""
+        """The file's state dict (``weights_only``: a weights file never runs code)."""
         self.check_available()
         try:
-            if self.enum is not None:
-                # torchvision's own loader finds the cached file; it only downloads when the file
-                # is missing, which check_available() has just ruled out.
-                sd = self.enum.get_state_dict(progress=False, check_hash=False, weights_only=True)
-            else:
-                sd = torch.load(self.path, map_location="cpu", weights_only=True)
+            sd = torch.load(cast(Path, self.path), map_location="cpu", weights_only=True)
         except Exception as e:  # truncated file, not a torch file, pickled code, ...
             raise WeightsError(
                 f"weights file {self.path} cannot be read ({type(e).__name__}: {e})"
@@ -75,42 +51,39 @@ class PretrainedWeights:
         return sd
 
 
-def cache_path(url: str) -> Path:
-    """The file torch.hub reads ``url`` from: ``<hub dir>/checkpoints/<basename of the URL>``."""
+def local_file(value: str, mean: Any, std: Any, name: str | None = None) -> Weights:
+    path = Path(value).expanduser().resolve()
+    missing = f"weights file {path} not found; fix model.weights or train from scratch with model.weights=null"
+    return Weights(name or str(path), path, tuple(mean), tuple(std), missing)
+
+
+def hub_file(url: str) -> Path:
+    """Where torch.hub keeps ``url``: ``<hub dir>/checkpoints/<basename of the URL>``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def resolve_weights(arch: str, weights: str | os.PathLike | None) -> PretrainedWeights | None:
-    """Resolve ``model.weights`` for a torchvision ``arch``; ``None`` means random init.
-
-    Raises:
-        WeightsError: an unknown weights name that is not an existing file either.
-    """
-    if weights is None or str(weights).strip().lower() in NO_WEIGHTS:
+def torchvision_weights(arch: str, weights: Any) -> Weights | None:
+    """``DEFAULT``, an enum member (``IMAGENET1K_V2``, ``ResNet152_Weights.IMAGENET1K_V2``),
+    a local ``.pth`` file, or ``None`` (random init)."""
+    if no_weights(weights):
         return None
     value = str(weights).strip()
     enum = get_model_weights(arch)
-    member = value.split(".", 1)[1] if value.startswith(f"{enum.__name__}.") else value
+    member = value.removeprefix(f"{enum.__name__}.")
     names = ["DEFAULT", *(w.name for w in enum)]
-    default = enum.DEFAULT.transforms()
     if member in names:
-        w = enum.DEFAULT if member == "DEFAULT" else enum[member]
-        t = w.transforms()
-        return PretrainedWeights(
-            name=f"{enum.__name__}.{w.name}",
-            path=cache_path(w.url),
-            mean=tuple(t.mean),
-            std=tuple(t.std),
-            enum=w,
+        w = enum[member]  # DEFAULT is an alias member
+        t, name, path = w.transforms(), f"{enum.__name__}.{w.name}", hub_file(w.url)
+        missing = (
+            f"pretrained weights {name} not found at {path} (offline: nothing is downloaded); "
+            f"put the file from {w.url} there, or train the whole net from scratch with model.weights=null"
         )
-    path = Path(value).expanduser()
-    looks_like_file = path.suffix in (".pth", ".pt", ".bin") or os.sep in value
-    if not looks_like_file:
+        return Weights(name, path, tuple(t.mean), tuple(t.std), missing)
+    if Path(value).suffix not in (".pth", ".pt", ".bin") and os.sep not in value:
         raise WeightsError(
             f"model.weights={value!r} is not a weights name of {arch} ({', '.join(names)}) "
             f"nor a .pth file; use one of those, a path, or model.weights=null"
         )
-    # A local file is taken to be trained like torchvision's own weights (ImageNet statistics).
-    return PretrainedWeights(
-        name=str(path), path=path.resolve(), mean=tuple(default.mean), std=tuple(default.std)
-    )
+    # a local file is taken to be trained like torchvision's own weights (ImageNet statistics)
+    t = enum.DEFAULT.transforms()
+    return local_file(value, t.mean, t.std)

@@ -1,8 +1,5 @@
-"""LeNet-5: conv 6/16 5x5 with max-pooling, fc 120/84.
-
-The flattened size is computed from the input (16*4*4 on 28x28), not the 16*5*5 literal of the
-32x32 original that breaks on MNIST.
-"""
+"""LeNet-5 (conv 6/16 5x5, max-pooling, fc 120/84); the flattened size comes from the input, not
+the 16*5*5 literal of the 32x32 original that breaks on MNIST."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from imgcls.models.nets._shapes import flat_features
+from imgcls.models.nets._shapes import flat_features, mlp_head
 
 
 class LeNet(nn.Module):
@@ -37,12 +34,7 @@ class LeNet(nn.Module):
             nn.Flatten(),
         )
         n = flat_features(self.features, in_channels, tuple(image_size), "lenet")
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers += [nn.Linear(n, h), nn.ReLU(inplace=True)]
-            n = h
-        layers.append(nn.Linear(n, num_classes))
-        self.classifier = nn.Sequential(*layers)
+        self.classifier = mlp_head(n, hidden, 0.0, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))

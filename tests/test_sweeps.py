@@ -108,12 +108,12 @@ def test_optuna_search_reports_best_value_and_params(tmp_path: Path) -> None:
     # the best job ran with Optuna's best parameters, drawn from the search space
     params = dict(results.best_params)
     assert set(params) == {
-        "model.scheduler.max_lr",
+        "model.optimizer.lr",
         "data.batch_size",
         "model.net.channels",
         "model.net.hidden",
     }
-    assert 0.001 <= params["model.scheduler.max_lr"] <= 0.05
+    assert 0.001 <= params["model.optimizer.lr"] <= 0.05
     assert params["data.batch_size"] in (32, 64, 128, 256)
     best_cfg = OmegaConf.load(Path(best["run_dir"]) / ".hydra" / "config.yaml")
     assert best_cfg.data.batch_size == params["data.batch_size"]
@@ -159,7 +159,7 @@ def test_optuna_search_resumes_from_sqlite(tmp_path: Path) -> None:
     assert "## Every trial of the study (4, all runs on its storage)" in md
     # searched parameters are per-trial values, never "overrides of every job"
     common = next(line for line in md.splitlines() if line.startswith("- overrides of every job"))
-    assert "model.scheduler.max_lr" not in common and "model.net.hidden" not in common
+    assert "model.optimizer.lr" not in common and "model.net.hidden" not in common
     results = OmegaConf.load(sweep_b / "optimization_results.yaml")
     assert results.best_value == study.best_value  # best over both runs
 

@@ -258,7 +258,7 @@ def run(args) -> list[str]:
     trainer.fit(model, datamodule=dm)
     t = cfg2.trainer
     recipe = (
-        f"batch {cfg2.data.batch_size}, {t.max_epochs} epochs, max_lr {cfg2.model.scheduler.max_lr}, "
+        f"batch {cfg2.data.batch_size}, {t.max_epochs} epochs, max_lr {cfg2.model.scheduler.max_lr or cfg2.model.optimizer.lr}, "
         f"validation every {t.check_val_every_n_epoch} epoch(s)"
     )
     r = PLAIN_RECIPE

@@ -1,15 +1,10 @@
-"""Continue a run in its own directory: pick a readable checkpoint, keep the loggers' history.
+"""Continue a run in its own directory (``resume=<run dir>``, a requeued job): pick a readable
+checkpoint, keep the loggers' history.
 
-``python src/train.py resume=<run dir>`` makes Hydra reuse that directory as the run dir
-(``configs/hydra/default.yaml``); a run whose directory already holds checkpoints (a requeued
-SLURM job, a fixed ``hydra.run.dir``) continues from the newest readable one. Which file:
-
-1. ``ckpt_path=<file>``: exactly that file; unreadable means a clear error, no fallback.
-2. otherwise (also ``ckpt_path=last``): of the ``*.ckpt`` in the checkpoint dir (and Lightning
-   ``hpc_ckpt_*.ckpt`` in the run dir) that load with ``weights_only=True``, the one with the
-   highest ``global_step`` read from the file (ties: newest mtime, then ``last.ckpt``). So
-   ``cp -r`` or an rsync without ``-t`` cannot make an older checkpoint win. A damaged file is
-   skipped with a warning, and the best good one is used.
+``ckpt_path=<file>`` is used exactly (no fallback). Otherwise, of the ``*.ckpt`` in the checkpoint
+dir (and Lightning's ``hpc_ckpt_*.ckpt`` in the run dir) that load, the one with the highest
+``global_step`` read from the file wins (ties: newest mtime, then ``last.ckpt``), so a copy that
+reset mtimes cannot make an older one win; a damaged file is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -32,8 +27,6 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ResumePoint:
-    """A checkpoint chosen to continue from, already read and verified."""
-
     path: Path
     checkpoint: dict[str, Any]
 
@@ -44,11 +37,6 @@ class ResumePoint:
     @property
     def epoch(self) -> int:
         return int(self.checkpoint.get("epoch", 0))
-
-    @property
-    def logger_step(self) -> int:
-        """First logger step the resumed run writes; events from this step on are stale."""
-        return self.global_step
 
 
 def _candidates(ckpt_dir: Path, run_dir: Path | None) -> list[Path]:
@@ -92,12 +80,11 @@ def find_resume_checkpoint(
 
 
 def continue_loggers(loggers: list[Logger], step: int) -> None:
-    """Make loggers append to the run's existing logs from ``step`` on (call before first use).
+    """Make loggers append to the run's logs from ``step`` on (call before their first use).
 
-    TensorBoard: the new event file starts with a ``purge_step`` marker, so TensorBoard hides
-    the events at or after ``step`` that the interrupted process wrote after its last
-    checkpoint: one curve per metric, no overlap and no restart at 0. CSV: Lightning's writer
-    deletes an existing ``metrics.csv``; its rows before ``step`` are carried over.
+    TensorBoard's ``purge_step`` hides the events the killed process wrote after its last
+    checkpoint (one curve, no overlap). Lightning's CSV writer deletes ``metrics.csv``: the rows
+    before ``step`` are carried over.
     """
     if getattr(rank_zero_only, "rank", 0) != 0:  # other DDP ranks do not write logs
         return

@@ -1,16 +1,10 @@
 """Resume that extends a run, or refuses clearly: epochs, steps and the LR schedule.
 
-* A resumed run may train longer (larger ``trainer.max_epochs``/``max_steps``) than the run
-  that wrote the checkpoint; fewer epochs/steps than it already trained is refused.
-* The configured scheduler must be the stored one (same class, same interval); a different one
-  is refused, since its restored state would not mean the same thing.
-* The scheduler's *plan* comes from the new run, its *progress* from the checkpoint. The plan is
-  every state entry except the progress entries below (OneCycleLR: ``total_steps`` and its
-  phase boundaries, filled in from the new run's estimated steps; StepLR: ``step_size``, ...).
-  So OneCycleLR continues at the current step on the one-cycle schedule of the whole new run:
-  when a 1-epoch run is extended to 2 epochs, step 87 of 172 is in the annealing phase of the
-  172-step cycle (the LR rises back to that plan's value and anneals to the end). One log line
-  says what was re-planned. A plan shorter than the steps already taken is refused.
+A resumed run may train longer than the run that wrote the checkpoint, not shorter, and with the
+same scheduler (class and interval: another one's restored state would mean something else).
+The scheduler's *plan* (every state entry but ``PROGRESS_KEYS``: OneCycleLR's ``total_steps``
+and phase boundaries, StepLR's ``step_size``) comes from the new run, its *progress* from the
+checkpoint: a 1-epoch OneCycle run extended to 2 continues at step 87 of the 172-step cycle.
 """
 
 from __future__ import annotations
@@ -71,17 +65,8 @@ def check_resume_plan(
     max_steps: int | None,
     path: str | Path | None,
 ) -> None:
-    """Refuse a resume that cannot continue the stored run (one message, what to change).
-
-    Args:
-        ckpt: the checkpoint to resume from (read with ``weights_only=True``).
-        hparams: the configured model's hyper-parameters.
-        max_epochs / max_steps: the trainer's limits (``None``/``-1``: none).
-        path: the checkpoint file, for the message.
-
-    Raises:
-        CheckpointError: fewer epochs/steps than already trained, or another scheduler.
-    """
+    """Refuse (one message saying what to change) fewer epochs/steps than the checkpoint has
+    trained, or another scheduler than the stored one; ``max_*`` ``None``/``-1``: no limit."""
     stored = ckpt.get("hyper_parameters") or {}
     started, step = epochs_started(ckpt), int(ckpt.get("global_step", 0))
     if max_epochs is not None and max_epochs >= 0 and max_epochs < started:

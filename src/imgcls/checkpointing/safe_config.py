@@ -1,17 +1,10 @@
 """Checkpoint-held configs are data: an explicit registry of what a stored config may name.
 
-A checkpoint's ``hyper_parameters`` name a net, an optimizer and a scheduler. Nothing read from
-a file is handed to ``hydra.utils.instantiate``: the whole tree is validated first, then each of
-the three names is resolved against the registry below and called with plain keyword values.
-
-* ``net._target_``: a project net by exact class path or short name (``lenet``, ``mlp``,
-  ``simple_cnn``, ``resnet``, ``timm``), or a user net registered through config
-  (``extras.allowed_nets``, never through a checkpoint).
-* ``optimizer._target_`` / ``scheduler._target_``: an exact list of ``torch.optim`` optimizers and
-  ``torch.optim.lr_scheduler`` schedulers.
-* Any other ``_target_`` (nested anywhere, or at another key) and any other Hydra special key
-  (``_args_``, ``_recursive_``, ``_instantiator``, ...) is refused before anything is imported
-  or called, with one ``UnsafeCheckpointError`` naming the key path and the value.
+Nothing read from a file goes to ``hydra.utils.instantiate``: the whole tree is validated, then
+``net`` (a project net by class path or short name, or a user net registered through config
+``extras.allowed_nets``, never through a checkpoint), ``optimizer`` and ``scheduler`` (exact
+lists from ``torch.optim``) are resolved here and called with plain values. Any other
+``_target_`` or Hydra special key is refused before anything is imported, naming the key path.
 """
 
 from __future__ import annotations

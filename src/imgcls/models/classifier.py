@@ -194,8 +194,8 @@ class ImageClassifier(L.LightningModule):
         **kwargs: Any,
     ) -> ImageClassifier:
         """Lightning's ``load_from_checkpoint``, with the stored config validated as data first
-        (see ``imgcls.checkpointing.safe_load.load_safe_classifier``)."""
-        from imgcls.checkpointing.safe_load import load_safe_classifier
+        (see ``imgcls.checkpointing.load.load_safe_classifier``)."""
+        from imgcls.checkpointing.load import load_safe_classifier
 
         return load_safe_classifier(
             cls, checkpoint_path, map_location, strict, weights_only, hparams_file, **kwargs
@@ -204,7 +204,7 @@ class ImageClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume/test from a file (``trainer.fit(ckpt_path=...)``): refuse an unsafe stored
         config; accept weights saved by older versions under ``net._orig_mod.``."""
-        from imgcls.checkpointing.safe_load import check_loaded_checkpoint
+        from imgcls.checkpointing.load import check_loaded_checkpoint
 
         check_loaded_checkpoint(self, checkpoint)
 

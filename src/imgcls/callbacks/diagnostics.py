@@ -182,31 +182,26 @@ class ClassificationDiagnostics(L.Callback):
         if self._due(trainer):
             self._start(pl_module)
 
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        self._collect(pl_module, outputs, batch)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._active:
-            self._write(trainer, pl_module, "val")
-
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._active = False
         if self.on_test:
             self._start(pl_module)
 
-    def on_test_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args: Any) -> None:
         self._collect(pl_module, outputs, batch)
 
+    on_test_batch_end = on_validation_batch_end
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "val")
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._active:
-            self._write(trainer, pl_module, "test")
+        self._write(trainer, pl_module, "test")
 
     # -- output --------------------------------------------------------------------------------
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self._active:
+            return
         self._active = False
         assert self.metrics is not None
         values = self.metrics.compute()  # every rank: torchmetrics syncs the state across ranks

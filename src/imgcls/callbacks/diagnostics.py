@@ -1,14 +1,9 @@
 """TensorBoard diagnostics: confusion matrix, per-class precision/recall/F1, misclassified images.
 
-Accuracy alone hides *which* classes fail and *how*. This callback reads the logits that
-``validation_step``/``test_step`` return (no second forward pass), accumulates torchmetrics
-state on the device, and at the end of a validation epoch (every ``every_n_epochs``) and of a
-test run writes to the TensorBoard logger:
-
-- ``<stage>/confusion_matrix`` image (rows true, columns predicted, row-normalized colors);
-- ``<stage>/per_class`` text table (precision, recall, F1, support per class) and the scalar
-  ``<stage>/f1_macro``;
-- ``<stage>/misclassified`` image grid captioned with true and predicted class names.
+Accuracy alone hides *which* classes fail and *how*. The logits ``validation_step``/``test_step``
+return (no second forward pass) feed torchmetrics state on the device; at the end of a validation
+epoch (every ``every_n_epochs``) and of a test run: ``<stage>/confusion_matrix``,
+``<stage>/per_class`` (table) and ``<stage>/f1_macro``, ``<stage>/misclassified`` (image grid).
 """
 
 from __future__ import annotations
@@ -35,7 +30,6 @@ log = logging.getLogger(__name__)
 
 
 def _spec(pl_module: L.LightningModule) -> DataSpec:
-    """The ``DataSpec`` of an ``ImageClassifier`` (names, channels, normalization)."""
     return cast(DataSpec, pl_module.spec)
 
 
@@ -52,18 +46,10 @@ def per_class_table(class_names: list[str], values: dict[str, Tensor], support: 
 
 
 class ClassificationDiagnostics(L.Callback):
-    """Confusion matrix, per-class metrics and misclassified examples, written to TensorBoard.
-
-    Args:
-        every_n_epochs: write validation diagnostics every N epochs (the last epoch of a fit
-            counts as well); 0 turns validation diagnostics off.
-        on_test: write them at the end of ``trainer.test`` too.
-        max_misclassified: misclassified images shown in the grid (0: no grid), sampled across
-            true classes: a seeded reservoir per class, then one class after the other, so a
-            class-sorted split does not fill the grid with its first class's errors.
-        grid_columns: images per row of the grid.
-        tile_size: pixel size of each grid image (small images are upscaled, nearest).
-    """
+    """Writes the diagnostics every ``every_n_epochs`` (and the last epoch; 0: never) and at
+    test (``on_test``). The ``max_misclassified`` grid images are a seeded reservoir per true
+    class taken one class after the other, so a class-sorted split does not fill it with one
+    class's errors."""
 
     def __init__(
         self,
@@ -86,11 +72,9 @@ class ClassificationDiagnostics(L.Callback):
         self._rng = torch.Generator()
         self._warned = False
 
-    # -- set-up --------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         k = _spec(pl_module).num_classes
-        # validate_args=False: the inputs are the model's own logits and validated labels;
-        # the checks would cost more than the update itself.
+        # the model's own logits and validated labels: the checks would cost more than the update
         opts: dict[str, Any] = {"num_classes": k, "validate_args": False}
         self.metrics = MetricCollection(
             {
@@ -198,7 +182,6 @@ class ClassificationDiagnostics(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, "test")
 
-    # -- output --------------------------------------------------------------------------------
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._active:
             return

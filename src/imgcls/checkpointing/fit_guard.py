@@ -25,7 +25,7 @@ from imgcls.checkpointing.atomic_io import (
     checkpoint_size_estimate,
     use_atomic_checkpoint_io,
 )
-from imgcls.checkpointing.last_checkpoint import LastCheckpoint, command_line_overrides
+from imgcls.checkpointing.last_checkpoint import LastCheckpoint
 from imgcls.checkpointing.load import (
     check_checkpoint_fits,
     produced_by,
@@ -34,8 +34,10 @@ from imgcls.checkpointing.load import (
 )
 from imgcls.checkpointing.resume import ResumePoint, continue_loggers, find_resume_checkpoint
 from imgcls.checkpointing.resume_plan import check_resume_plan
+from imgcls.checkpointing.safe_config import register_nets_from_config
 from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError
+from imgcls.utils.console import command_line_overrides
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,12 @@ SIGTERM_EXIT_CODE = 143
 SIGINT_EXIT_CODE = 130
 
 
-def check_run_dir(cfg: DictConfig) -> None:
-    """The run dir is writable (checked before data loading, which may take long)."""
+def check_before_build(cfg: DictConfig) -> None:
+    """Before data loading (which may take long): the run dir is writable, and the checkpoint
+    to start from is readable and safe (the refusal is all that is printed);
+    ``prepare_checkpoint`` checks it again against the built model."""
     check_writable(cfg.paths.output_dir)
-
-
-def check_resume_source(cfg: DictConfig) -> None:
-    """Refuse an unreadable or unsafe start checkpoint before data and trainer are built
-    (fast, and the refusal is all that is printed); ``prepare_checkpoint`` checks it again."""
+    register_nets_from_config(cfg)  # users' own nets that the checkpoint may name
     requested = cfg.get("ckpt_path")
     if requested in ("hpc", "best"):
         return
@@ -64,6 +64,7 @@ def check_resume_source(cfg: DictConfig) -> None:
 
 
 def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:
+    """The ``LastCheckpoint``/``ModelCheckpoint`` dir, where resume looks."""
     for cls in (LastCheckpoint, ModelCheckpoint):
         for cb in built.callbacks:
             if isinstance(cb, cls) and cb.dirpath:
@@ -72,11 +73,8 @@ def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:
 
 
 def _resume_command(cfg: DictConfig) -> str:
-    own = [
-        o
-        for o in command_line_overrides()
-        if o.split("=")[0].lstrip("+~") not in ("resume", "ckpt_path", "hydra.run.dir")
-    ]
+    skip = ("resume", "ckpt_path", "hydra.run.dir")
+    own = [o for o in command_line_overrides() if o.split("=")[0].lstrip("+~") not in skip]
     args = [f"resume={cfg.paths.output_dir}", *own]
     return "python src/train.py " + " ".join(shlex.quote(a) for a in args)
 

@@ -22,6 +22,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from imgcls.utils.console import command_line_overrides
+
 log = logging.getLogger(__name__)
 
 
@@ -56,16 +58,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, inner, py_gauss = states["python"]
     random.setstate((version, tuple(inner), py_gauss))
-
-
-def command_line_overrides() -> list[str]:
-    """The command-line overrides of this run (shown when a checkpoint does not fit a config)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return [str(o) for o in HydraConfig.get().overrides.task]
-    except (ValueError, ImportError):  # no Hydra context
-        return []
 
 
 class LastCheckpoint(Checkpoint):

@@ -22,21 +22,22 @@ from imgcls.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 # scheduler state entries that record where the run is, kept from the checkpoint on resume
+# (T_cur, T_i: CosineAnnealingWarmRestarts; best ... mode_worse: ReduceLROnPlateau)
 PROGRESS_KEYS = frozenset(
-    {
+    [
         "last_epoch",
         "_step_count",
         "_last_lr",
         "_is_initial",
         "_get_lr_called_within_step",
         "base_lrs",
-        "T_cur",  # CosineAnnealingWarmRestarts
+        "T_cur",
         "T_i",
-        "best",  # ReduceLROnPlateau
+        "best",
         "num_bad_epochs",
         "cooldown_counter",
         "mode_worse",
-    }
+    ]
 )
 # schedulers that cannot step past their planned length (OneCycleLR raises there)
 LENGTH_KEYS = {"OneCycleLR": "total_steps"}

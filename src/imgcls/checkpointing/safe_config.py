@@ -38,7 +38,7 @@ COMPOSITE_SCHEDULERS = frozenset({"torch.optim.lr_scheduler.SequentialLR"})
 COMPOSITE_PLAN_KEYS = frozenset({"warmup_fraction", "warmup_epochs"})
 SCHEDULERS = frozenset(
     f"torch.optim.lr_scheduler.{n}"
-    for n in (
+    for n in [
         "OneCycleLR",
         "CosineAnnealingLR",
         "CosineAnnealingWarmRestarts",
@@ -49,7 +49,7 @@ SCHEDULERS = frozenset(
         "ConstantLR",
         "PolynomialLR",
         "ReduceLROnPlateau",
-    )
+    ]
 )
 # Hydra keys a stored config may carry at an allowed position (ignored: we call the class)
 HARMLESS_KEYS = frozenset({"_target_", "_partial_"})
@@ -63,11 +63,8 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 def register_nets(paths: Iterable[str]) -> None:
-    """Allow the user's own nets (exact ``module.Class`` paths, from config) in checkpoints.
-
-    Raises:
-        ConfigError: a path that does not name an ``nn.Module`` subclass.
-    """
+    """Allow the user's own nets (exact ``module.Class`` paths, from config) in checkpoints;
+    ``ConfigError`` for a path that does not name an ``nn.Module`` subclass."""
     for path in paths:
         path = str(path)
         cls = _import(path, "extras.allowed_nets")
@@ -112,13 +109,9 @@ def _registry_hint(role: str) -> str:
 
 
 def validate_hparams(hparams: Mapping[str, Any], root: str = "hyper_parameters") -> None:
-    """Check a whole stored hyper-parameter tree before anything is built from it.
-
-    Raises:
-        UnsafeCheckpointError: the first ``_target_`` (or other Hydra special key) found outside
-            ``<root>.{net,optimizer,scheduler}``, or a target there outside the registry; the
-            message names the key path and the value.
-    """
+    """Check a whole stored hyper-parameter tree before anything is built from it: the first
+    special key outside ``<root>.{net,optimizer,scheduler}``, or a target there outside the
+    registry, raises ``UnsafeCheckpointError`` naming the key path and value."""
     if not isinstance(hparams, Mapping):
         raise UnsafeCheckpointError(f"{root} is a {type(hparams).__name__}, not a mapping")
     for key, value in hparams.items():
@@ -182,7 +175,6 @@ def _check_data(value: Any, path: str) -> None:
         raise _refusal(path, value, f"a {type(value).__name__} is not plain data")
 
 
-# -- building from validated configs --------------------------------------------------------------
 def _import(path: str, what: str) -> Any:
     module, _, name = path.rpartition(".")
     try:
@@ -206,11 +198,8 @@ def _kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def call_registered(
     role: str, cfg: Mapping[str, Any], *args: Any, what: str | None = None, **extra: Any
 ) -> Any:
-    """Build ``cfg`` (already validated) as ``Class(*args, **cfg_values, **extra)``.
-
-    Raises:
-        ConfigError: an argument the class does not take (named, with the config key).
-    """
+    """``Class(*args, **cfg_values, **extra)`` for a validated ``cfg``; ``ConfigError`` names an
+    argument the class does not take."""
     what = what or f"model.{role}"
     cls = resolve(role, str(cfg.get("_target_")), what)
     kwargs = {**_kwargs(cfg), **extra}
@@ -229,16 +218,11 @@ def call_composite(
 ) -> Any:
     """Build a validated composite (SequentialLR): each child through ``call_registered``,
     then the composite with the built children; nothing goes through Hydra."""
-    children = [
-        call_registered(
-            "scheduler",
-            child,
-            optimizer,
-            what=f"model.scheduler.schedulers[{i}]",
-            **(child_extra[i] if i < len(child_extra) else {}),
-        )
-        for i, child in enumerate(cfg["schedulers"])
-    ]
+    children = []
+    for i, child in enumerate(cfg["schedulers"]):
+        extra_i = child_extra[i] if i < len(child_extra) else {}
+        what = f"model.scheduler.schedulers[{i}]"
+        children.append(call_registered("scheduler", child, optimizer, what=what, **extra_i))
     own = {k: v for k, v in cfg.items() if k not in COMPOSITE_PLAN_KEYS and k != "schedulers"}
     return call_registered("scheduler", own, optimizer, schedulers=children, **extra)
 

@@ -48,12 +48,12 @@ def check_required(cfg: DictConfig) -> None:
         raise ConfigError(f"missing required argument(s): {', '.join(missing)} (add {needed})")
 
 
-def _overrides() -> list[str]:
+def command_line_overrides() -> list[str]:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # no Hydra context (tests calling tasks directly)
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except (ValueError, ImportError):  # no Hydra context (tests calling tasks directly)
         return []
 
 
@@ -67,7 +67,7 @@ def log_run_header(cfg: DictConfig) -> None:
     data, model, trainer = cfg.get("data"), cfg.get("model"), cfg.get("trainer")
     net = model.get("net") if isinstance(model, DictConfig) else None
     log.info("run dir: %s", cfg.paths.output_dir)
-    log.info("overrides: %s", " ".join(_overrides()) or "(none)")
+    log.info("overrides: %s", " ".join(command_line_overrides()) or "(none)")
     parts = [f"data={_target(data)}", f"model={_target(model)}/{_target(net)}"]
     if isinstance(data, DictConfig) and "batch_size" in data:
         parts.append(f"batch={data.batch_size}")

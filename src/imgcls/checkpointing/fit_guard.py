@@ -32,8 +32,12 @@ from imgcls.checkpointing.load import (
     read_safe_checkpoint,
     validate_checkpoint,
 )
-from imgcls.checkpointing.resume import ResumePoint, continue_loggers, find_resume_checkpoint
-from imgcls.checkpointing.resume_plan import check_resume_plan
+from imgcls.checkpointing.resume import (
+    ResumePoint,
+    check_resume_plan,
+    continue_loggers,
+    find_resume_checkpoint,
+)
 from imgcls.checkpointing.safe_config import register_nets_from_config
 from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError

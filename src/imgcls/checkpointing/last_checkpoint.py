@@ -102,14 +102,11 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
     ) -> None:
-        interrupted = self.save_on_interrupt and trainer.received_sigterm
-        periodic = (
-            self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0
-        )
-        if interrupted or periodic:
-            self._save(
-                trainer, pl_module, "SIGTERM received" if interrupted else "periodic", "batch"
-            )
+        n = self.every_n_train_steps
+        if self.save_on_interrupt and trainer.received_sigterm:
+            self._save(trainer, pl_module, "SIGTERM received", "batch")
+        elif n > 0 and trainer.global_step % n == 0:
+            self._save(trainer, pl_module, "periodic", "batch")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # before any checkpoint callback saves at validation end: a diverged model is not "best"
@@ -126,8 +123,8 @@ class LastCheckpoint(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not self.save_on_interrupt or not isinstance(
-            exception, SIGTERMException | KeyboardInterrupt
+        if not (
+            self.save_on_interrupt and isinstance(exception, SIGTERMException | KeyboardInterrupt)
         ):
             return
         what = "SIGTERM" if isinstance(exception, SIGTERMException) else "interrupt"
@@ -163,15 +160,13 @@ class LastCheckpoint(Checkpoint):
         fast_dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]
         if fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        if (
-            self._last_saved is not None
-            and self._last_saved[0] == step
-            and (kind == "batch" or self._last_saved[1] == kind)
-        ):
+        last = self._last_saved
+        if last is not None and last[0] == step and (kind == "batch" or last[1] == kind):
             return
         self._check_finite(trainer, pl_module)
         trainer.save_checkpoint(self.path, weights_only=False)  # full state, said explicitly
         self._last_saved = (step, kind)
-        routine = why in ("periodic", "epoch end", "training end")
-        level = logging.DEBUG if routine else logging.WARNING
+        level = (
+            logging.DEBUG if why in ("periodic", "epoch end", "training end") else logging.WARNING
+        )
         log.log(level, "saved %s at global step %d (%s)", self.path, step, why)

@@ -131,7 +131,7 @@ def check_checkpoint_fits(
 def check_loaded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
     """``on_load_checkpoint`` of a model a Trainer restores: refuse an unsafe stored config and
     a resume that cannot continue; strip ``_orig_mod.``."""
-    from imgcls.checkpointing.resume_plan import check_resume_plan
+    from imgcls.checkpointing.resume import check_resume_plan
 
     trainer = getattr(module, "_trainer", None)
     path = getattr(trainer, "ckpt_path", None)

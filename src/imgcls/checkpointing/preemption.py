@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 
 class SigtermAgreement(L.Callback):
-    """Ranks agree on SIGTERM once per training step (one small all-reduce; DDP only)."""
-
     def __init__(self) -> None:
         self._signalled = False
         self._active = False
@@ -73,11 +71,8 @@ class SigtermAgreement(L.Callback):
         self._flag.fill_(int(self._signalled))
         dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
         if self._flag.item() and not trainer.received_sigterm:
-            log.warning(
-                "SIGTERM: all %d ranks stop after global step %d",
-                trainer.world_size,
-                trainer.global_step,
-            )
+            n, step = trainer.world_size, trainer.global_step
+            log.warning("SIGTERM: all %d ranks stop after global step %d", n, step)
             trainer._signal_connector.received_sigterm = True  # what Lightning's handler sets
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -178,7 +178,7 @@ class ImageClassifier(L.LightningModule):
         return getattr(self.net, "backbone", None)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        from imgcls.checkpointing.resume_plan import ReplanSchedulerOnResume
+        from imgcls.checkpointing.resume import ReplanSchedulerOnResume
 
         return [*transfer_callbacks(self), ReplanSchedulerOnResume()]
 

@@ -85,9 +85,6 @@ class ClassificationDiagnostics(L.Callback):
             }
         ).to(pl_module.device)
 
-    def _tensorboard(self, trainer: L.Trainer) -> TensorBoardLogger | None:
-        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-
     def _due(self, trainer: L.Trainer) -> bool:
         if trainer.sanity_checking or self.every_n_epochs <= 0:
             return False
@@ -103,7 +100,6 @@ class ClassificationDiagnostics(L.Callback):
         self._rng.manual_seed(0)  # the same errors shown for the same predictions
         self._active = True
 
-    # -- collection ----------------------------------------------------------------------------
     def _collect(self, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
         if not self._active:
             return
@@ -191,7 +187,7 @@ class ClassificationDiagnostics(L.Callback):
         self.metrics.reset()
         # a float: the value is already synced across ranks (no sync_dist, no warning about it)
         pl_module.log(f"{stage}/f1_macro", float(values["f1"].mean()))
-        tb = self._tensorboard(trainer)
+        tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if tb is None or not trainer.is_global_zero:
             self._pool = {}
             return
@@ -203,16 +199,13 @@ class ClassificationDiagnostics(L.Callback):
         cm = values["confusion"].cpu()
         title = f"{stage} confusion matrix, step {step} (rows: true, columns: predicted)"
         exp.add_image(f"{stage}/confusion_matrix", confusion_matrix_image(cm, names, title), step)
-        table = per_class_table(
-            names, {k: values[k].cpu() for k in ("precision", "recall", "f1")}, cm.sum(1)
-        )
-        exp.add_text(f"{stage}/per_class", table, step)
+        per_class = {k: values[k].cpu() for k in ("precision", "recall", "f1")}
+        exp.add_text(f"{stage}/per_class", per_class_table(names, per_class, cm.sum(1)), step)
         errors = self._grid_errors()
         if errors:
             captions = [f"true {names[t]}\npred {names[p]} ({c:.0%})" for _, t, p, c in errors]
-            grid = captioned_grid(
-                torch.stack([e[0] for e in errors]), captions, self.tile_size, self.grid_columns
-            )
+            images = torch.stack([e[0] for e in errors])
+            grid = captioned_grid(images, captions, self.tile_size, self.grid_columns)
             exp.add_image(f"{stage}/misclassified", grid, step)
         self._pool = {}
         exp.flush()

@@ -31,11 +31,8 @@ MB = 1 << 20
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` that never leaves a partial file at ``path``.
-
-    Raises:
-        CheckpointError: the file cannot be written; the previous file at ``path`` is intact.
-    """
+    """``torch.save`` that never leaves a partial file at ``path`` (``CheckpointError`` when it
+    cannot write; the previous file stays intact)."""
     target = Path(path)
     try:
         with atomic_file(target, "wb") as f:

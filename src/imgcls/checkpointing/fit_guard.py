@@ -103,13 +103,9 @@ def _verified(path: Path, built: Built) -> ResumePoint:
 
 
 def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
-    """Set up checkpointing and return the ``ckpt_path`` for ``fit`` (``None``: a fresh start)
-    or, with ``train=false``, the verified checkpoint to test.
-
-    Raises:
-        ConfigError: not enough free disk space.
-        CheckpointError: the requested checkpoint is missing/unreadable/does not fit.
-    """
+    """Set up checkpointing; return the ``ckpt_path`` for ``fit`` (``None``: a fresh start) or,
+    with ``train=false``, the verified one to test. ``ConfigError``: too little free disk;
+    ``CheckpointError``: the checkpoint is missing/unreadable/does not fit."""
     use_atomic_checkpoint_io(built.trainer)
     requested = cfg.get("ckpt_path")
     if not cfg.get("train"):
@@ -140,9 +136,8 @@ def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
     check_resume_plan(
         point.checkpoint, built.model.hparams, trainer.max_epochs, trainer.max_steps, point.path
     )
-    log.info(
-        "resuming from %s (epoch %d, global step %d)", point.path, point.epoch, point.global_step
-    )
+    where = f"{point.path} (epoch {point.epoch}, global step {point.global_step})"
+    log.info("resuming from %s", where)
     continue_loggers(built.loggers, point.global_step)
     return str(point.path)
 

@@ -21,11 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def load_checkpoint_dict(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; ``mmap`` is cheap for picking a file.
-
-    Raises:
-        CheckpointError: missing, truncated/corrupt, or not a Lightning checkpoint.
-    """
+    """Read a checkpoint with ``weights_only=True`` (``mmap``: cheap for picking a file); a
+    missing, corrupt or non-Lightning file is a ``CheckpointError``."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
@@ -151,12 +148,7 @@ def load_safe_classifier(
     **overrides: Any,
 ) -> Any:
     """``ImageClassifier.load_from_checkpoint`` with the stored config as data; ``overrides``
-    replace stored hyper-parameters and are validated the same way.
-
-    Raises:
-        CheckpointError: unreadable file, an unsafe stored config, weights that do not fit, or
-            ``weights_only=False`` / ``hparams_file`` (not supported).
-    """
+    replace stored hyper-parameters and are validated the same way."""
     if weights_only is False:
         raise CheckpointError(
             f"{path}: weights_only=False is not supported; ImageClassifier checkpoints are "

@@ -62,12 +62,8 @@ def _rank(point: ResumePoint) -> tuple[int, float, bool]:
 def find_resume_checkpoint(
     ckpt_dir: str | Path, run_dir: str | Path | None = None
 ) -> ResumePoint | None:
-    """The readable checkpoint in ``ckpt_dir`` with the most training; ``None`` when there is none.
-
-    Raises:
-        CheckpointError: checkpoint files exist but none of them can be read (each one is
-            named with the reason).
-    """
+    """The readable checkpoint in ``ckpt_dir`` with the most training, or ``None``; files that
+    all fail to read are a ``CheckpointError`` naming each with its reason."""
     ckpt_dir = Path(ckpt_dir)
     remove_stale_temp_files(ckpt_dir)
     failures, points = [], []

@@ -35,7 +35,6 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-# -- metadata ------------------------------------------------------------------------------
 def preprocessing(spec: DataSpec) -> dict[str, Any]:
     """How an image file becomes the model's input, exactly as predict.py does it (``steps``:
     ``op`` plus the PIL ``call``, from the one decode function). A streamed checkpoint applies
@@ -87,7 +86,6 @@ def sidecar(
     }
 
 
-# -- a real batch for the parity check -------------------------------------------------------
 def _run_config(ckpt: Path) -> DictConfig | None:
     """The composed config of the training run that wrote ``ckpt`` (``<run>/.hydra/config.yaml``)."""
     for parent in list(ckpt.resolve().parents)[:3]:
@@ -161,7 +159,6 @@ def parity_batch(cfg: DictConfig, spec: DataSpec) -> tuple[Tensor, str]:
     return pixels, "RANDOM pixels (no real images found)"
 
 
-# -- the formats -----------------------------------------------------------------------------
 def _dynamic_batch() -> tuple[dict[int, Any]]:
     return ({0: torch.export.Dim("batch", min=1, max=65536)},)
 
@@ -174,13 +171,9 @@ def _needs_external_data(net: nn.Module) -> bool:
     return size > ONNX_MAX_INLINE_BYTES
 
 
-def _onnx_data(out: Path) -> Path:
-    return out.with_name(out.name + ".data")
-
-
 def model_files(out: Path) -> list[str]:
     """Every file the exported model needs, beside the sidecar (ONNX external data included)."""
-    extra = _onnx_data(out)
+    extra = out.with_name(out.name + ".data")
     return [out.name] + ([extra.name] if extra.is_file() else [])
 
 
@@ -192,7 +185,7 @@ def export_onnx(
     for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)
     external = _needs_external_data(net)
-    stale = _onnx_data(out)
+    stale = out.with_name(out.name + ".data")
     if not external and stale.is_file():  # from an earlier export: not part of this model
         stale.unlink()
     try:
@@ -246,7 +239,6 @@ def export_pt2(
 EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2}
 
 
-# -- the task --------------------------------------------------------------------------------
 def _parity(
     runner: Any, x: Tensor, reference: Tensor, source: str, meta: dict, tol: float, out: Path
 ) -> str:

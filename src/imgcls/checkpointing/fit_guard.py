@@ -86,10 +86,8 @@ def _resume_command(cfg: DictConfig) -> str:
 def _verified(path: Path, built: Built) -> ResumePoint:
     point = ResumePoint(path, read_safe_checkpoint(path))
     assert built.model is not None
-    net = built.model.hparams["net"].get("_target_")
-    check_checkpoint_fits(
-        point.checkpoint, built.model, path, f"the model configured for this run (net={net})"
-    )
+    target = f"the model configured for this run (net={built.model.hparams['net'].get('_target_')})"
+    check_checkpoint_fits(point.checkpoint, built.model, path, target)
     spec = (point.checkpoint.get("hyper_parameters") or {}).get("spec")
     if spec:
         mismatch = DataSpec.from_dict(spec).incompatibilities(built.datamodule.spec)
@@ -159,9 +157,8 @@ def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
     trainer = built.trainer
     try:
         yield
-        if trainer.state.finished and not any(
-            k.startswith("val/") for k in trainer.callback_metrics
-        ):
+        validated = any(k.startswith("val/") for k in trainer.callback_metrics)
+        if trainer.state.finished and not validated:
             log.info("training had already finished: validating the restored model")
             trainer.validate(built.model, datamodule=built.datamodule, verbose=False)
     except FloatingPointError as e:  # raised by the training step / LastCheckpoint

@@ -72,9 +72,8 @@ def state_dict_mismatches(
         if k in own and hasattr(v, "shape") and hasattr(own[k], "shape") and v.shape != own[k].shape
     ]
     if len(problems) > limit:
-        problems = problems[:limit] + [
-            f"... and {len(problems) - limit} more layers of another shape"
-        ]
+        more = f"... and {len(problems) - limit} more layers of another shape"
+        problems = [*problems[:limit], more]
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))
     if missing:

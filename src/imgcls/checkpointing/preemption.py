@@ -47,17 +47,13 @@ class SigtermAgreement(L.Callback):
         if trainer.local_rank > 0 and isinstance(env, LightningEnvironment):
             self._launcher_pid = os.getppid()  # rank 0 of this node started us
 
-    def _install(self) -> None:
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning registers its handler after setup/on_fit_start; replace it now (its
         # teardown restores the handler from before fit).
         if self._active and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()
+    on_train_start = on_sanity_check_start
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         # No collective and no logging here: the handler runs between any two bytecodes.

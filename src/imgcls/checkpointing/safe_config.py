@@ -79,16 +79,11 @@ def register_nets_from_config(cfg: Mapping[str, Any]) -> None:
     register_nets(extras.get("allowed_nets") or [])
 
 
-def registered_nets() -> dict[str, str]:
-    """Every allowed net target (short names and exact paths) -> exact class path."""
-    table = {path: path for path in [*PROJECT_NETS, *_user_nets]}
-    table.update({short: path for path, short in PROJECT_NETS.items()})
-    return table
-
-
 def _allowed(role: str) -> dict[str, str]:
+    """Every allowed target of ``role`` (short names and exact paths) -> exact class path."""
     if role == "net":
-        return registered_nets()
+        table = {path: path for path in [*PROJECT_NETS, *_user_nets]}
+        return table | {short: path for path, short in PROJECT_NETS.items()}
     names = OPTIMIZERS if role == "optimizer" else SCHEDULERS | COMPOSITE_SCHEDULERS
     table = {n: n for n in names}
     table.update({n.rsplit(".", 1)[1]: n for n in names})  # "Adam" for "torch.optim.Adam"
@@ -191,10 +186,6 @@ def resolve(role: str, target: str, what: str | None = None) -> type:
     return _import(table[target], f"{what or role}._target_")
 
 
-def _kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in HARMLESS_KEYS}
-
-
 def call_registered(
     role: str, cfg: Mapping[str, Any], *args: Any, what: str | None = None, **extra: Any
 ) -> Any:
@@ -202,7 +193,7 @@ def call_registered(
     argument the class does not take."""
     what = what or f"model.{role}"
     cls = resolve(role, str(cfg.get("_target_")), what)
-    kwargs = {**_kwargs(cfg), **extra}
+    kwargs = {**{k: v for k, v in cfg.items() if k not in HARMLESS_KEYS}, **extra}
     try:
         inspect.signature(cls).bind(*args, **kwargs)
     except TypeError as e:

@@ -22,24 +22,17 @@ log = logging.getLogger(__name__)
 
 
 def log_hyperparameters(
-    cfg: DictConfig,
-    model: L.LightningModule,
-    loggers: list,
-    metrics: tuple[str, ...] | None = None,
+    cfg: DictConfig, model: L.LightningModule, loggers: list, metrics: tuple[str, ...] | None = None
 ) -> None:
     """The run's config and parameter counts to every logger; ``metrics``: the TensorBoard
     HParams columns (no ``test/*`` without a labeled test split)."""
     if not loggers:
         return
     trainable, total = count_parameters(model)
-    params = {
-        "model": to_plain(cfg.get("model")) or to_plain(dict(model.hparams)),
-        "data": to_plain(cfg.get("data")),
-        "trainer": to_plain(cfg.get("trainer")),
-        "seed": cfg.get("seed"),
-        "task_name": cfg.get("task_name"),
-        "tags": to_plain(cfg.get("tags")),
-        "ckpt_path": cfg.get("ckpt_path"),
+    keys = ("model", "data", "trainer", "seed", "task_name", "tags", "ckpt_path")
+    params = {k: to_plain(cfg.get(k)) for k in keys}
+    params["model"] = params["model"] or to_plain(dict(model.hparams))
+    params |= {
         "params/total": total,
         "params/trainable": trainable,
         "params/non_trainable": total - trainable,

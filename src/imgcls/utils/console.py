@@ -14,10 +14,7 @@ from imgcls.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Lightning's rank_zero_info goes through one of these (whichever imported last)
-_LIGHTNING_INFO_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-)
+_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
 
 class _DropTips(logging.Filter):
@@ -29,7 +26,7 @@ class _DropTips(logging.Filter):
 
 def quiet_lightning() -> None:
     """Drop the tips and a deprecation that Lightning's own code triggers (not ours to fix)."""
-    for name in _LIGHTNING_INFO_LOGGERS:
+    for name in _INFO_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())

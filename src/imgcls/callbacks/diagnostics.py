@@ -39,10 +39,10 @@ def per_class_table(class_names: list[str], values: dict[str, Tensor], support: 
     p, r, f = values["precision"], values["recall"], values["f1"]
     for i, name in enumerate(class_names):
         lines.append(f"| {name} | {p[i]:.4f} | {r[i]:.4f} | {f[i]:.4f} | {int(support[i])} |")
-    lines.append(
+    macro = (
         f"| **macro** | {p.mean():.4f} | {r.mean():.4f} | {f.mean():.4f} | {int(support.sum())} |"
     )
-    return "\n".join(lines)
+    return "\n".join([*lines, macro])
 
 
 class ClassificationDiagnostics(L.Callback):

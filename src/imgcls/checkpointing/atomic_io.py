@@ -51,9 +51,7 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
             p.unlink()
             removed.append(p)
     if removed:
-        log.info(
-            "removed %d partial checkpoint file(s) of an interrupted write in %s", len(removed), d
-        )
+        log.info("removed %d partial checkpoint file(s) of a killed write in %s", len(removed), d)
     return removed
 
 

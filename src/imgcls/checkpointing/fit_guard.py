@@ -130,10 +130,8 @@ def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
                 )
             return None
         point = _verified(found.path, built)
-    trainer = built.trainer
-    check_resume_plan(
-        point.checkpoint, built.model.hparams, trainer.max_epochs, trainer.max_steps, point.path
-    )
+    limits = built.trainer.max_epochs, built.trainer.max_steps
+    check_resume_plan(point.checkpoint, built.model.hparams, *limits, point.path)
     where = f"{point.path} (epoch {point.epoch}, global step {point.global_step})"
     log.info("resuming from %s", where)
     continue_loggers(built.loggers, point.global_step)

@@ -123,9 +123,8 @@ class LastCheckpoint(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not (
-            self.save_on_interrupt and isinstance(exception, SIGTERMException | KeyboardInterrupt)
-        ):
+        stopped = isinstance(exception, SIGTERMException | KeyboardInterrupt)
+        if not (self.save_on_interrupt and stopped):
             return
         what = "SIGTERM" if isinstance(exception, SIGTERMException) else "interrupt"
         if trainer.validating:

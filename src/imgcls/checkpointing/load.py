@@ -101,11 +101,8 @@ def produced_by(ckpt: Mapping[str, Any]) -> str:
 def run_overrides(ckpt: Mapping[str, Any]) -> list[str] | None:
     """Command-line overrides of the run that wrote ``ckpt`` (stored by ``LastCheckpoint``)."""
     for key, state in (ckpt.get("callbacks") or {}).items():
-        if (
-            str(key).startswith("LastCheckpoint")
-            and isinstance(state, Mapping)
-            and "overrides" in state
-        ):
+        ours = str(key).startswith("LastCheckpoint") and isinstance(state, Mapping)
+        if ours and "overrides" in state:
             return [str(o) for o in state["overrides"]]
     return None
 

@@ -100,11 +100,8 @@ def continue_loggers(loggers: list[Logger], step: int) -> None:
             if not path.is_file():
                 continue
             with open(path, newline="") as f:
-                rows = [
-                    r
-                    for r in csv.DictReader(f)
-                    if r.get("step", "").isdigit() and int(r["step"]) < step
-                ]
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit()]
+            rows = [r for r in rows if int(r["step"]) < step]
             writer = logger.experiment  # creating it removes the old file
             writer.metrics[:0] = [{k: v for k, v in r.items() if v != ""} for r in rows]
             log.info("carried %d rows of %s over into the resumed run", len(rows), path)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+Runner = Callable[[Tensor], Tensor]  # an exported model, loaded back for the parity check
 
 
 def preprocessing(spec: DataSpec) -> dict[str, Any]:
@@ -67,9 +68,7 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
     return out
 
 
-def sidecar(
-    spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: str
-) -> dict[str, Any]:
+def sidecar(spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: str) -> dict:
     return {
         "format": fmt,
         "model_file": model_file.name,
@@ -153,9 +152,8 @@ def parity_batch(cfg: DictConfig, spec: DataSpec) -> tuple[Tensor, str]:
         "no real images found: parity is checked on random pixels (pass input=<images> or data=<name>)"
     )
     g = torch.Generator().manual_seed(0)
-    pixels = torch.randint(
-        0, 256, (n, spec.in_channels, *spec.image_size), dtype=torch.uint8, generator=g
-    )
+    shape = (n, spec.in_channels, *spec.image_size)
+    pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
     return pixels, "RANDOM pixels (no real images found)"
 
 
@@ -177,9 +175,7 @@ def model_files(out: Path) -> list[str]:
     return [out.name] + ([extra.name] if extra.is_file() else [])
 
 
-def export_onnx(
-    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
-) -> Callable[[Tensor], Tensor] | None:
+def export_onnx(net: nn.Module, example: Tensor, out: Path, meta: dict) -> Runner | None:
     """Write ``out`` with the dynamo exporter; return a runner through onnxruntime, or ``None``."""
     # the exporter's optimizer passes log every step at INFO
     for name in ("onnxscript", "onnx_ir"):
@@ -215,9 +211,7 @@ def export_onnx(
     return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
 
 
-def export_torchscript(
-    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
-) -> Callable[[Tensor], Tensor]:
+def export_torchscript(net: nn.Module, example: Tensor, out: Path, meta: dict) -> Runner:
     with warnings.catch_warnings():  # torch.jit is deprecated in favor of torch.export (format=pt2)
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(net, example)
@@ -227,9 +221,7 @@ def export_torchscript(
     return loaded
 
 
-def export_pt2(
-    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
-) -> Callable[[Tensor], Tensor]:
+def export_pt2(net: nn.Module, example: Tensor, out: Path, meta: dict) -> Runner:
     program = torch.export.export(net, (example,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, str(out), extra_files={"imgcls.json": json.dumps(meta)})
     meta["runtime"] = f"torch.export.load (torch {torch.__version__})"

@@ -118,12 +118,6 @@ class ClassificationDiagnostics(L.Callback):
         if self.max_misclassified > 0 and is_image:
             self._sample_errors(pl_module, x, y, preds, logits)
 
-    def _per_class_cap(self, num_classes: int) -> int:
-        # room for twice a fair share per class: enough to fill the grid when some classes
-        # have few errors, bounded memory (display uint8) with many classes
-        share = -(-self.max_misclassified // max(1, min(num_classes, self.max_misclassified)))
-        return 2 * share
-
     def _sample_errors(
         self, pl_module: L.LightningModule, x: Tensor, y: Tensor, preds: Tensor, logits: Tensor
     ) -> None:
@@ -132,7 +126,10 @@ class ClassificationDiagnostics(L.Callback):
         if not len(idx):
             return
         spec = _spec(pl_module)
-        cap = self._per_class_cap(spec.num_classes)
+        # twice a fair share per class: fills the grid when some classes have few errors, with
+        # bounded memory (display uint8) for many classes
+        n = self.max_misclassified
+        cap = 2 * -(-n // max(1, min(spec.num_classes, n)))
         conf = logits[idx].float().softmax(1).gather(1, preds[idx, None]).flatten().cpu()
         images = to_display_uint8(x[idx], spec.mean, spec.std)
         for j, (t, p) in enumerate(zip(y[idx].tolist(), preds[idx].tolist(), strict=True)):

@@ -23,8 +23,7 @@ class EMA(EMAWeightAveraging):
         current = checkpoint.get("current_model_state")
         if current is None:
             return
-        averaged = {n for n, _ in pl_module.named_parameters()}
-        averaged |= {n for n, _ in pl_module.named_buffers()}
+        averaged = {n for n, _ in [*pl_module.named_parameters(), *pl_module.named_buffers()]}
         for name in checkpoint["state_dict"]:
             if name not in averaged and name in current:
                 checkpoint["state_dict"][name] = current[name]

@@ -78,8 +78,8 @@ class LastCheckpoint(Checkpoint):
         self.filename = filename
         self.every_n_train_steps = int(every_n_train_steps or 0)
         self.save_on_interrupt = save_on_interrupt
-        # (global step, "batch" | "epoch") of the newest file: a save at an epoch end must
-        # replace one made by the step trigger at the same step (validation ran in between)
+        # (global step, "batch" | "epoch") of the newest file: an epoch-end save replaces a step
+        # save at the same step (validation ran in between)
         self._last_saved: tuple[int, str] | None = None
         self._fitting = False
         self._overrides = command_line_overrides()

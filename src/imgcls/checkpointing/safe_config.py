@@ -160,8 +160,7 @@ def _check_data(value: Any, path: str) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
             if _is_special(key):
-                where = f"{path}.{key}"
-                raise _refusal(where, item, "a nested config may not name code to call")
+                raise _refusal(f"{path}.{key}", item, "a nested config may not name code to call")
             _check_data(item, f"{path}.{key}")
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):

@@ -19,9 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:
-    cb = trainer.checkpoint_callback
-    path = getattr(cb, "best_model_path", "") if cb is not None else ""
-    return path or None
+    return getattr(trainer.checkpoint_callback, "best_model_path", "") or None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

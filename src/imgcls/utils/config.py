@@ -12,9 +12,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 def project_root() -> Path:
     """The repository root (holds ``configs/``): ``$PROJECT_ROOT``, else found from this file or cwd."""
-    env = os.environ.get("PROJECT_ROOT")
-    if env:
-        return Path(env).resolve()
+    if os.environ.get("PROJECT_ROOT"):
+        return Path(os.environ["PROJECT_ROOT"]).resolve()
     for start in (Path(__file__).resolve(), Path.cwd().resolve()):
         for parent in (start, *start.parents):
             if (parent / "configs" / "train.yaml").is_file():
@@ -72,10 +71,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name))
-        else:
-            out[name] = value
+        out.update(flatten(value, name) if isinstance(value, Mapping) else {name: value})
     return out
 
 

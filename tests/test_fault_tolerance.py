@@ -335,7 +335,7 @@ def test_unwritable_run_dir_fails_before_loading_data(tmp_path: Path) -> None:
 def test_full_disk_fails_before_the_first_epoch(tmp_path: Path, monkeypatch) -> None:
     real = shutil.disk_usage
     monkeypatch.setattr(
-        "imgcls.checkpointing.storage.shutil.disk_usage",
+        "imgcls.checkpointing.atomic_io.shutil.disk_usage",
         lambda p: real(p)._replace(free=20 * 1024 * 1024),
     )
     with pytest.raises(

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from imgcls.builder import build_datamodule
 from imgcls.checkpointing.load import load_classifier
-from imgcls.checkpointing.resume_plan import check_resume_plan
+from imgcls.checkpointing.resume import check_resume_plan
 from imgcls.checkpointing.safe_config import UnsafeCheckpointError
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.models.classifier import ImageClassifier

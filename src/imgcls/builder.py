@@ -44,9 +44,8 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
 
 
 def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
-    """Keep the resolved data config in the datamodule's hparams: Lightning writes it into every
-    checkpoint (``datamodule_hyper_parameters``), so eval can find the run's data without its
-    run dir (see ``imgcls.tasks.run_data``)."""
+    """The resolved data config goes into every checkpoint (``datamodule_hyper_parameters``), so
+    eval finds the run's data without its run dir."""
     from imgcls.tasks.run_data import data_hparams
 
     dm.save_hyperparameters(data_hparams(cfg), logger=False)
@@ -61,15 +60,13 @@ def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
 
 
 def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
-    """Instantiate every entry with a ``_target_`` of a callbacks/logger group."""
-    out: list[Any] = []
-    if not group:
-        return out
-    for name, conf in group.items():
-        if isinstance(conf, DictConfig) and "_target_" in conf:
-            log.info("%s: %s (%s)", what, name, conf._target_)
-            out.append(instantiate(conf))
-    return out
+    """Every entry with a ``_target_`` of a callbacks/logger group."""
+    confs = {
+        k: c for k, c in (group or {}).items() if isinstance(c, DictConfig) and "_target_" in c
+    }
+    for name, conf in confs.items():
+        log.info("%s: %s (%s)", what, name, conf._target_)
+    return [instantiate(conf) for conf in confs.values()]
 
 
 def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Logger]]:
@@ -77,10 +74,9 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Lo
     loggers = _instantiate_group(cfg.get("logger"), "logger")
     if not loggers:
         # LearningRateMonitor refuses to run without a logger; logger=none should just work.
-        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        if dropped:
+        if any(isinstance(c, LearningRateMonitor) for c in callbacks):
             log.info("no logger: LearningRateMonitor disabled")
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.world_size > 1:  # ranks stop on SIGTERM together (nothing to agree on alone)
         agreement = SigtermAgreement()

@@ -26,12 +26,8 @@ class TrainingError(UserError):
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
-    """The ``UserError`` behind ``exc``, also when a library wrapped it.
-
-    ``hydra.utils.instantiate`` re-raises whatever a constructor raises as an
-    ``InstantiationException`` (e.g. a net's ``ConfigError`` for a too-small image); the
-    user still needs the original message, not a traceback.
-    """
+    """The ``UserError`` behind ``exc``, also when a library wrapped it (``hydra.utils.instantiate``
+    re-raises a constructor's ``ConfigError`` as an ``InstantiationException``)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, UserError):

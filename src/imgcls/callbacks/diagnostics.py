@@ -1,14 +1,9 @@
 """TensorBoard diagnostics: confusion matrix, per-class precision/recall/F1, misclassified images.
 
-Accuracy alone hides *which* classes fail and *how*. This callback reads the logits that
-``validation_step``/``test_step`` return (no second forward pass), accumulates torchmetrics
-state on the device, and at the end of a validation epoch (every ``every_n_epochs``) and of a
-test run writes to the TensorBoard logger:
-
-- ``<stage>/confusion_matrix`` image (rows true, columns predicted, row-normalized colors);
-- ``<stage>/per_class`` text table (precision, recall, F1, support per class) and the scalar
-  ``<stage>/f1_macro``;
-- ``<stage>/misclassified`` image grid captioned with true and predicted class names.
+Accuracy alone hides *which* classes fail and *how*. The logits ``validation_step``/``test_step``
+return (no second forward pass) feed torchmetrics state on the device; at the end of a validation
+epoch (every ``every_n_epochs``) and of a test run: ``<stage>/confusion_matrix``,
+``<stage>/per_class`` (table) and ``<stage>/f1_macro``, ``<stage>/misclassified`` (image grid).
 """
 
 from __future__ import annotations
@@ -35,7 +30,6 @@ log = logging.getLogger(__name__)
 
 
 def _spec(pl_module: L.LightningModule) -> DataSpec:
-    """The ``DataSpec`` of an ``ImageClassifier`` (names, channels, normalization)."""
     return cast(DataSpec, pl_module.spec)
 
 
@@ -45,25 +39,17 @@ def per_class_table(class_names: list[str], values: dict[str, Tensor], support: 
     p, r, f = values["precision"], values["recall"], values["f1"]
     for i, name in enumerate(class_names):
         lines.append(f"| {name} | {p[i]:.4f} | {r[i]:.4f} | {f[i]:.4f} | {int(support[i])} |")
-    lines.append(
+    macro = (
         f"| **macro** | {p.mean():.4f} | {r.mean():.4f} | {f.mean():.4f} | {int(support.sum())} |"
     )
-    return "\n".join(lines)
+    return "\n".join([*lines, macro])
 
 
 class ClassificationDiagnostics(L.Callback):
-    """Confusion matrix, per-class metrics and misclassified examples, written to TensorBoard.
-
-    Args:
-        every_n_epochs: write validation diagnostics every N epochs (the last epoch of a fit
-            counts as well); 0 turns validation diagnostics off.
-        on_test: write them at the end of ``trainer.test`` too.
-        max_misclassified: misclassified images shown in the grid (0: no grid), sampled across
-            true classes: a seeded reservoir per class, then one class after the other, so a
-            class-sorted split does not fill the grid with its first class's errors.
-        grid_columns: images per row of the grid.
-        tile_size: pixel size of each grid image (small images are upscaled, nearest).
-    """
+    """Writes the diagnostics every ``every_n_epochs`` (and the last epoch; 0: never) and at
+    test (``on_test``). The ``max_misclassified`` grid images are a seeded reservoir per true
+    class taken one class after the other, so a class-sorted split does not fill it with one
+    class's errors."""
 
     def __init__(
         self,
@@ -86,11 +72,9 @@ class ClassificationDiagnostics(L.Callback):
         self._rng = torch.Generator()
         self._warned = False
 
-    # -- set-up --------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         k = _spec(pl_module).num_classes
-        # validate_args=False: the inputs are the model's own logits and validated labels;
-        # the checks would cost more than the update itself.
+        # the model's own logits and validated labels: the checks would cost more than the update
         opts: dict[str, Any] = {"num_classes": k, "validate_args": False}
         self.metrics = MetricCollection(
             {
@@ -100,9 +84,6 @@ class ClassificationDiagnostics(L.Callback):
                 "f1": MulticlassF1Score(average="none", **opts),
             }
         ).to(pl_module.device)
-
-    def _tensorboard(self, trainer: L.Trainer) -> TensorBoardLogger | None:
-        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
     def _due(self, trainer: L.Trainer) -> bool:
         if trainer.sanity_checking or self.every_n_epochs <= 0:
@@ -119,7 +100,6 @@ class ClassificationDiagnostics(L.Callback):
         self._rng.manual_seed(0)  # the same errors shown for the same predictions
         self._active = True
 
-    # -- collection ----------------------------------------------------------------------------
     def _collect(self, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
         if not self._active:
             return
@@ -138,12 +118,6 @@ class ClassificationDiagnostics(L.Callback):
         if self.max_misclassified > 0 and is_image:
             self._sample_errors(pl_module, x, y, preds, logits)
 
-    def _per_class_cap(self, num_classes: int) -> int:
-        # room for twice a fair share per class: enough to fill the grid when some classes
-        # have few errors, bounded memory (display uint8) with many classes
-        share = -(-self.max_misclassified // max(1, min(num_classes, self.max_misclassified)))
-        return 2 * share
-
     def _sample_errors(
         self, pl_module: L.LightningModule, x: Tensor, y: Tensor, preds: Tensor, logits: Tensor
     ) -> None:
@@ -152,7 +126,10 @@ class ClassificationDiagnostics(L.Callback):
         if not len(idx):
             return
         spec = _spec(pl_module)
-        cap = self._per_class_cap(spec.num_classes)
+        # twice a fair share per class: fills the grid when some classes have few errors, with
+        # bounded memory (display uint8) for many classes
+        n = self.max_misclassified
+        cap = 2 * -(-n // max(1, min(spec.num_classes, n)))
         conf = logits[idx].float().softmax(1).gather(1, preds[idx, None]).flatten().cpu()
         images = to_display_uint8(x[idx], spec.mean, spec.std)
         for j, (t, p) in enumerate(zip(y[idx].tolist(), preds[idx].tolist(), strict=True)):
@@ -182,38 +159,32 @@ class ClassificationDiagnostics(L.Callback):
         if self._due(trainer):
             self._start(pl_module)
 
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        self._collect(pl_module, outputs, batch)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._active:
-            self._write(trainer, pl_module, "val")
-
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._active = False
         if self.on_test:
             self._start(pl_module)
 
-    def on_test_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args: Any) -> None:
         self._collect(pl_module, outputs, batch)
 
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._active:
-            self._write(trainer, pl_module, "test")
+    on_test_batch_end = on_validation_batch_end
 
-    # -- output --------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "test")
+
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self._active:
+            return
         self._active = False
         assert self.metrics is not None
         values = self.metrics.compute()  # every rank: torchmetrics syncs the state across ranks
         self.metrics.reset()
         # a float: the value is already synced across ranks (no sync_dist, no warning about it)
         pl_module.log(f"{stage}/f1_macro", float(values["f1"].mean()))
-        tb = self._tensorboard(trainer)
+        tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if tb is None or not trainer.is_global_zero:
             self._pool = {}
             return
@@ -225,16 +196,13 @@ class ClassificationDiagnostics(L.Callback):
         cm = values["confusion"].cpu()
         title = f"{stage} confusion matrix, step {step} (rows: true, columns: predicted)"
         exp.add_image(f"{stage}/confusion_matrix", confusion_matrix_image(cm, names, title), step)
-        table = per_class_table(
-            names, {k: values[k].cpu() for k in ("precision", "recall", "f1")}, cm.sum(1)
-        )
-        exp.add_text(f"{stage}/per_class", table, step)
+        per_class = {k: values[k].cpu() for k in ("precision", "recall", "f1")}
+        exp.add_text(f"{stage}/per_class", per_class_table(names, per_class, cm.sum(1)), step)
         errors = self._grid_errors()
         if errors:
             captions = [f"true {names[t]}\npred {names[p]} ({c:.0%})" for _, t, p, c in errors]
-            grid = captioned_grid(
-                torch.stack([e[0] for e in errors]), captions, self.tile_size, self.grid_columns
-            )
+            images = torch.stack([e[0] for e in errors])
+            grid = captioned_grid(images, captions, self.tile_size, self.grid_columns)
             exp.add_image(f"{stage}/misclassified", grid, step)
         self._pool = {}
         exp.flush()

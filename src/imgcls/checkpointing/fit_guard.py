@@ -1,12 +1,7 @@
-"""What ``train`` does so that a run survives kills, preemption, full disks and NaNs.
-
-* before anything is built: the run dir must be writable;
-* before fitting: enough free disk for the checkpoints; the checkpoint to resume from (if any)
-  is chosen, read safely and checked against the configured model and data; loggers are set
-  to continue the run's curves;
-* around fitting: a non-finite loss or weights ends the run with one message naming the step
-  and the last good checkpoint; SIGTERM ends it (after ``LastCheckpoint`` saved) with the
-  command that continues it.
+"""How ``train`` survives kills, preemption, full disks and NaNs: checks before building
+(writable run dir, a safe checkpoint to start from), before fitting (free disk, the resume
+checkpoint verified against the built model and data, loggers continued), and around fitting
+(one message naming the step, the last good checkpoint and the command that continues).
 """
 
 from __future__ import annotations
@@ -24,32 +19,43 @@ from omegaconf import DictConfig
 
 from imgcls.builder import Built
 from imgcls.checkpointing import preemption
-from imgcls.checkpointing.atomic_io import use_atomic_checkpoint_io
-from imgcls.checkpointing.last_checkpoint import LastCheckpoint, command_line_overrides
-from imgcls.checkpointing.load import check_checkpoint_fits, produced_by
-from imgcls.checkpointing.resume import ResumePoint, continue_loggers, find_resume_checkpoint
-from imgcls.checkpointing.resume_plan import check_resume_plan
-from imgcls.checkpointing.safe_load import read_safe_checkpoint, validate_checkpoint
-from imgcls.checkpointing.storage import check_free_space, check_writable, checkpoint_size_estimate
+from imgcls.checkpointing.atomic_io import (
+    check_free_space,
+    check_writable,
+    checkpoint_size_estimate,
+    use_atomic_checkpoint_io,
+)
+from imgcls.checkpointing.last_checkpoint import LastCheckpoint
+from imgcls.checkpointing.load import (
+    check_checkpoint_fits,
+    produced_by,
+    read_safe_checkpoint,
+    validate_checkpoint,
+)
+from imgcls.checkpointing.resume import (
+    ResumePoint,
+    check_resume_plan,
+    continue_loggers,
+    find_resume_checkpoint,
+)
+from imgcls.checkpointing.safe_config import register_nets_from_config
 from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError
+from imgcls.utils.console import command_line_overrides
 
 log = logging.getLogger(__name__)
 
-# exit status of a process stopped by SIGTERM / SIGINT (128 + signal), as shells expect
+# 128 + signal, as shells expect
 SIGTERM_EXIT_CODE = 143
 SIGINT_EXIT_CODE = 130
 
 
-def check_run_dir(cfg: DictConfig) -> None:
-    """The run dir is writable (checked before data loading, which may take long)."""
+def check_before_build(cfg: DictConfig) -> None:
+    """Before data loading (which may take long): the run dir is writable, and the checkpoint
+    to start from is readable and safe (the refusal is all that is printed);
+    ``prepare_checkpoint`` checks it again against the built model."""
     check_writable(cfg.paths.output_dir)
-
-
-def check_resume_source(cfg: DictConfig) -> None:
-    """Refuse an unreadable or unsafe checkpoint to start from before data and trainer are
-    built (fast, and the refusal is the only thing printed); ``prepare_checkpoint`` checks the
-    chosen file again against the built model."""
+    register_nets_from_config(cfg)  # users' own nets that the checkpoint may name
     requested = cfg.get("ckpt_path")
     if requested in ("hpc", "best"):
         return
@@ -62,7 +68,7 @@ def check_resume_source(cfg: DictConfig) -> None:
 
 
 def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:
-    """Where this run's checkpoints live (the ``LastCheckpoint``/``ModelCheckpoint`` dir)."""
+    """The ``LastCheckpoint``/``ModelCheckpoint`` dir, where resume looks."""
     for cls in (LastCheckpoint, ModelCheckpoint):
         for cb in built.callbacks:
             if isinstance(cb, cls) and cb.dirpath:
@@ -71,12 +77,8 @@ def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:
 
 
 def _resume_command(cfg: DictConfig) -> str:
-    """The command that continues this run: its own overrides plus ``resume=<run dir>``."""
-    own = [
-        o
-        for o in command_line_overrides()
-        if o.split("=")[0].lstrip("+~") not in ("resume", "ckpt_path", "hydra.run.dir")
-    ]
+    skip = ("resume", "ckpt_path", "hydra.run.dir")
+    own = [o for o in command_line_overrides() if o.split("=")[0].lstrip("+~") not in skip]
     args = [f"resume={cfg.paths.output_dir}", *own]
     return "python src/train.py " + " ".join(shlex.quote(a) for a in args)
 
@@ -84,10 +86,8 @@ def _resume_command(cfg: DictConfig) -> str:
 def _verified(path: Path, built: Built) -> ResumePoint:
     point = ResumePoint(path, read_safe_checkpoint(path))
     assert built.model is not None
-    net = built.model.hparams["net"].get("_target_")
-    check_checkpoint_fits(
-        point.checkpoint, built.model, path, f"the model configured for this run (net={net})"
-    )
+    target = f"the model configured for this run (net={built.model.hparams['net'].get('_target_')})"
+    check_checkpoint_fits(point.checkpoint, built.model, path, target)
     spec = (point.checkpoint.get("hyper_parameters") or {}).get("spec")
     if spec:
         mismatch = DataSpec.from_dict(spec).incompatibilities(built.datamodule.spec)
@@ -101,29 +101,21 @@ def _verified(path: Path, built: Built) -> ResumePoint:
 
 
 def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
-    """Set up checkpointing for ``train`` and return the ``ckpt_path`` to use.
-
-    With ``train=true``: the checkpoint to resume from, or ``None`` for a fresh start. With
-    ``train=false``: the (verified) checkpoint to test.
-
-    Raises:
-        ConfigError: not enough free disk space.
-        CheckpointError: the requested checkpoint is missing/unreadable/does not fit.
-    """
+    """Set up checkpointing; return the ``ckpt_path`` for ``fit`` (``None``: a fresh start) or,
+    with ``train=false``, the verified one to test. ``ConfigError``: too little free disk;
+    ``CheckpointError``: the checkpoint is missing/unreadable/does not fit."""
     use_atomic_checkpoint_io(built.trainer)
     requested = cfg.get("ckpt_path")
     if not cfg.get("train"):
         if requested:
             _verified(Path(requested), built)
         return requested
-
     ckpt_dir = checkpoint_dir(cfg, built)
     dirs = [Path(cfg.paths.output_dir), ckpt_dir]
     dirs += [Path(str(lg.save_dir)) for lg in built.loggers if getattr(lg, "save_dir", None)]
     assert built.model is not None
     margin = float((cfg.get("extras") or {}).get("min_free_space_mb", 100))
     check_free_space(dirs, checkpoint_size_estimate(built.model), margin)
-
     if requested in ("hpc", "best"):  # Lightning's own keywords
         return str(requested)
     if requested not in (None, "last"):
@@ -138,14 +130,11 @@ def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
                 )
             return None
         point = _verified(found.path, built)
-    trainer = built.trainer
-    check_resume_plan(
-        point.checkpoint, built.model.hparams, trainer.max_epochs, trainer.max_steps, point.path
-    )
-    log.info(
-        "resuming from %s (epoch %d, global step %d)", point.path, point.epoch, point.global_step
-    )
-    continue_loggers(built.loggers, point.logger_step)
+    limits = built.trainer.max_epochs, built.trainer.max_steps
+    check_resume_plan(point.checkpoint, built.model.hparams, *limits, point.path)
+    where = f"{point.path} (epoch {point.epoch}, global step {point.global_step})"
+    log.info("resuming from %s", where)
+    continue_loggers(built.loggers, point.global_step)
     return str(point.path)
 
 
@@ -161,17 +150,13 @@ def _last_good(ckpt_dir: Path) -> str:
 
 @contextlib.contextmanager
 def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
-    """Turn the ways a fit can stop on purpose into one clear message each.
-
-    A resumed run that had already trained to the end fits nothing; it is validated once so
-    that it reports the same metrics (``val/acc_best``, ``optimized_metric``) as a full run.
-    """
+    """One clear message for each way a fit stops on purpose. A resumed run that had already
+    finished fits nothing: it is validated once so it reports the metrics a full run does."""
+    trainer = built.trainer
     try:
         yield
-        trainer = built.trainer
-        if trainer.state.finished and not any(
-            k.startswith("val/") for k in trainer.callback_metrics
-        ):
+        validated = any(k.startswith("val/") for k in trainer.callback_metrics)
+        if trainer.state.finished and not validated:
             log.info("training had already finished: validating the restored model")
             trainer.validate(built.model, datamodule=built.datamodule, verbose=False)
     except FloatingPointError as e:  # raised by the training step / LastCheckpoint
@@ -182,11 +167,10 @@ def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
             f"over with a lower learning rate"
         ) from None
     except SystemExit as e:
-        # SIGTERMException; Lightning turns Ctrl+C into sys.exit(1) after its on_exception hooks
+        # Lightning turns Ctrl+C into sys.exit(1) after its on_exception hooks
         sigterm = isinstance(e, SIGTERMException)
-        if not sigterm and not built.trainer.interrupted:
+        if not sigterm and not trainer.interrupted:
             raise
-        trainer = built.trainer
         msg = (
             f"stopped by {'SIGTERM' if sigterm else 'Ctrl+C'} at global step {trainer.global_step} "
             f"(epoch {trainer.current_epoch}); {_last_good(checkpoint_dir(cfg, built))}. "

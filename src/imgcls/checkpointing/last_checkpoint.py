@@ -1,20 +1,10 @@
 """``checkpoints/last.ckpt``: always the newest resumable, finite training state.
 
-Lightning's ``ModelCheckpoint(save_last=True, monitor=...)`` refreshes ``last.ckpt`` only when a
-top-k file is written, i.e. only when the monitored metric improves; and its
-``every_n_train_steps`` trigger excludes per-epoch saves. A resume must lose as little as
-possible, so this callback owns ``last.ckpt`` and writes it
-
-* every ``every_n_train_steps`` optimizer steps (a kill loses at most that many steps),
-* at the end of every training epoch (after validation and after the best-model checkpoint has
-  updated its state, which is part of the file),
-* when the process is told to stop: SIGTERM (SLURM preemption, ``kill``) or Ctrl+C,
-* when training ends.
-
-It refuses to write weights that are not finite, so a diverged run never overwrites the last good
-state, and it stores the global RNG states (torch, CUDA, numpy, python) so a resumed run draws the
-same random numbers as an uninterrupted one. Everything it stores is plain data: the file loads
-under ``torch.load(weights_only=True)``.
+Lightning's ``save_last`` refreshes ``last.ckpt`` only when the monitored metric improves. This
+callback writes it every ``every_n_train_steps`` steps, at every epoch end (after the best-model
+checkpoint updated its state), on SIGTERM / Ctrl+C and at training end; never with non-finite
+weights; with the RNG states so a resumed run draws the same numbers. All of it is plain data
+(loads with ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -31,6 +21,8 @@ from lightning.fabric.utilities.seed import _collect_rng_states
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from imgcls.utils.console import command_line_overrides
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +60,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(inner), py_gauss))
 
 
-def command_line_overrides() -> list[str]:
-    """The command-line overrides of this run (shown when a checkpoint does not fit a config)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return [str(o) for o in HydraConfig.get().overrides.task]
-    except (ValueError, ImportError):  # no Hydra context
-        return []
-
-
 class LastCheckpoint(Checkpoint):
-    """Keep ``<dirpath>/<filename>.ckpt`` equal to the newest resumable training state.
-
-    Args:
-        dirpath: checkpoint directory (default: ``<trainer.default_root_dir>/checkpoints``).
-        filename: file stem; ``last`` gives ``last.ckpt``.
-        every_n_train_steps: also save every N optimizer steps; ``None``/0: epoch ends only.
-        save_on_interrupt: save when SIGTERM or Ctrl+C stops the run.
-    """
+    """Keep ``<dirpath>/<filename>.ckpt`` (default dir: ``<default_root_dir>/checkpoints``)
+    equal to the newest resumable state; ``every_n_train_steps`` None/0: epoch ends only."""
 
     def __init__(
         self,
@@ -102,8 +78,8 @@ class LastCheckpoint(Checkpoint):
         self.filename = filename
         self.every_n_train_steps = int(every_n_train_steps or 0)
         self.save_on_interrupt = save_on_interrupt
-        # (global step, "batch" | "epoch") of the newest file: a save at an epoch end must
-        # replace one made by the step trigger at the same step (validation ran in between)
+        # (global step, "batch" | "epoch") of the newest file: an epoch-end save replaces a step
+        # save at the same step (validation ran in between)
         self._last_saved: tuple[int, str] | None = None
         self._fitting = False
         self._overrides = command_line_overrides()
@@ -113,14 +89,12 @@ class LastCheckpoint(Checkpoint):
         assert self.dirpath is not None, "setup() has not run"
         return self.dirpath / f"{self.filename}.ckpt"
 
-    # -- hooks ------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"
         if self.dirpath is None:
             self.dirpath = Path(trainer.default_root_dir) / "checkpoints"
-        # Run after every other checkpoint callback so that the state they put into the file
-        # (best model path and score) is already updated. Assigning a new list (instead of
-        # mutating) keeps the hook loop that is calling us intact.
+        # Run after the other checkpoint callbacks so their state in the file is current; a new
+        # list (not mutation) keeps the hook loop that is calling us intact.
         callbacks = trainer.callbacks  # type: ignore[attr-defined]
         if callbacks and callbacks[-1] is not self:
             trainer.callbacks = [c for c in callbacks if c is not self] + [self]  # type: ignore[attr-defined]
@@ -128,18 +102,14 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
     ) -> None:
-        interrupted = self.save_on_interrupt and trainer.received_sigterm
-        periodic = (
-            self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0
-        )
-        if interrupted or periodic:
-            self._save(
-                trainer, pl_module, "SIGTERM received" if interrupted else "periodic", "batch"
-            )
+        n = self.every_n_train_steps
+        if self.save_on_interrupt and trainer.received_sigterm:
+            self._save(trainer, pl_module, "SIGTERM received", "batch")
+        elif n > 0 and trainer.global_step % n == 0:
+            self._save(trainer, pl_module, "periodic", "batch")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Checked here, before any checkpoint callback saves at validation end: a diverged
-        # model must not become "best" either.
+        # before any checkpoint callback saves at validation end: a diverged model is not "best"
         if not trainer.sanity_checking:
             self._check_finite(trainer, pl_module)
 
@@ -153,14 +123,12 @@ class LastCheckpoint(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not self.save_on_interrupt or not isinstance(
-            exception, SIGTERMException | KeyboardInterrupt
-        ):
+        stopped = isinstance(exception, SIGTERMException | KeyboardInterrupt)
+        if not (self.save_on_interrupt and stopped):
             return
         what = "SIGTERM" if isinstance(exception, SIGTERMException) else "interrupt"
         if trainer.validating:
-            # Validation metrics are not part of a checkpoint: a file written now would resume
-            # with a partial validation. The newest file from training stays the resume point.
+            # a file written now would resume with a partial validation
             log.warning("%s during validation: resume from %s", what, self.path)
             return
         if first_non_finite(pl_module) is not None:
@@ -168,18 +136,15 @@ class LastCheckpoint(Checkpoint):
             return
         self._save(trainer, pl_module, what, "batch")
 
-    # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"rng_states": rng_states(), "overrides": list(self._overrides)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Restored right before the training dataloader draws its shuffling seed (the sanity
-        # check in between runs under isolate_rng), so an epoch-end resume shuffles and augments
-        # exactly like the uninterrupted run. Testing a checkpoint leaves the RNG alone.
+        # Restored right before the train dataloader draws its shuffling seed, so a resume
+        # shuffles and augments like the uninterrupted run; testing leaves the RNG alone.
         if self._fitting and state_dict.get("rng_states"):
             set_rng_states(state_dict["rng_states"])
 
-    # -- internals ----------------------------------------------------------------------------------
     def _check_finite(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         bad = first_non_finite(pl_module)
         if bad is not None:
@@ -194,15 +159,13 @@ class LastCheckpoint(Checkpoint):
         fast_dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]
         if fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        if (
-            self._last_saved is not None
-            and self._last_saved[0] == step
-            and (kind == "batch" or self._last_saved[1] == kind)
-        ):
+        last = self._last_saved
+        if last is not None and last[0] == step and (kind == "batch" or last[1] == kind):
             return
         self._check_finite(trainer, pl_module)
         trainer.save_checkpoint(self.path, weights_only=False)  # full state, said explicitly
         self._last_saved = (step, kind)
-        routine = why in ("periodic", "epoch end", "training end")
-        level = logging.DEBUG if routine else logging.WARNING
+        level = (
+            logging.DEBUG if why in ("periodic", "epoch end", "training end") else logging.WARNING
+        )
         log.log(level, "saved %s at global step %d (%s)", self.path, step, why)

@@ -1,7 +1,10 @@
-"""Safe checkpoint loading: ``weights_only=True`` always, clear errors for every failure."""
+"""Every way a checkpoint becomes a model: ``torch.load(weights_only=True)`` (never runs code
+from the file), then the whole ``hyper_parameters`` tree is validated against the registry
+(``safe_config``) before any class is resolved; each failure is one clear ``CheckpointError``."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Mapping
@@ -10,20 +13,16 @@ from typing import Any
 
 import torch
 
+from imgcls.checkpointing.safe_config import UnsafeCheckpointError, validate_hparams
 from imgcls.errors import CheckpointError
-from imgcls.models.compiled import plain_key
+from imgcls.models.compiled import plain_key, plain_state_dict
 
 log = logging.getLogger(__name__)
 
 
 def load_checkpoint_dict(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (never runs code from the file).
-
-    ``mmap=True`` maps the tensors instead of reading them (cheap for picking a file).
-
-    Raises:
-        CheckpointError: missing, truncated/corrupt, or not a Lightning checkpoint.
-    """
+    """Read a checkpoint with ``weights_only=True`` (``mmap``: cheap for picking a file); a
+    missing, corrupt or non-Lightning file is a ``CheckpointError``."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
@@ -38,6 +37,24 @@ def load_checkpoint_dict(path: str | Path, mmap: bool = False) -> dict[str, Any]
     return ckpt
 
 
+def validate_checkpoint(ckpt: Mapping[str, Any], path: str | Path | None = None) -> None:
+    """Raise ``UnsafeCheckpointError`` (naming the file) unless the stored config is data only."""
+    hparams = ckpt.get("hyper_parameters")
+    if hparams is None:
+        return
+    try:
+        validate_hparams(hparams)
+    except UnsafeCheckpointError as e:
+        where = f"checkpoint {path}: " if path is not None else ""
+        raise UnsafeCheckpointError(f"{where}{e}") from None
+
+
+def read_safe_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    ckpt = load_checkpoint_dict(path, mmap=mmap)
+    validate_checkpoint(ckpt, path)
+    return ckpt
+
+
 def _names(keys: list[str], limit: int = 6) -> str:
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -46,8 +63,7 @@ def _names(keys: list[str], limit: int = 6) -> str:
 def state_dict_mismatches(
     ckpt_state: Mapping[str, Any], model_state: Mapping[str, Any], limit: int = 12
 ) -> list[str]:
-    """Differences that would make ``load_state_dict(strict=True)`` fail: each layer whose shape
-    differs, then the layers only the model / only the checkpoint has."""
+    """Why ``load_state_dict(strict=True)`` would fail: shape mismatches, then missing/extra keys."""
     theirs = {plain_key(k): v for k, v in ckpt_state.items()}
     own = {plain_key(k): v for k, v in model_state.items()}
     problems = [
@@ -56,9 +72,8 @@ def state_dict_mismatches(
         if k in own and hasattr(v, "shape") and hasattr(own[k], "shape") and v.shape != own[k].shape
     ]
     if len(problems) > limit:
-        problems = problems[:limit] + [
-            f"... and {len(problems) - limit} more layers of another shape"
-        ]
+        more = f"... and {len(problems) - limit} more layers of another shape"
+        problems = [*problems[:limit], more]
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))
     if missing:
@@ -86,11 +101,8 @@ def produced_by(ckpt: Mapping[str, Any]) -> str:
 def run_overrides(ckpt: Mapping[str, Any]) -> list[str] | None:
     """Command-line overrides of the run that wrote ``ckpt`` (stored by ``LastCheckpoint``)."""
     for key, state in (ckpt.get("callbacks") or {}).items():
-        if (
-            str(key).startswith("LastCheckpoint")
-            and isinstance(state, Mapping)
-            and "overrides" in state
-        ):
+        ours = str(key).startswith("LastCheckpoint") and isinstance(state, Mapping)
+        if ours and "overrides" in state:
             return [str(o) for o in state["overrides"]]
     return None
 
@@ -98,14 +110,8 @@ def run_overrides(ckpt: Mapping[str, Any]) -> list[str] | None:
 def check_checkpoint_fits(
     ckpt: Mapping[str, Any], model: torch.nn.Module, path: str | Path, target: str
 ) -> None:
-    """Raise one ``CheckpointError`` naming every mismatched layer and the checkpoint's config.
-
-    Args:
-        ckpt: the loaded checkpoint.
-        model: the model the weights are meant for.
-        path: checkpoint file (for the message).
-        target: what ``model`` is, e.g. "the model configured for this run".
-    """
+    """One ``CheckpointError`` naming every mismatched layer and the checkpoint's config;
+    ``target`` says what ``model`` is (e.g. "the model configured for this run")."""
     problems = state_dict_mismatches(ckpt["state_dict"], model.state_dict())
     if problems:
         raise CheckpointError(
@@ -115,20 +121,61 @@ def check_checkpoint_fits(
         )
 
 
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Rebuild an ``ImageClassifier`` from a checkpoint alone (net and data spec come from it),
-    in eval mode; the stored config is validated as data first (``imgcls.checkpointing``).
+def check_loaded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
+    """``on_load_checkpoint`` of a model a Trainer restores: refuse an unsafe stored config and
+    a resume that cannot continue; strip ``_orig_mod.``."""
+    from imgcls.checkpointing.resume import check_resume_plan
 
-    Raises:
-        CheckpointError: unreadable file, an unsafe stored config, or weights that do not fit
-            the stored config (the message names each mismatched layer).
-    """
-    from imgcls.checkpointing.safe_load import load_safe_classifier
+    trainer = getattr(module, "_trainer", None)
+    path = getattr(trainer, "ckpt_path", None)
+    validate_checkpoint(checkpoint, path)
+    if trainer is not None and trainer.state.fn == "fit":
+        check_resume_plan(checkpoint, module.hparams, trainer.max_epochs, trainer.max_steps, path)
+    checkpoint["state_dict"] = plain_state_dict(checkpoint["state_dict"])
+
+
+def load_safe_classifier(
+    cls: type,
+    path: str | Path,
+    map_location: Any = None,
+    strict: bool | None = None,
+    weights_only: bool | None = None,
+    hparams_file: Any = None,
+    **overrides: Any,
+) -> Any:
+    """``ImageClassifier.load_from_checkpoint`` with the stored config as data; ``overrides``
+    replace stored hyper-parameters and are validated the same way."""
+    if weights_only is False:
+        raise CheckpointError(
+            f"{path}: weights_only=False is not supported; ImageClassifier checkpoints are "
+            f"always read with weights_only=True"
+        )
+    if hparams_file is not None:
+        raise CheckpointError(
+            f"{path}: hparams_file is not supported; the hyper-parameters come from the "
+            f"checkpoint (pass overrides as keyword arguments)"
+        )
+    ckpt = read_safe_checkpoint(path)
+    stored = ckpt.get("hyper_parameters")
+    if not stored or "net" not in stored or "spec" not in stored:
+        raise CheckpointError(f"{path} has no ImageClassifier hyper-parameters (net/spec)")
+    hparams = {**stored, **overrides}
+    validate_checkpoint({"hyper_parameters": hparams}, path)
+    accepted = inspect.signature(cls).parameters
+    model = cls(**{k: v for k, v in hparams.items() if k in accepted})
+    if strict is not False:
+        check_checkpoint_fits(ckpt, model, path, "the model built from its own config")
+    model.load_state_dict(plain_state_dict(ckpt["state_dict"]), strict=strict is not False)
+    if isinstance(map_location, str | torch.device):
+        model = model.to(map_location)
+    return model
+
+
+def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """An ``ImageClassifier`` in eval mode from a checkpoint alone (net and data spec from it)."""
     from imgcls.models.classifier import ImageClassifier
 
-    model = load_safe_classifier(ImageClassifier, path)
-    model.eval()
-    return model.to(map_location)
+    return load_safe_classifier(ImageClassifier, path).eval().to(map_location)
 
 
 def use_tta(model: Any, cfg: Mapping[str, Any]) -> Any:

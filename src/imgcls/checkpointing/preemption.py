@@ -1,18 +1,11 @@
 """SIGTERM under DDP: every rank stops after the same optimizer step, with the same last.ckpt.
 
-Lightning's own SIGTERM handler broadcasts from inside the signal handler (a collective at
-whatever point the signal lands) and each rank then acts on its *own* flag: ranks can end up
-in different collectives (one saving a checkpoint, another in the next step's broadcast) and
-wait for each other forever. :class:`SigtermAgreement` (added by the builder when the trainer
-has more than one rank) replaces that handler during ``fit`` with one that only sets a local
-flag. After every training step the ranks all-reduce the flag (one 4-byte ``MAX`` over a gloo
-group: no device sync, even under NCCL); when any rank was signalled, all of them set
-Lightning's ``received_sigterm`` at the same step, so ``LastCheckpoint`` saves the same
-``last.ckpt`` on all of them and Lightning stops them at the same point (exit 143).
-
-A rank that Lightning started from rank 0 then waits (bounded) for rank 0 to exit before it
-exits itself: Lightning's child-process observer in rank 0 would otherwise take that rank's
-exit code 143 for a crash and SIGKILL rank 0 while it is finishing.
+Lightning's handler broadcasts from inside the signal handler and each rank acts on its own
+flag, so ranks can wait in different collectives forever. :class:`SigtermAgreement` (added by
+the builder for multi-rank trainers) only sets a local flag; after every training step the ranks
+all-reduce it (4 bytes over gloo, no device sync) and all set ``received_sigterm`` at the same
+step. A rank started by rank 0 then waits for rank 0 to exit first: Lightning's child observer
+in rank 0 would take its exit code 143 for a crash and SIGKILL rank 0 while it finishes.
 """
 
 from __future__ import annotations
@@ -34,8 +27,6 @@ log = logging.getLogger(__name__)
 
 
 class SigtermAgreement(L.Callback):
-    """Ranks agree on SIGTERM once per training step (one small all-reduce; DDP only)."""
-
     def __init__(self) -> None:
         self._signalled = False
         self._active = False
@@ -56,17 +47,13 @@ class SigtermAgreement(L.Callback):
         if trainer.local_rank > 0 and isinstance(env, LightningEnvironment):
             self._launcher_pid = os.getppid()  # rank 0 of this node started us
 
-    def _install(self) -> None:
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning registers its handler after setup/on_fit_start; replace it now (its
         # teardown restores the handler from before fit).
         if self._active and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()
+    on_train_start = on_sanity_check_start
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         # No collective and no logging here: the handler runs between any two bytecodes.
@@ -80,11 +67,8 @@ class SigtermAgreement(L.Callback):
         self._flag.fill_(int(self._signalled))
         dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
         if self._flag.item() and not trainer.received_sigterm:
-            log.warning(
-                "SIGTERM: all %d ranks stop after global step %d",
-                trainer.world_size,
-                trainer.global_step,
-            )
+            n, step = trainer.world_size, trainer.global_step
+            log.warning("SIGTERM: all %d ranks stop after global step %d", n, step)
             trainer._signal_connector.received_sigterm = True  # what Lightning's handler sets
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -1,17 +1,10 @@
 """Checkpoint-held configs are data: an explicit registry of what a stored config may name.
 
-A checkpoint's ``hyper_parameters`` name a net, an optimizer and a scheduler. Nothing read from
-a file is handed to ``hydra.utils.instantiate``: the whole tree is validated first, then each of
-the three names is resolved against the registry below and called with plain keyword values.
-
-* ``net._target_``: a project net by exact class path or short name (``lenet``, ``mlp``,
-  ``simple_cnn``, ``resnet``, ``timm``), or a user net registered through config
-  (``extras.allowed_nets``, never through a checkpoint).
-* ``optimizer._target_`` / ``scheduler._target_``: an exact list of ``torch.optim`` optimizers and
-  ``torch.optim.lr_scheduler`` schedulers.
-* Any other ``_target_`` (nested anywhere, or at another key) and any other Hydra special key
-  (``_args_``, ``_recursive_``, ``_instantiator``, ...) is refused before anything is imported
-  or called, with one ``UnsafeCheckpointError`` naming the key path and the value.
+Nothing read from a file goes to ``hydra.utils.instantiate``: the whole tree is validated, then
+``net`` (a project net by class path or short name, or a user net registered through config
+``extras.allowed_nets``, never through a checkpoint), ``optimizer`` and ``scheduler`` (exact
+lists from ``torch.optim``) are resolved here and called with plain values. Any other
+``_target_`` or Hydra special key is refused before anything is imported, naming the key path.
 """
 
 from __future__ import annotations
@@ -45,7 +38,7 @@ COMPOSITE_SCHEDULERS = frozenset({"torch.optim.lr_scheduler.SequentialLR"})
 COMPOSITE_PLAN_KEYS = frozenset({"warmup_fraction", "warmup_epochs"})
 SCHEDULERS = frozenset(
     f"torch.optim.lr_scheduler.{n}"
-    for n in (
+    for n in [
         "OneCycleLR",
         "CosineAnnealingLR",
         "CosineAnnealingWarmRestarts",
@@ -56,7 +49,7 @@ SCHEDULERS = frozenset(
         "ConstantLR",
         "PolynomialLR",
         "ReduceLROnPlateau",
-    )
+    ]
 )
 # Hydra keys a stored config may carry at an allowed position (ignored: we call the class)
 HARMLESS_KEYS = frozenset({"_target_", "_partial_"})
@@ -70,11 +63,8 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 def register_nets(paths: Iterable[str]) -> None:
-    """Allow the user's own nets (exact ``module.Class`` paths, from config) in checkpoints.
-
-    Raises:
-        ConfigError: a path that does not name an ``nn.Module`` subclass.
-    """
+    """Allow the user's own nets (exact ``module.Class`` paths, from config) in checkpoints;
+    ``ConfigError`` for a path that does not name an ``nn.Module`` subclass."""
     for path in paths:
         path = str(path)
         cls = _import(path, "extras.allowed_nets")
@@ -89,16 +79,11 @@ def register_nets_from_config(cfg: Mapping[str, Any]) -> None:
     register_nets(extras.get("allowed_nets") or [])
 
 
-def registered_nets() -> dict[str, str]:
-    """Every allowed net target (short names and exact paths) -> exact class path."""
-    table = {path: path for path in [*PROJECT_NETS, *_user_nets]}
-    table.update({short: path for path, short in PROJECT_NETS.items()})
-    return table
-
-
 def _allowed(role: str) -> dict[str, str]:
+    """Every allowed target of ``role`` (short names and exact paths) -> exact class path."""
     if role == "net":
-        return registered_nets()
+        table = {path: path for path in [*PROJECT_NETS, *_user_nets]}
+        return table | {short: path for path, short in PROJECT_NETS.items()}
     names = OPTIMIZERS if role == "optimizer" else SCHEDULERS | COMPOSITE_SCHEDULERS
     table = {n: n for n in names}
     table.update({n.rsplit(".", 1)[1]: n for n in names})  # "Adam" for "torch.optim.Adam"
@@ -119,13 +104,9 @@ def _registry_hint(role: str) -> str:
 
 
 def validate_hparams(hparams: Mapping[str, Any], root: str = "hyper_parameters") -> None:
-    """Check a whole stored hyper-parameter tree before anything is built from it.
-
-    Raises:
-        UnsafeCheckpointError: the first ``_target_`` (or other Hydra special key) found outside
-            ``<root>.{net,optimizer,scheduler}``, or a target there outside the registry; the
-            message names the key path and the value.
-    """
+    """Check a whole stored hyper-parameter tree before anything is built from it: the first
+    special key outside ``<root>.{net,optimizer,scheduler}``, or a target there outside the
+    registry, raises ``UnsafeCheckpointError`` naming the key path and value."""
     if not isinstance(hparams, Mapping):
         raise UnsafeCheckpointError(f"{root} is a {type(hparams).__name__}, not a mapping")
     for key, value in hparams.items():
@@ -179,8 +160,7 @@ def _check_data(value: Any, path: str) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
             if _is_special(key):
-                where = f"{path}.{key}"
-                raise _refusal(where, item, "a nested config may not name code to call")
+                raise _refusal(f"{path}.{key}", item, "a nested config may not name code to call")
             _check_data(item, f"{path}.{key}")
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
@@ -189,7 +169,6 @@ def _check_data(value: Any, path: str) -> None:
         raise _refusal(path, value, f"a {type(value).__name__} is not plain data")
 
 
-# -- building from validated configs --------------------------------------------------------------
 def _import(path: str, what: str) -> Any:
     module, _, name = path.rpartition(".")
     try:
@@ -206,21 +185,14 @@ def resolve(role: str, target: str, what: str | None = None) -> type:
     return _import(table[target], f"{what or role}._target_")
 
 
-def _kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in HARMLESS_KEYS}
-
-
 def call_registered(
     role: str, cfg: Mapping[str, Any], *args: Any, what: str | None = None, **extra: Any
 ) -> Any:
-    """Build ``cfg`` (already validated) as ``Class(*args, **cfg_values, **extra)``.
-
-    Raises:
-        ConfigError: an argument the class does not take (named, with the config key).
-    """
+    """``Class(*args, **cfg_values, **extra)`` for a validated ``cfg``; ``ConfigError`` names an
+    argument the class does not take."""
     what = what or f"model.{role}"
     cls = resolve(role, str(cfg.get("_target_")), what)
-    kwargs = {**_kwargs(cfg), **extra}
+    kwargs = {**{k: v for k, v in cfg.items() if k not in HARMLESS_KEYS}, **extra}
     try:
         inspect.signature(cls).bind(*args, **kwargs)
     except TypeError as e:
@@ -236,16 +208,11 @@ def call_composite(
 ) -> Any:
     """Build a validated composite (SequentialLR): each child through ``call_registered``,
     then the composite with the built children; nothing goes through Hydra."""
-    children = [
-        call_registered(
-            "scheduler",
-            child,
-            optimizer,
-            what=f"model.scheduler.schedulers[{i}]",
-            **(child_extra[i] if i < len(child_extra) else {}),
-        )
-        for i, child in enumerate(cfg["schedulers"])
-    ]
+    children = []
+    for i, child in enumerate(cfg["schedulers"]):
+        extra_i = child_extra[i] if i < len(child_extra) else {}
+        what = f"model.scheduler.schedulers[{i}]"
+        children.append(call_registered("scheduler", child, optimizer, what=what, **extra_i))
     own = {k: v for k, v in cfg.items() if k not in COMPOSITE_PLAN_KEYS and k != "schedulers"}
     return call_registered("scheduler", own, optimizer, schedulers=children, **extra)
 

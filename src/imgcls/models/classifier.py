@@ -148,7 +148,7 @@ class ImageClassifier(L.LightningModule):
         return getattr(self.net, "backbone", None)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        from imgcls.checkpointing.resume_plan import ReplanSchedulerOnResume
+        from imgcls.checkpointing.resume import ReplanSchedulerOnResume
 
         return [*transfer_callbacks(self), ReplanSchedulerOnResume()]
 
@@ -163,7 +163,7 @@ class ImageClassifier(L.LightningModule):
         **kwargs: Any,
     ) -> ImageClassifier:
         """Lightning's, with the stored config validated as data first."""
-        from imgcls.checkpointing.safe_load import load_safe_classifier
+        from imgcls.checkpointing.load import load_safe_classifier
 
         return load_safe_classifier(
             cls, checkpoint_path, map_location, strict, weights_only, hparams_file, **kwargs
@@ -172,7 +172,7 @@ class ImageClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """``trainer.fit(ckpt_path=...)``: refuse an unsafe stored config; accept weights saved
         by older versions under ``net._orig_mod.``."""
-        from imgcls.checkpointing.safe_load import check_loaded_checkpoint
+        from imgcls.checkpointing.load import check_loaded_checkpoint
 
         check_loaded_checkpoint(self, checkpoint)
 

@@ -19,11 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test a checkpoint; the model is rebuilt from the checkpoint alone, the data is the
-    checkpoint's run's own unless ``data=`` is given (see ``imgcls.tasks.run_data``).
-
-    Without a labeled test split the validation split is scored, under ``val/*`` names.
-    """
+    """Test a checkpoint: the model from the checkpoint alone, the data its run's own unless
+    ``data=`` is given; without a labeled test split the val split is scored (``val/*``)."""
     apply_extras(cfg)
     if not cfg.get("ckpt_path"):
         raise ConfigError(

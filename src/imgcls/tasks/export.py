@@ -1,10 +1,8 @@
 """Export a checkpoint to ONNX, TorchScript or a ``torch.export`` program, and prove parity.
 
-The exported graph is the net alone: normalized ``float32 (N, C, H, W)`` in, logits out, with a
-dynamic batch dimension. Everything needed to feed it (class names, channels, size, mean/std,
-the exact preprocessing steps) goes into a sidecar JSON beside the file (and, for TorchScript
-and pt2, into the archive itself). Parity is measured on a real batch: the exported model's
-logits against the Lightning module's, max absolute difference ≤ ``tolerance``.
+The graph is the net alone (normalized ``float32 (N, C, H, W)`` in, logits out, dynamic batch);
+what feeds it (class names, size, mean/std, the exact preprocessing) goes into a sidecar JSON
+(and the TorchScript/pt2 archive). Parity: max |Δlogits| vs the Lightning module on a real batch.
 """
 
 from __future__ import annotations
@@ -35,48 +33,30 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+Runner = Callable[[Tensor], Tensor]  # an exported model, loaded back for the parity check
 
 
-# -- metadata ------------------------------------------------------------------------------
 def preprocessing(spec: DataSpec) -> dict[str, Any]:
-    """How to turn an image file into the exported model's input: exactly what predict.py does.
-
-    ``steps`` are machine-readable (``op`` plus the PIL ``call``); the decode steps come from
-    ``imgcls.data.images.decode_steps``, the description of the one decode function that
-    predict.py, eval and the datamodules use. A streamed checkpoint decodes at native size and
-    applies its recorded eval transform (resize + center crop) instead of the fixed resize.
-    """
+    """How an image file becomes the model's input, exactly as predict.py does it (``steps``:
+    ``op`` plus the PIL ``call``, from the one decode function). A streamed checkpoint applies
+    its recorded eval transform (resize + center crop) instead of the fixed resize."""
     steps = decode_steps(spec.in_channels, spec.image_size)
+    mean, std = list(spec.mean), list(spec.std)
     if spec.eval_transform:
         steps = [st for st in steps if st["op"] not in ("jpeg_draft", "resize")]
-        steps.append(
-            {
-                "op": "resize_center_crop",
-                "call": describe_eval_transform(spec.eval_transform),
-                **dict(spec.eval_transform),
-            }
-        )
-    steps += [
-        {
-            "op": "scale",
-            "call": "x.astype(np.float32) / 255, stack a batch (N, C, H, W)",
-            "factor": 1 / 255,
-            "dtype": "float32",
-        },
-        {
-            "op": "normalize",
-            "call": "(x - mean[c]) / std[c] per channel c",
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-        },
-    ]
+        call = describe_eval_transform(spec.eval_transform)
+        steps.append(dict(op="resize_center_crop", call=call, **dict(spec.eval_transform)))
+    scale = "x.astype(np.float32) / 255, stack a batch (N, C, H, W)"
+    steps.append(dict(op="scale", call=scale, factor=1 / 255, dtype="float32"))
+    norm = "(x - mean[c]) / std[c] per channel c"
+    steps.append(dict(op="normalize", call=norm, mean=mean, std=std))
     out: dict[str, Any] = {
         "steps": steps,
         "channels": spec.in_channels,
         "image_size": list(spec.image_size),
         "scale": 1 / 255,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "mean": mean,
+        "std": std,
         "output": "logits (N, num_classes); softmax gives probabilities, argmax indexes class_names",
         "reference_implementation": "imgcls.data.images.load_image + imgcls.data.transforms.normalize",
     }
@@ -88,20 +68,16 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
     return out
 
 
-def sidecar(
-    spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: str
-) -> dict[str, Any]:
+def sidecar(spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: str) -> dict:
     return {
         "format": fmt,
         "model_file": model_file.name,
         "checkpoint": str(ckpt),
         "net": net_target,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["N", spec.in_channels, *spec.image_size],
-            "dtype": "float32",
-        },
-        "output": {"name": OUTPUT_NAME, "shape": ["N", spec.num_classes], "dtype": "float32"},
+        "input": dict(
+            name=INPUT_NAME, shape=["N", spec.in_channels, *spec.image_size], dtype="float32"
+        ),
+        "output": dict(name=OUTPUT_NAME, shape=["N", spec.num_classes], dtype="float32"),
         "num_classes": spec.num_classes,
         "class_names": list(spec.class_names),
         "preprocessing": preprocessing(spec),
@@ -109,7 +85,6 @@ def sidecar(
     }
 
 
-# -- a real batch for the parity check -------------------------------------------------------
 def _run_config(ckpt: Path) -> DictConfig | None:
     """The composed config of the training run that wrote ``ckpt`` (``<run>/.hydra/config.yaml``)."""
     for parent in list(ckpt.resolve().parents)[:3]:
@@ -130,11 +105,10 @@ def _from_datamodule(cfg: DictConfig, spec: DataSpec, n: int) -> Tensor:
     assert dm.splits is not None
     name = next(s for s in ("test", "val", "predict", "train") if s in dm.splits)
     ds = dm.splits[name]
-    if not hasattr(ds, "images"):  # stream path: decode the first n through the eval transform
-        return torch.stack(
-            [x for x, _, _ in (ds[i] for i in range(min(n, len(ds)))) if x is not None]
-        )
-    return ds.images[:n]
+    if hasattr(ds, "images"):
+        return ds.images[:n]
+    # stream path: decode the first n through the eval transform
+    return torch.stack([x for x, _, _ in (ds[i] for i in range(min(n, len(ds)))) if x is not None])
 
 
 def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
@@ -143,13 +117,12 @@ def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
         if item.error:  # e.g. an empty CSV cell
             log.warning("parity batch: skipping %s", item.error)
             continue
+        c, where = spec.in_channels, item.where
         try:
             if spec.eval_transform:
-                images.append(
-                    load_for_eval(item.path, spec.in_channels, spec.eval_transform, item.where)
-                )
+                images.append(load_for_eval(item.path, c, spec.eval_transform, where))
             else:
-                images.append(load_image(item.path, spec.in_channels, spec.image_size, item.where))
+                images.append(load_image(item.path, c, spec.image_size, where))
         except UserError as e:
             log.warning("parity batch: skipping %s", e)
         if len(images) == n:
@@ -160,11 +133,8 @@ def _from_files(source: str, spec: DataSpec, n: int) -> Tensor:
 
 
 def parity_batch(cfg: DictConfig, spec: DataSpec) -> tuple[Tensor, str]:
-    """uint8 images for the parity check and a description of where they came from.
-
-    ``input=`` images first, then ``data=``, then the data of the run that wrote the checkpoint;
-    random pixels only when none of these exists (and the report says so).
-    """
+    """uint8 images for the parity check and where they came from: ``input=``, ``data=``, the
+    checkpoint's training run's data, else random pixels (and the report says so)."""
     n = int(cfg.get("parity_images", 64))
     if cfg.get("input"):
         return _from_files(str(cfg.input), spec, n), f"images from input={cfg.input}"
@@ -172,27 +142,21 @@ def parity_batch(cfg: DictConfig, spec: DataSpec) -> tuple[Tensor, str]:
         return _from_datamodule(cfg, spec, n), f"data={cfg.data._target_}"
     run_cfg = _run_config(Path(cfg.ckpt_path))
     if run_cfg is not None:
+        where = f"the training run's data ({run_cfg.data._target_})"
         try:
-            return _from_datamodule(
-                run_cfg, spec, n
-            ), f"the training run's data ({run_cfg.data._target_})"
+            return _from_datamodule(run_cfg, spec, n), where
         except Exception as e:  # moved data, unresolvable interpolation...: fall through, say why
-            log.warning(
-                "cannot load the training run's data for the parity batch (%s: %s)",
-                type(e).__name__,
-                e,
-            )
+            why = f"{type(e).__name__}: {e}"
+            log.warning("cannot load the training run's data for the parity batch (%s)", why)
     log.warning(
         "no real images found: parity is checked on random pixels (pass input=<images> or data=<name>)"
     )
     g = torch.Generator().manual_seed(0)
     shape = (n, spec.in_channels, *spec.image_size)
-    return torch.randint(
-        0, 256, shape, dtype=torch.uint8, generator=g
-    ), "RANDOM pixels (no real images found)"
+    pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    return pixels, "RANDOM pixels (no real images found)"
 
 
-# -- the formats -----------------------------------------------------------------------------
 def _dynamic_batch() -> tuple[dict[int, Any]]:
     return ({0: torch.export.Dim("batch", min=1, max=65536)},)
 
@@ -211,9 +175,7 @@ def model_files(out: Path) -> list[str]:
     return [out.name] + ([extra.name] if extra.is_file() else [])
 
 
-def export_onnx(
-    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
-) -> Callable[[Tensor], Tensor] | None:
+def export_onnx(net: nn.Module, example: Tensor, out: Path, meta: dict) -> Runner | None:
     """Write ``out`` with the dynamo exporter; return a runner through onnxruntime, or ``None``."""
     # the exporter's optimizer passes log every step at INFO
     for name in ("onnxscript", "onnx_ir"):
@@ -232,8 +194,8 @@ def export_onnx(
             dynamic_shapes=_dynamic_batch(),
             dynamo=True,
             verbose=False,
-            # one self-contained file (protobuf's 2 GB limit allows any net shipped here);
-            # weights in a separate model.onnx.data would be lost when only model.onnx is copied
+            # one self-contained file unless protobuf's 2 GB limit forbids it: a separate
+            # model.onnx.data is lost when only model.onnx is copied
             external_data=external,
         )
     except ImportError as e:  # onnxscript / onnx missing
@@ -249,9 +211,7 @@ def export_onnx(
     return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
 
 
-def export_torchscript(
-    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
-) -> Callable[[Tensor], Tensor]:
+def export_torchscript(net: nn.Module, example: Tensor, out: Path, meta: dict) -> Runner:
     with warnings.catch_warnings():  # torch.jit is deprecated in favor of torch.export (format=pt2)
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(net, example)
@@ -261,9 +221,7 @@ def export_torchscript(
     return loaded
 
 
-def export_pt2(
-    net: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]
-) -> Callable[[Tensor], Tensor]:
+def export_pt2(net: nn.Module, example: Tensor, out: Path, meta: dict) -> Runner:
     program = torch.export.export(net, (example,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, str(out), extra_files={"imgcls.json": json.dumps(meta)})
     meta["runtime"] = f"torch.export.load (torch {torch.__version__})"
@@ -273,7 +231,38 @@ def export_pt2(
 EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2}
 
 
-# -- the task --------------------------------------------------------------------------------
+def _parity(
+    runner: Any, x: Tensor, reference: Tensor, source: str, meta: dict, tol: float, out: Path
+) -> str:
+    """Fill ``meta["parity"]`` and return the report line."""
+    runtime = meta.pop("runtime", None)
+    if runner is None:
+        meta["parity"] = {"checked": False, "reason": "onnxruntime is not installed"}
+        return (
+            f"parity NOT checked: onnxruntime is not installed (pip install 'imgcls[export]'); "
+            f"{out} was written but not run"
+        )
+    with torch.inference_mode():
+        got = runner(x.contiguous()).float()
+    diff = float((got - reference).abs().max())
+    agree = int((got.argmax(1) == reference.argmax(1)).sum())
+    meta["parity"] = {
+        "checked": True,
+        "passed": diff <= tol,
+        "max_abs_diff_logits": diff,
+        "tolerance": tol,
+        "images": len(x),
+        "source": source,
+        "runtime": runtime,
+        "top1_agreement": agree / len(x),
+    }
+    return (
+        f"parity {'OK' if diff <= tol else 'FAILED'}: max |Δlogits| = {diff:.3g} (tolerance "
+        f"{tol:g}) on {len(x)} images from {source}, {runtime} vs the Lightning module; "
+        f"top-1 agrees on {agree}/{len(x)}"
+    )
+
+
 def export(cfg: DictConfig) -> dict[str, float]:
     """Export ``ckpt_path`` to ``format``, write the sidecar JSON, check parity on a real batch."""
     apply_extras(cfg)
@@ -288,62 +277,38 @@ def export(cfg: DictConfig) -> dict[str, float]:
     spec: DataSpec = model.spec
     out = Path(cfg.get("output") or Path(cfg.paths.output_dir) / f"model{FORMATS[fmt]}")
     out.parent.mkdir(parents=True, exist_ok=True)
-
     images, source = parity_batch(cfg, spec)
     x = normalize(images, spec.mean, spec.std)
     with torch.inference_mode():
         reference = model(x).float()
-    # The net alone (the classifier adds only the memory-format hint), with plain contiguous
-    # weights so the file carries no layout assumption; batch 2 as the example, so the
-    # exported batch dimension stays symbolic rather than specialized to 1.
+    # The net alone with plain contiguous weights (no layout assumption in the file); batch 2
+    # as the example keeps the exported batch dimension symbolic.
     net = copy.deepcopy(model.net).to(memory_format=torch.contiguous_format).eval()
     example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)
     meta = sidecar(spec, fmt, out, str(cfg.ckpt_path), str(model.hparams["net"].get("_target_")))
     log.info("exporting %s to %s (%s)", cfg.ckpt_path, out, fmt)
     runner = EXPORTERS[fmt](net, example, out, meta)
-
     tol = float(cfg.get("tolerance", 1e-4))
-    metrics: dict[str, float] = {}
-    if runner is None:
-        meta["parity"] = {"checked": False, "reason": "onnxruntime is not installed"}
-        msg = (
-            f"parity NOT checked: onnxruntime is not installed (pip install 'imgcls[export]'); "
-            f"{out} was written but not run"
-        )
-        log.warning(msg)
-    else:
-        with torch.inference_mode():
-            got = runner(x.contiguous()).float()
-        diff = float((got - reference).abs().max())
-        agree = int((got.argmax(1) == reference.argmax(1)).sum())
-        passed = diff <= tol
-        meta["parity"] = {
-            "checked": True,
-            "passed": passed,
-            "max_abs_diff_logits": diff,
-            "tolerance": tol,
-            "images": len(x),
-            "source": source,
-            "runtime": meta.pop("runtime"),
-        }
-        msg = (
-            f"parity {'OK' if passed else 'FAILED'}: max |Δlogits| = {diff:.3g} (tolerance {tol:g}) on "
-            f"{len(x)} images from {source}, {meta['parity']['runtime']} vs the Lightning module; "
-            f"top-1 agrees on {agree}/{len(x)}"
-        )
-        log.info(msg)
-        metrics = {"export/max_abs_diff": diff, "export/top1_agreement": agree / len(x)}
-    meta.pop("runtime", None)
+    msg = _parity(runner, x, reference, source, meta, tol, out)
+    parity = meta["parity"]
+    (log.info if parity["checked"] else log.warning)(msg)
+    agreement = parity.pop("top1_agreement", None)
     meta["files"] = model_files(out)
     side = out.with_suffix(out.suffix + ".json")
     side.write_text(json.dumps(meta, indent=2))
     log.info("model: %s; metadata (class names, preprocessing, parity): %s", out, side)
-    if runner is not None and not meta["parity"]["passed"]:
+    if not parity["checked"]:
+        return {}
+    if not parity["passed"]:
         raise ExportError(
-            f"exported model differs from the checkpoint: max |Δlogits| = {meta['parity']['max_abs_diff_logits']:.3g} "
-            f"> tolerance {tol:g} (files kept for inspection: {out}, {side})"
+            f"exported model differs from the checkpoint: max |Δlogits| = "
+            f"{parity['max_abs_diff_logits']:.3g} > tolerance {tol:g} (files kept for "
+            f"inspection: {out}, {side})"
         )
-    return metrics
+    return {
+        "export/max_abs_diff": parity["max_abs_diff_logits"],
+        "export/top1_agreement": agreement,
+    }
 
 
 __all__ = ["export", "parity_batch", "preprocessing", "FORMATS"]

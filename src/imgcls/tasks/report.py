@@ -22,27 +22,17 @@ log = logging.getLogger(__name__)
 
 
 def log_hyperparameters(
-    cfg: DictConfig,
-    model: L.LightningModule,
-    loggers: list,
-    metrics: tuple[str, ...] | None = None,
+    cfg: DictConfig, model: L.LightningModule, loggers: list, metrics: tuple[str, ...] | None = None
 ) -> None:
-    """Send the run's config and parameter counts to every logger (TensorBoard hparams tab).
-
-    ``metrics``: the HParams columns (default ``HPARAM_METRICS``); without a labeled test split
-    the caller leaves ``test/*`` out, so no column suggests a test score exists.
-    """
+    """The run's config and parameter counts to every logger; ``metrics``: the TensorBoard
+    HParams columns (no ``test/*`` without a labeled test split)."""
     if not loggers:
         return
     trainable, total = count_parameters(model)
-    params = {
-        "model": to_plain(cfg.get("model")) or to_plain(dict(model.hparams)),
-        "data": to_plain(cfg.get("data")),
-        "trainer": to_plain(cfg.get("trainer")),
-        "seed": cfg.get("seed"),
-        "task_name": cfg.get("task_name"),
-        "tags": to_plain(cfg.get("tags")),
-        "ckpt_path": cfg.get("ckpt_path"),
+    keys = ("model", "data", "trainer", "seed", "task_name", "tags", "ckpt_path")
+    params = {k: to_plain(cfg.get(k)) for k in keys}
+    params["model"] = params["model"] or to_plain(dict(model.hparams))
+    params |= {
         "params/total": total,
         "params/trainable": trainable,
         "params/non_trainable": total - trainable,
@@ -61,17 +51,15 @@ HPARAM_METRICS = ("val/acc_best", "test/acc")
 def write_tensorboard_hparams(
     logger: TensorBoardLogger, params: dict[str, Any], metrics: tuple[str, ...]
 ) -> None:
-    """Write the HParams session with ``metrics`` as its columns.
-
-    Lightning writes this session only when given metric *values* (logging them as scalars at
-    step 0); the values TensorBoard shows come from the runs' own scalars with these tags, so
-    only the tags are declared here and no fake point enters the curves.
-    """
+    """The HParams session with ``metrics`` as columns. Lightning writes it only with metric
+    *values* (logged as fake step-0 scalars); TensorBoard reads the values from the runs' own
+    scalars, so only the tags are declared here."""
     from torch.utils.tensorboard.summary import hparams
 
-    flat = {}
-    for key, value in flatten(params).items():
-        flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    flat = {
+        k: v if isinstance(v, int | float | str | bool) else str(v)
+        for k, v in flatten(params).items()
+    }
     exp, ssi, sei = hparams(flat, dict.fromkeys(metrics, 0.0))
     writer = logger.experiment._get_file_writer()
     for summary in (exp, ssi, sei):
@@ -85,11 +73,7 @@ def floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 def hparam_metrics(has_test: bool) -> tuple[str, ...]:
     """The HParams columns for a run: ``test/*`` only with a labeled test split."""
-    return (
-        HPARAM_METRICS
-        if has_test
-        else tuple(m for m in HPARAM_METRICS if not m.startswith("test/"))
-    )
+    return tuple(m for m in HPARAM_METRICS if has_test or not m.startswith("test/"))
 
 
 def test_note(has_test: bool) -> dict[str, Any]:

@@ -37,17 +37,14 @@ def apply_extras(cfg: DictConfig) -> None:
     quiet_lightning()
     if is_rank_zero():
         log_run_header(cfg)
-    if extras.get("print_config") and is_rank_zero():
-        out = Path(cfg.paths.output_dir) / "config_tree.log"
-        print_config_tree(cfg, save_to=out, echo=False)
+        if extras.get("print_config"):
+            print_config_tree(cfg, Path(cfg.paths.output_dir) / "config_tree.log", echo=False)
 
 
 def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
-    """Run a task for an entry point; user errors print one message, not a traceback.
-
-    Returns the ``optimized_metric`` value for Hydra sweepers. A multirun job whose trainer
-    starts DDP rank processes runs as its own process group (``imgcls.sweeps.job_process``).
-    """
+    """Run an entry point's task (user errors: one message, no traceback); returns the
+    ``optimized_metric`` for sweepers. A multirun job starting DDP ranks runs as its own process
+    group (``imgcls.sweeps.job_process``)."""
     if _in_multirun() and should_isolate(cfg):
         return _optimized_value(cfg, run_job_process(cfg))
     try:

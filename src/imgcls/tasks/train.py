@@ -8,12 +8,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from imgcls.builder import Built, build
-from imgcls.checkpointing.fit_guard import (
-    check_resume_source,
-    check_run_dir,
-    guarded_fit,
-    prepare_checkpoint,
-)
+from imgcls.checkpointing.fit_guard import check_before_build, guarded_fit, prepare_checkpoint
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.sweeps.job_process import stop_ranks_on_error
 from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report, test_note
@@ -24,20 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:
-    cb = trainer.checkpoint_callback
-    path = getattr(cb, "best_model_path", "") if cb is not None else ""
-    return path or None
+    return getattr(trainer.checkpoint_callback, "best_model_path", "") or None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model, then test the best checkpoint; returns all final metrics.
-
-    A run dir that already holds checkpoints (``resume=<run dir>``, a requeued job) continues
-    from the newest readable one (see ``imgcls.checkpointing.fit_guard``).
-    """
-    check_run_dir(cfg)
+    """Fit, then test the best checkpoint; returns all final metrics. A run dir that holds
+    checkpoints (``resume=<run dir>``, a requeued job) continues from the newest readable one."""
+    check_before_build(cfg)
     apply_extras(cfg)
-    check_resume_source(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     built = build(cfg)

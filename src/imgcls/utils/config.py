@@ -12,9 +12,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 def project_root() -> Path:
     """The repository root (holds ``configs/``): ``$PROJECT_ROOT``, else found from this file or cwd."""
-    env = os.environ.get("PROJECT_ROOT")
-    if env:
-        return Path(env).resolve()
+    if os.environ.get("PROJECT_ROOT"):
+        return Path(os.environ["PROJECT_ROOT"]).resolve()
     for start in (Path(__file__).resolve(), Path.cwd().resolve()):
         for parent in (start, *start.parents):
             if (parent / "configs" / "train.yaml").is_file():
@@ -28,24 +27,20 @@ def first_set(*values: Any) -> Any:
 
 
 def register_resolvers() -> None:
-    """Register ``${project_root:}`` once, so configs can locate the repo without sys.path hacks.
-
-    Also ``${first_set:a,b,...}``, e.g. ``resume=<run dir>`` choosing ``hydra.run.dir``.
-    """
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
-    if not OmegaConf.has_resolver("first_set"):
-        OmegaConf.register_new_resolver("first_set", first_set)
-    # tracker configs (configs/logger/mlflow.yaml): a run's name, tags, a store's folder
-    if not OmegaConf.has_resolver("path_name"):
-        OmegaConf.register_new_resolver("path_name", lambda p: Path(str(p)).name)
-    if not OmegaConf.has_resolver("tag_dict"):
-        OmegaConf.register_new_resolver("tag_dict", tag_dict)
-    if not OmegaConf.has_resolver("made_dir"):
-        OmegaConf.register_new_resolver("made_dir", made_dir)
-    # data=folder's image_size: only the bundled digits folder set is resized by default
-    if not OmegaConf.has_resolver("digits_size"):
-        OmegaConf.register_new_resolver("digits_size", digits_size)
+    """``${project_root:}`` locates the repo without sys.path hacks; ``${first_set:a,b}`` lets
+    ``resume=<run dir>`` choose ``hydra.run.dir``; ``digits_size`` gives data=folder's
+    bundled digits set its size; the rest serve the tracker configs."""
+    resolvers = {
+        "project_root": lambda: str(project_root()),
+        "first_set": first_set,
+        "path_name": lambda p: Path(str(p)).name,
+        "tag_dict": tag_dict,
+        "made_dir": made_dir,
+        "digits_size": digits_size,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def digits_size(root: Any, digits_dir: Any) -> list[int] | None:
@@ -67,11 +62,8 @@ def made_dir(path: Any) -> str:
 
 
 def to_plain(value: Any) -> Any:
-    """Convert OmegaConf containers/tuples into plain dicts and lists.
-
-    Checkpoints store hyper-parameters; plain containers keep them loadable under
-    ``torch.load(weights_only=True)`` (an OmegaConf object would need unpickling code).
-    """
+    """Plain dicts and lists: hyper-parameters in checkpoints must load under
+    ``torch.load(weights_only=True)`` (an OmegaConf object would need unpickling code)."""
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Mapping):
@@ -88,18 +80,12 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name))
-        else:
-            out[name] = value
+        out.update(flatten(value, name) if isinstance(value, Mapping) else {name: value})
     return out
 
 
 def print_config_tree(cfg: DictConfig, save_to: Path | None = None, echo: bool = True) -> None:
-    """Print the composed config as a rich tree (main groups first) and optionally save it.
-
-    ``echo=False``: only the file (the console gets a short header, see ``utils.console``).
-    """
+    """The composed config as a rich tree (main groups first), to the console and/or a file."""
     import rich
     import rich.syntax
     import rich.tree
@@ -110,9 +96,7 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None, echo: bool =
     for key in keys:
         branch = tree.add(str(key), style="bold", guide_style="dim")
         value = cfg[key]
-        text = (
-            OmegaConf.to_yaml(value, resolve=False) if isinstance(value, DictConfig) else str(value)
-        )
+        text = OmegaConf.to_yaml(value) if isinstance(value, DictConfig) else str(value)
         branch.add(rich.syntax.Syntax(text, "yaml"))
     if echo:
         rich.print(tree)

@@ -14,10 +14,7 @@ from imgcls.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Lightning's rank_zero_info goes through one of these (whichever imported last)
-_LIGHTNING_INFO_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-)
+_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
 
 class _DropTips(logging.Filter):
@@ -29,7 +26,7 @@ class _DropTips(logging.Filter):
 
 def quiet_lightning() -> None:
     """Drop the tips and a deprecation that Lightning's own code triggers (not ours to fix)."""
-    for name in _LIGHTNING_INFO_LOGGERS:
+    for name in _INFO_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
@@ -48,12 +45,12 @@ def check_required(cfg: DictConfig) -> None:
         raise ConfigError(f"missing required argument(s): {', '.join(missing)} (add {needed})")
 
 
-def _overrides() -> list[str]:
+def command_line_overrides() -> list[str]:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # no Hydra context (tests calling tasks directly)
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except (ValueError, ImportError):  # no Hydra context (tests calling tasks directly)
         return []
 
 
@@ -67,7 +64,7 @@ def log_run_header(cfg: DictConfig) -> None:
     data, model, trainer = cfg.get("data"), cfg.get("model"), cfg.get("trainer")
     net = model.get("net") if isinstance(model, DictConfig) else None
     log.info("run dir: %s", cfg.paths.output_dir)
-    log.info("overrides: %s", " ".join(_overrides()) or "(none)")
+    log.info("overrides: %s", " ".join(command_line_overrides()) or "(none)")
     parts = [f"data={_target(data)}", f"model={_target(model)}/{_target(net)}"]
     if isinstance(data, DictConfig) and "batch_size" in data:
         parts.append(f"batch={data.batch_size}")

@@ -1,8 +1,5 @@
-"""Pictures for TensorBoard drawn with PIL: a confusion matrix and a captioned image grid.
-
-PIL ships with the stack already (torchvision needs it); matplotlib would be a heavy extra
-dependency for two simple figures.
-"""
+"""Pictures for TensorBoard drawn with PIL (a confusion matrix, a captioned image grid): PIL
+comes with torchvision; matplotlib would be a heavy extra dependency for two simple figures."""
 
 from __future__ import annotations
 
@@ -27,15 +24,11 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _text_width(draw: ImageDraw.ImageDraw, text: str, font) -> float:
-    return draw.textlength(text, font=font)
-
-
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
     """``text`` shortened with an ellipsis so that it fits in ``width`` pixels."""
-    if _text_width(draw, text, font) <= width:
+    if draw.textlength(text, font=font) <= width:
         return text
-    while len(text) > 1 and _text_width(draw, text + "…", font) > width:
+    while len(text) > 1 and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
 
@@ -60,9 +53,8 @@ def confusion_matrix_image(cm: Tensor, class_names: Sequence[str], title: str = 
     font = _font(max(8, min(14, cell - 4)))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     names = [str(n) for n in class_names]
-    label_w = (
-        int(min(160, max(_text_width(probe, n, font) for n in names) + 8)) if show_names else 0
-    )
+    widest = max(probe.textlength(n, font=font) for n in names) if show_names else -8
+    label_w = int(min(160, widest + 8))
     title_h = 22 if title else 0
     left, top = label_w + 18, title_h + label_w + 18
     width, height = left + k * cell + 8, top + k * cell + 8
@@ -76,19 +68,12 @@ def confusion_matrix_image(cm: Tensor, class_names: Sequence[str], title: str = 
     for i in range(k):
         for j in range(k):
             x0, y0 = left + j * cell, top + i * cell
-            draw.rectangle(
-                [x0, y0, x0 + cell - 1, y0 + cell - 1], fill=tuple(colors[i, j].tolist())
-            )
+            fill = tuple(colors[i, j].tolist())
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=fill)
             if show_counts and cm[i, j] > 0:
-                text = str(int(cm[i, j]))
-                fill = WHITE if frac[i, j] > 0.5 else BLACK
-                draw.text(
-                    (x0 + cell / 2, y0 + cell / 2),
-                    _fit(draw, text, font, cell - 2),
-                    fill=fill,
-                    font=font,
-                    anchor="mm",
-                )
+                text = _fit(draw, str(int(cm[i, j])), font, cell - 2)
+                ink = WHITE if frac[i, j] > 0.5 else BLACK
+                draw.text((x0 + cell / 2, y0 + cell / 2), text, fill=ink, font=font, anchor="mm")
     draw.rectangle([left - 1, top - 1, left + k * cell, top + k * cell], outline=BLACK)
     small = _font(11)
     draw.text((2, top + k * cell / 2), "true", fill=BLACK, font=small, anchor="lm")
@@ -96,9 +81,8 @@ def confusion_matrix_image(cm: Tensor, class_names: Sequence[str], title: str = 
     if show_names:
         for i, name in enumerate(names):
             short = _fit(draw, name, font, label_w - 6)
-            draw.text(
-                (left - 4, top + i * cell + cell / 2), short, fill=BLACK, font=font, anchor="rm"
-            )
+            row_y = top + i * cell + cell / 2
+            draw.text((left - 4, row_y), short, fill=BLACK, font=font, anchor="rm")
             # column labels: text drawn on a strip, rotated to read bottom-up
             strip = Image.new("RGB", (label_w, cell), WHITE)
             ImageDraw.Draw(strip).text((2, cell / 2), short, fill=BLACK, font=font, anchor="lm")
@@ -137,10 +121,6 @@ def captioned_grid(
         im = TF.resize(im, size, interpolation=mode, antialias=scale < 1)
         grid.paste(TF.to_pil_image(im), (x0, y0))
         for line_no, line in enumerate(str(captions[idx]).split("\n")[:2]):
-            draw.text(
-                (x0, y0 + tile + 2 + 13 * line_no),
-                _fit(draw, line, font, tile),
-                fill=BLACK,
-                font=font,
-            )
+            text = _fit(draw, line, font, tile)
+            draw.text((x0, y0 + tile + 2 + 13 * line_no), text, fill=BLACK, font=font)
     return TF.pil_to_tensor(grid)

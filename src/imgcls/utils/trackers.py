@@ -16,7 +16,6 @@ def finish_trackers(loggers: list[Any]) -> None:
     lack its summary until the process exits); MLflow runs Lightning already ends per stage."""
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None):
-            run = logger.experiment
-            run_dir = run.dir
-            run.finish()
+            run_dir = logger.experiment.dir
+            logger.experiment.finish()
             log.info("wandb run finished: %s", run_dir)

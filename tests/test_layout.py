@@ -63,3 +63,14 @@ def test_readme_package_map_matches_the_tree() -> None:
     extra = {f: sorted(s - modules.get(f, set())) for f, s in named.items()}
     assert not {f: s for f, s in missing.items() if s}, f"modules not in the README map: {missing}"
     assert not {f: s for f, s in extra.items() if s}, f"README map names missing modules: {extra}"
+
+
+def test_readme_group_table_lists_every_option() -> None:
+    """The README's table of config groups offers exactly what configs/ has."""
+    text = (ROOT / "README.md").read_text()
+    for group in ("data", "model", "trainer", "logger", "callbacks", "debug", "experiment"):
+        row = re.search(rf"^\| `{group}` \|(.*)\|$", text, re.M)
+        assert row, f"README table has no row for {group}"
+        listed = set(re.findall(r"`(\w+)`", row.group(1)))
+        options = {p.stem for p in (ROOT / "configs" / group).glob("*.yaml")}
+        assert options <= listed, f"{group}: not in the README table: {sorted(options - listed)}"

@@ -6,10 +6,8 @@ Layout written by ``scripts/make_shards.py``::
     <root>/<split>/index.json         LitData's index of the split's chunks
     <root>/<split>/chunk-*.bin        samples {"image": encoded file bytes, "label", "index", "name"}
 
-Files are stored as encoded (no resize), so the stream transforms run at native resolution.
-``<root>`` may be any URL LitData reads (``s3://``, ...). LitData is an optional dependency
-(``pip install -e '.[stream]'``), imported here only.
-"""
+Files stay encoded (no resize): stream transforms run at native resolution. ``<root>`` may be any
+URL LitData reads (``s3://``...); LitData (optional: ``.[stream]``) is imported here only."""
 
 from __future__ import annotations
 

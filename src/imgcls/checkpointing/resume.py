@@ -84,10 +84,8 @@ def find_resume_checkpoint(
 def continue_loggers(loggers: list[Logger], step: int) -> None:
     """Make loggers append to the run's logs from ``step`` on (call before their first use).
 
-    TensorBoard's ``purge_step`` hides the events the killed process wrote after its last
-    checkpoint (one curve, no overlap). Lightning's CSV writer deletes ``metrics.csv``: the rows
-    before ``step`` are carried over.
-    """
+    TensorBoard's ``purge_step`` hides events written after the last checkpoint (one curve, no
+    overlap); Lightning's CSV writer deletes ``metrics.csv``, so rows before ``step`` carry over."""
     if getattr(rank_zero_only, "rank", 0) != 0:  # other DDP ranks do not write logs
         return
     for logger in loggers:

@@ -32,10 +32,9 @@ class Splits(dict[str, TensorImageDataset]):
 class ImageDataModule(L.LightningDataModule):
     """Base datamodule over in-memory uint8 tensors.
 
-    ``train_augment`` runs on training batches in pixel space (float 0..255, before
-    normalization); ``batch_mix`` (MixUp/CutMix) on normalized ones, making soft targets.
-    ``mean``/``std`` ``None``: the subclass default.
-    """
+    ``train_augment`` runs on training batches in pixel space (float 0..255, before normalization);
+    ``batch_mix`` (MixUp/CutMix) on normalized ones, making soft targets. ``mean``/``std``
+    ``None``: the subclass default."""
 
     default_mean: tuple[float, ...] = (0.5,)
     default_std: tuple[float, ...] = (0.5,)

@@ -1,9 +1,7 @@
 """``data=shards``: train from LitData shards written by ``scripts/make_shards.py``.
 
-Samples go through the stream path's transforms (``imgcls.data.streaming``), so a model trained
-here has the same ``DataSpec``, checkpoints, predict and export as one trained on the files
-with ``data.loading=stream``.
-"""
+Samples go through the stream path's transforms (``imgcls.data.streaming``), so the model gets the
+same ``DataSpec``, checkpoints, predict and export as one trained with ``data.loading=stream``."""
 
 from __future__ import annotations
 
@@ -34,8 +32,7 @@ class ShardsDataModule(ImageDataModule):
     """Streams LitData shards (``<root>/meta.json`` + one folder per split).
 
     ``stream`` as ``data.stream`` of the file sources; mean/std default to the values measured
-    when the shards were written.
-    """
+    when the shards were written."""
 
     def __init__(
         self,

@@ -68,12 +68,10 @@ def list_csv(
     image_column: str | None = None,
     extension: str | None = None,
 ) -> InputList:
-    """One item per CSV row, in file order, resolved as the CSV datamodule does; a row that
-    names no usable file keeps its place with the reason, so the output stays aligned.
-
-    Images are in ``image_dir``, else the folder named like the CSV beside it (``test.csv`` ->
-    ``test/``, the Kaggle-style layout), else the CSV's folder.
-    """
+    """One item per CSV row, in file order, resolved as the CSV datamodule does; a row naming no
+    usable file keeps its place with the reason, so the output stays aligned. Images are in
+    ``image_dir``, else the folder named like the CSV beside it (``test.csv`` -> ``test/``,
+    Kaggle-style), else the CSV's folder."""
     beside = csv_path.with_suffix("")
     directory = Path(image_dir or (beside if beside.is_dir() else csv_path.parent))
     index = DirectoryIndex()

@@ -1,7 +1,6 @@
 """What every image datamodule shares: uint8 splits, loaders, normalization, augmentation.
 
-A source only says which images make up each split (``load_splits``); how they become model
-input is decided here, once."""
+A source only says which images form each split (``load_splits``); model input is made here."""
 
 from __future__ import annotations
 

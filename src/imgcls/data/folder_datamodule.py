@@ -1,8 +1,7 @@
 """Class folders: ``<root>/train/<class>/<image>``, ``<root>/valid/<class>/...`` (or ``val/``), optional ``test/``.
 
 The layout of ``torchvision.datasets.ImageFolder``, listed with torchvision's own helpers and
-decoded once into memory like every file source.
-"""
+decoded once into memory like every file source."""
 
 from __future__ import annotations
 

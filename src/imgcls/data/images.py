@@ -37,8 +37,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
 def resolve_under(root: str | os.PathLike, name: str, where: str = "") -> Path:
     """``root/name`` as an absolute path, refusing absolute names and paths that escape ``root``.
 
-    The check is lexical (``..``), so a symlink placed inside ``root`` is honoured while
-    ``../../etc/passwd`` from a CSV cell is not."""
+    Lexical check (``..``): a symlink inside ``root`` is honoured, ``../../etc/passwd`` is not."""
     at = f" ({where})" if where else ""
     if not name or os.path.isabs(name) or name.startswith(("/", "\\")) or name[1:2] == ":":
         raise DataError(f"image path {name!r}{at} must be relative to the image directory {root}")

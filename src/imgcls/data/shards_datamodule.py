@@ -31,8 +31,7 @@ log = logging.getLogger(__name__)
 class ShardsDataModule(ImageDataModule):
     """Streams LitData shards (``<root>/meta.json`` + one folder per split).
 
-    ``stream`` as ``data.stream`` of the file sources; mean/std default to the values measured
-    when the shards were written."""
+    ``stream`` as the file sources' ``data.stream``; mean/std default to those in ``meta.json``."""
 
     def __init__(
         self,

@@ -1,8 +1,7 @@
 """ImageClassifier: one LightningModule for every net: loss, metrics, optimizer from config.
 
-Everything it needs to rebuild itself is stored as plain containers in the checkpoint, so
-``ImageClassifier.load_from_checkpoint(path)`` works alone and under ``weights_only=True``.
-"""
+It stores all it needs to rebuild itself as plain containers in the checkpoint, so
+``ImageClassifier.load_from_checkpoint(path)`` works alone and under ``weights_only=True``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """What ``predict`` reads: one image, a folder of images or a CSV of image names, decoded per batch.
 
-A file that cannot be read never stops the others: it gets a zero placeholder in its batch and
-its message travels with the batch (``predict`` decides whether that stops the run).
-"""
+An unreadable file never stops the others: it gets a zero placeholder in its batch and its message
+travels with the batch (``predict`` decides whether that stops the run)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Export a checkpoint: ``python src/export.py ckpt_path=<file.ckpt> format=onnx|torchscript|pt2``.
 
-Writes the model and a sidecar JSON (class names, preprocessing) into the run dir and prints
-the parity check against the Lightning module.
-"""
+Writes the model and a sidecar JSON (class names, preprocessing) into the run dir and prints the
+parity check against the Lightning module."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,8 +1,7 @@
 """Predict images with a checkpoint: ``python src/predict.py ckpt_path=<file.ckpt> input=<images>``.
 
-``input`` is an image file, a folder of images, or a CSV of image names; ``predictions.csv``
-(and ``submission.csv`` for CSV input) goes into the run dir.
-"""
+``input`` is an image file, a folder of images, or a CSV of image names; ``predictions.csv`` (and
+``submission.csv`` for CSV input) goes into the run dir."""
 
 import hydra
 from omegaconf import DictConfig

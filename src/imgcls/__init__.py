@@ -4,9 +4,8 @@ import warnings
 
 from imgcls.utils.config import register_resolvers
 
-# configs/hydra/launcher/submitit_*.yaml are merged onto the submitit plugin's schema of the same
-# name on purpose (typed fields); Hydra 1.3 still does that but warns it is deprecated. Without
-# the schema the files are complete configs of their own, so they work either way.
+# configs/hydra/launcher/submitit_*.yaml merge onto the submitit schema of the same name on
+# purpose (typed fields); Hydra 1.3 warns that is deprecated. They are complete configs anyway.
 warnings.filterwarnings(
     "ignore", message=r"(?s).*validated against ConfigStore schema with the same name"
 )

@@ -1,11 +1,9 @@
 """Hydra's Optuna sweeper, made to continue a study it resumes from storage.
 
-With ``hydra.sweeper.storage`` set, a rerun loads the study, but the stock sweeper
-(hydra-optuna-sweeper 1.3, optuna 2.10) restarts its seeded sampler (the new trials replay the
-first run's parameters) and numbers the new jobs from 0 again. This subclass reseeds the
-sampler with ``seed + existing trials``, numbers the jobs by the study's trial numbers, and
-writes every trial of the study, from every run, to ``optuna_trials.csv`` at the sweep root.
-"""
+With ``hydra.sweeper.storage`` set, the stock sweeper (hydra-optuna-sweeper 1.3, optuna 2.10)
+loads the study but restarts its seeded sampler (new trials replay the first run's parameters)
+and numbers jobs from 0 again. This subclass reseeds with ``seed + existing trials``, numbers jobs
+by trial number, and writes every trial of the study to ``optuna_trials.csv`` at the sweep root."""
 
 from __future__ import annotations
 

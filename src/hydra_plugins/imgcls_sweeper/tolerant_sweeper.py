@@ -1,8 +1,7 @@
 """Hydra's grid sweeper, except that a failed job does not stop the sweep.
 
-``BasicSweeper.sweep`` re-raises a batch's first failure and abandons the remaining jobs; here
-one bad combination costs that job only (the summary lists it, the command exits non-zero).
-"""
+``BasicSweeper.sweep`` re-raises a batch's first failure and abandons the remaining jobs; here one
+bad combination costs that job only (the summary lists it, the command exits non-zero)."""
 
 from __future__ import annotations
 

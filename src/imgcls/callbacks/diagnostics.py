@@ -1,10 +1,9 @@
 """TensorBoard diagnostics: confusion matrix, per-class precision/recall/F1, misclassified images.
 
 Accuracy alone hides *which* classes fail and *how*. The logits ``validation_step``/``test_step``
-return (no second forward pass) feed torchmetrics state on the device; at the end of a validation
-epoch (every ``every_n_epochs``) and of a test run: ``<stage>/confusion_matrix``,
-``<stage>/per_class`` (table) and ``<stage>/f1_macro``, ``<stage>/misclassified`` (image grid).
-"""
+return (no second forward) feed torchmetrics state on the device; at the end of a validation epoch
+(every ``every_n_epochs``) and of a test run: ``<stage>/confusion_matrix``, ``<stage>/per_class``,
+``<stage>/f1_macro``, ``<stage>/misclassified`` (image grid)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """EMA of the weights: Lightning's ``EMAWeightAveraging``, with the test of a checkpoint fixed.
 
-Lightning saves the EMA weights as ``state_dict`` (the raw ones as ``current_model_state``). Its
-``trainer.test(ckpt_path=)`` right after ``fit`` would reload the raw weights; outside fit the
-EMA ``state_dict`` stays loaded here. Metric states (``val_acc_best``) are not averaged, so the
-saved ones come from the current model.
-"""
+Lightning saves the EMA weights as ``state_dict`` (raw ones as ``current_model_state``); its
+``trainer.test(ckpt_path=)`` right after ``fit`` would reload the raw ones, here the EMA ones stay.
+Metric states (``val_acc_best``) are not averaged: the saved ones come from the current model."""
 
 from __future__ import annotations
 

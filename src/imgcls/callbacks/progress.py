@@ -1,9 +1,8 @@
 """Lightning's ``RichProgressBar``, updated every N training batches instead of every batch.
 
-Lightning's bar collects ``progress_bar_metrics`` (a tensor-to-number sync) on every batch and
-redraws from a thread competing for the GIL; on a ~5 ms step both cost throughput, and a bar
-moving every few dozen batches, redrawn twice a second, looks the same to a person.
-"""
+Lightning's bar syncs ``progress_bar_metrics`` to numbers on every batch and redraws from a
+thread competing for the GIL; on a ~5 ms step both cost throughput, and a bar moving every few
+dozen batches, redrawn twice a second, looks the same to a person."""
 
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """Crash-safe checkpoint writes and the disk checks a run makes before it starts.
 
-Lightning's ``TorchCheckpointIO`` writes to ``tempfile.mkstemp()`` (often another filesystem)
-and ``shutil.move``s the bytes over the target: a kill during that copy leaves a truncated
-``last.ckpt``, nothing is fsynced, and a kill before the commit leaks the temp file. Here the
-write goes through ``atomic_file`` (temp file beside the target, fsync, ``os.replace``); a crash
-leaves at most a ``.<name>.*.tmp`` file, which no ``*.ckpt`` glob matches and resume deletes.
-"""
+Lightning's ``TorchCheckpointIO`` writes to ``tempfile.mkstemp()`` (often another filesystem) and
+``shutil.move``s it over the target: a kill mid-copy truncates ``last.ckpt``, nothing is fsynced,
+and a kill before the commit leaks the temp file. Here writes go through ``atomic_file``; a crash
+leaves at most a ``.<name>.*.tmp`` file, which no ``*.ckpt`` glob matches and resume deletes."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """How ``train`` survives kills, preemption, full disks and NaNs: checks before building
 (writable run dir, a safe checkpoint to start from), before fitting (free disk, the resume
 checkpoint verified against the built model and data, loggers continued), and around fitting
-(one message naming the step, the last good checkpoint and the command that continues).
-"""
+(one message naming the step, the last good checkpoint and the command that continues)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """``checkpoints/last.ckpt``: always the newest resumable, finite training state.
 
-Lightning's ``save_last`` refreshes ``last.ckpt`` only when the monitored metric improves. This
-callback writes it every ``every_n_train_steps`` steps, at every epoch end (after the best-model
-checkpoint updated its state), on SIGTERM / Ctrl+C and at training end; never with non-finite
-weights; with the RNG states so a resumed run draws the same numbers. All of it is plain data
-(loads with ``weights_only=True``).
-"""
+Lightning's ``save_last`` refreshes it only when the monitored metric improves. This callback
+writes it every ``every_n_train_steps`` steps, at every epoch end (after the best-model checkpoint
+updated its state), on SIGTERM / Ctrl+C and at training end; never with non-finite weights; with
+the RNG states so a resumed run draws the same numbers; as plain data (``weights_only=True``)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
 """SIGTERM under DDP: every rank stops after the same optimizer step, with the same last.ckpt.
 
-Lightning's handler broadcasts from inside the signal handler and each rank acts on its own
-flag, so ranks can wait in different collectives forever. :class:`SigtermAgreement` (added by
-the builder for multi-rank trainers) only sets a local flag; after every training step the ranks
-all-reduce it (4 bytes over gloo, no device sync) and all set ``received_sigterm`` at the same
-step. A rank started by rank 0 then waits for rank 0 to exit first: Lightning's child observer
-in rank 0 would take its exit code 143 for a crash and SIGKILL rank 0 while it finishes.
-"""
+Lightning broadcasts from inside its signal handler and each rank acts on its own flag, so ranks
+can hang in different collectives. :class:`SigtermAgreement` (multi-rank trainers) only sets a
+local flag; after every training step the ranks all-reduce it (4 bytes over gloo, no device sync)
+and set ``received_sigterm`` at the same step. Ranks started by rank 0 let rank 0 exit first: its
+child observer would take their exit code 143 for a crash and SIGKILL rank 0 mid-save."""
 
 from __future__ import annotations
 

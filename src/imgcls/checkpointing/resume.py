@@ -1,16 +1,14 @@
 """Continue a run: which checkpoint, whether it can continue, the loggers' and schedule's history.
 
-``ckpt_path=<file>`` is used exactly (no fallback). Otherwise, of the ``*.ckpt`` in the checkpoint
-dir (and Lightning's ``hpc_ckpt_*.ckpt`` in the run dir) that load, the one with the highest
-``global_step`` read from the file wins (ties: newest mtime, then ``last.ckpt``), so a copy that
-reset mtimes cannot make an older one win; a damaged file is skipped with a warning.
+``ckpt_path=<file>`` is used exactly. Otherwise, of the loadable ``*.ckpt`` in the checkpoint dir
+(and Lightning's ``hpc_ckpt_*.ckpt`` in the run dir) the highest stored ``global_step`` wins (ties:
+newest mtime, then ``last.ckpt``), so reset mtimes cannot promote an older one; damaged files are
+skipped with a warning.
 
-A resumed run may train longer than the run that wrote the checkpoint, not shorter, and with the
-same scheduler (class and interval: another one's restored state would mean something else).
-The scheduler's *plan* (every state entry but ``PROGRESS_KEYS``: OneCycleLR's ``total_steps``
-and phase boundaries, StepLR's ``step_size``) comes from the new run, its *progress* from the
-checkpoint: a 1-epoch OneCycle run extended to 2 continues at step 87 of the 172-step cycle.
-"""
+A resumed run may train longer, not shorter, with the same scheduler class and interval. The
+scheduler's *plan* (state but ``PROGRESS_KEYS``: OneCycle's ``total_steps`` and phases, StepLR's
+``step_size``) comes from the new run, its *progress* from the checkpoint: a 1-epoch OneCycle run
+extended to 2 continues at step 87 of the 172-step cycle."""
 
 from __future__ import annotations
 
@@ -86,10 +84,8 @@ def find_resume_checkpoint(
 def continue_loggers(loggers: list[Logger], step: int) -> None:
     """Make loggers append to the run's logs from ``step`` on (call before their first use).
 
-    TensorBoard's ``purge_step`` hides the events the killed process wrote after its last
-    checkpoint (one curve, no overlap). Lightning's CSV writer deletes ``metrics.csv``: the rows
-    before ``step`` are carried over.
-    """
+    TensorBoard's ``purge_step`` hides events written after the last checkpoint (one curve, no
+    overlap); Lightning's CSV writer deletes ``metrics.csv``, so rows before ``step`` carry over."""
     if getattr(rank_zero_only, "rank", 0) != 0:  # other DDP ranks do not write logs
         return
     for logger in loggers:

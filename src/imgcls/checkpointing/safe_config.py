@@ -1,11 +1,10 @@
 """Checkpoint-held configs are data: an explicit registry of what a stored config may name.
 
-Nothing read from a file goes to ``hydra.utils.instantiate``: the whole tree is validated, then
-``net`` (a project net by class path or short name, or a user net registered through config
-``extras.allowed_nets``, never through a checkpoint), ``optimizer`` and ``scheduler`` (exact
-lists from ``torch.optim``) are resolved here and called with plain values. Any other
-``_target_`` or Hydra special key is refused before anything is imported, naming the key path.
-"""
+Nothing read from a file reaches ``hydra.utils.instantiate``: the tree is validated, then ``net``
+(a project net by class path or short name, or a user net registered by config
+``extras.allowed_nets``, never by a checkpoint), ``optimizer`` and ``scheduler`` (exact lists from
+``torch.optim``) are resolved here and called with plain values. Any other ``_target_`` or Hydra
+special key is refused before anything is imported, naming the key path."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """What every image datamodule shares: uint8 splits, loaders, normalization, augmentation.
 
-A source only says which images make up each split (``load_splits``); how they become model
-input is decided here, once."""
+A source only says which images form each split (``load_splits``); model input is made here."""
 
 from __future__ import annotations
 
@@ -32,10 +31,9 @@ class Splits(dict[str, TensorImageDataset]):
 class ImageDataModule(L.LightningDataModule):
     """Base datamodule over in-memory uint8 tensors.
 
-    ``train_augment`` runs on training batches in pixel space (float 0..255, before
-    normalization); ``batch_mix`` (MixUp/CutMix) on normalized ones, making soft targets.
-    ``mean``/``std`` ``None``: the subclass default.
-    """
+    ``train_augment`` runs on training batches in pixel space (float 0..255, before normalization);
+    ``batch_mix`` (MixUp/CutMix) on normalized ones, making soft targets. ``mean``/``std``
+    ``None``: the subclass default."""
 
     default_mean: tuple[float, ...] = (0.5,)
     default_std: tuple[float, ...] = (0.5,)

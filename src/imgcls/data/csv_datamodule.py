@@ -1,10 +1,8 @@
 """Images listed in a CSV: an image column (file name or id) and a label column.
 
-Handles the layouts met in the wild, e.g. ``id,label`` with ``train/<id>.png`` plus a label-less
+Handles layouts met in the wild, e.g. ``id,label`` with ``train/<id>.png`` plus a label-less
 ``test.csv`` to predict, and ``Image_Name,Lable`` with ``<Image_Name>.JPG`` files. Columns are
-detected when not configured; the extension is configured or found by the file's stem
-(``imgcls.data.csv_table``, shared with predict).
-"""
+detected unless configured; the extension is configured or found by stem (``csv_table``)."""
 
 from __future__ import annotations
 
@@ -47,12 +45,10 @@ def read_image_csv(
 class CSVDataModule(FileImageDataModule):
     """Images listed in CSV files, decoded once into memory (see ``FileImageDataModule``).
 
-    Paths are relative to ``root`` unless absolute. Without ``val_csv``, ``val_fraction`` of
-    each class is held out. A ``test_csv`` with labels is the test split; without (``id``
-    only) its images form the ``predict`` split. The ``*_image_dir`` default to ``image_dir``.
-    ``extension`` is appended to each image cell (case matters); ``None`` uses the cell as a
-    file name or finds the one image file with that stem.
-    """
+    Paths are relative to ``root`` unless absolute. Without ``val_csv``, ``val_fraction`` of each
+    class is held out. A labeled ``test_csv`` is the test split, an ``id``-only one the ``predict``
+    split. ``*_image_dir`` default to ``image_dir``. ``extension`` is appended to each image cell
+    (case matters); ``None`` uses the cell as a file name or finds the one file with that stem."""
 
     source_name = "CSV dataset"
 

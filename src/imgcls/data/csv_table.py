@@ -1,9 +1,8 @@
 """The one reader of image CSVs (training and prediction): columns, cells, files.
 
-Own row loop over ``csv.reader`` rather than ``pandas.read_csv`` alone: every problem names the
-data row, the file line and the column (``train.csv row 3 (line 4), column 'id'``), which a
-DataFrame no longer knows once blank lines are skipped and quoted cells span lines.
-"""
+Own row loop over ``csv.reader``, not ``pandas.read_csv``: every problem names the data row, file
+line and column (``train.csv row 3 (line 4), column 'id'``), which a DataFrame no longer knows
+once blank lines are skipped and quoted cells span lines."""
 
 from __future__ import annotations
 
@@ -105,10 +104,9 @@ def pick_column(
 class DirectoryIndex:
     """Directory listings by stem, read once per directory.
 
-    Resolves cells without an extension and explains missing files (``12.jpg`` listed,
-    ``12.JPG`` on disk) without a stat call per guess. Plain strings and ``os.path``:
-    ``pathlib`` parsing dominated the listing of large CSVs.
-    """
+    Resolves cells without an extension and explains missing files (``12.jpg`` listed, ``12.JPG``
+    on disk) without a stat per guess. Plain strings and ``os.path``: ``pathlib`` parsing
+    dominated the listing of large CSVs."""
 
     def __init__(self) -> None:
         self._dirs: dict[str, tuple[set[str], dict[str, list[str]]]] = {}
@@ -199,9 +197,8 @@ def read_image_rows(
 ) -> CsvListing:
     """Every data row of an image CSV, in file order, with its file or the reason it has none.
 
-    ``labels``: ``required`` (train/val) or ``optional`` (test, predict); ``option`` prefixes
-    the option names in messages (``data.`` for training).
-    """
+    ``labels``: ``required`` (train/val) or ``optional`` (test, predict); ``option`` prefixes the
+    option names in messages (``data.`` for training)."""
     table = read_csv_table(csv_path, what)
     directory = Path(image_dir)
     if not directory.is_dir():

@@ -56,9 +56,7 @@ def decode_images(
 ) -> tuple[Tensor, list[str | None]]:
     """``paths`` -> uint8 ``(N, C, H, W)`` (into ``out`` if given), and per path ``None`` or an
     error naming the file (its row stays zeros): callers decide whether to stop or skip.
-
-    ``size=None`` keeps the native size (over ``resize_factor``) of the first readable file.
-    """
+    ``size=None`` keeps the native size (over ``resize_factor``) of the first readable file."""
     n = len(paths)
     found = first_size(paths, resize_factor) if size is None else None
     first, (h, w) = found or (paths[0] if n else "", size or (1, 1))
@@ -93,10 +91,9 @@ def decode_images(
 def _settle(dm: FileImageDataModule, plan: Plan) -> tuple[int, tuple[int, int]] | None:
     """Channels and size; ``None`` when problems are all there is to report.
 
-    Headers are probed (a second open per file) only when the channels depend on the files
-    or problems need a complete report; a size alone needs just the first file. With
-    problems, every readable file is decoded too, so truncated ones join the same error.
-    """
+    Headers are probed (a second open per file) only when channels depend on the files or
+    problems need a complete report; a size alone needs the first file. With problems, every
+    readable file is decoded too, so truncated ones join the same error."""
     threads, problems = max(1, dm.num_workers), plan.problems
     present = [p for p in plan.order if p in plan.stats]
     channels, size = dm.channels, dm.target_image_size

@@ -1,8 +1,7 @@
 """The on-disk decode cache: uint8 pixels in a raw ``.u8`` file, memory-mapped on reload.
 
-Keyed by the ordered file list with sizes and mtimes plus the decode settings (and Pillow's
-version: another libjpeg or resampler may give other pixels), so any change decodes afresh.
-"""
+Keyed by the ordered file list with sizes and mtimes plus the decode settings and Pillow's version
+(another libjpeg or resampler may give other pixels), so any change decodes afresh."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Build a missing default digits root (``<digits_dir>/digits_{csv,jpg,folder}``) from MNIST.
 
-A fresh clone has ``data/MNIST`` but not ``data/digits_*``: the digits experiments build theirs
-on first use with ``scripts/make_digit_datasets.py``. A user's own missing path keeps its error.
-Local rank 0 builds under a file lock; the others wait for the script's atomic rename.
-"""
+A fresh clone has ``data/MNIST`` but not ``data/digits_*``: experiments build theirs on first use
+(``scripts/make_digit_datasets.py``); a user's own missing path keeps its error. Local rank 0
+builds under a file lock; the others wait for the script's atomic rename."""
 
 from __future__ import annotations
 

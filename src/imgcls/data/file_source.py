@@ -1,11 +1,9 @@
 """The datamodule base of file-listing sources (CSV, ImageFolder): check, split, decode, cache.
 
-A source only lists ``ImageEntry`` items per split; ``setup()`` then, before any epoch, checks
-them all (one ``DataError`` naming every bad file, ``validation``), holds out test/val/folds
-(``splits``) and decodes every image once into one uint8 tensor (``decode``), or reloads the
-memory-mapped on-disk cache (``decode_cache``). Under DDP local rank 0 decodes into the cache
-in ``prepare_data`` while the other ranks' ``setup`` waits on its lock and maps the file.
-"""
+A source lists ``ImageEntry`` items per split; ``setup()`` then checks them all (one ``DataError``
+naming every bad file, ``validation``), holds out test/val/folds (``splits``) and decodes every
+image once into a uint8 tensor (``decode``) or maps the on-disk cache (``decode_cache``). Under
+DDP local rank 0 fills the cache in ``prepare_data``; other ranks wait on its lock, then map it."""
 
 from __future__ import annotations
 
@@ -72,11 +70,9 @@ class FileImageDataModule(ImageDataModule):
 
     ``channels=None`` picks 1 when every image is grayscale; ``image_size`` or an integer
     ``resize_factor`` (the seed CNN's 8) sets the size, else all images must share one.
-    ``val_fraction``/``test_fraction``/``num_folds`` hold out per class, seeded by
-    ``split_seed``. ``num_workers`` are decoding threads (the in-memory loaders use none: they
-    would only add copies), or the stream path's loader workers. ``mean``/``std`` ``None`` are
-    measured on the training images.
-    """
+    ``val_fraction``/``test_fraction``/``num_folds`` hold out per class (``split_seed``).
+    ``num_workers``: decoding threads (in-memory loaders use none: they would only add copies), or
+    the stream path's loader workers. ``mean``/``std`` ``None``: measured on the training images."""
 
     source_name = "image files"
 

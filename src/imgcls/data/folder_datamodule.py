@@ -1,8 +1,7 @@
 """Class folders: ``<root>/train/<class>/<image>``, ``<root>/valid/<class>/...`` (or ``val/``), optional ``test/``.
 
 The layout of ``torchvision.datasets.ImageFolder``, listed with torchvision's own helpers and
-decoded once into memory like every file source.
-"""
+decoded once into memory like every file source."""
 
 from __future__ import annotations
 
@@ -40,10 +39,9 @@ class FolderDataModule(FileImageDataModule):
     """An image-folder dataset decoded once into memory (see ``FileImageDataModule``).
 
     ``val_dir``/``test_dir`` ``None`` use ``valid/``, ``val/``, ``validation/`` / ``test/`` when
-    present; without a validation folder ``val_fraction`` of each class is held out. Class
-    sub-folders in the test folder make it a labeled test split, loose images the ``predict``
-    split. ``missing_hint`` is appended to the error when the dataset is absent.
-    """
+    present; without a validation folder ``val_fraction`` of each class is held out. A test
+    folder with class sub-folders is a labeled test split, with loose images the ``predict``
+    split. ``missing_hint`` is appended to the error when the dataset is absent."""
 
     source_name = "folder dataset"
 

@@ -37,9 +37,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
 def resolve_under(root: str | os.PathLike, name: str, where: str = "") -> Path:
     """``root/name`` as an absolute path, refusing absolute names and paths that escape ``root``.
 
-    The check is lexical (``..`` components), so a symlink the user placed inside ``root``
-    is honoured while ``../../etc/passwd`` from a CSV cell is not.
-    """
+    Lexical check (``..``): a symlink inside ``root`` is honoured, ``../../etc/passwd`` is not."""
     at = f" ({where})" if where else ""
     if not name or os.path.isabs(name) or name.startswith(("/", "\\")) or name[1:2] == ":":
         raise DataError(f"image path {name!r}{at} must be relative to the image directory {root}")
@@ -96,9 +94,8 @@ def decode_image(
 ) -> np.ndarray:
     """One file (or its encoded ``data``) -> uint8 ``(H, W, C)``; errors name the file.
 
-    Large JPEGs that shrink a lot are decoded at a reduced DCT scale (``Image.draft``), at
-    least twice the target size, then resized with antialiasing as torchvision's does.
-    """
+    Large JPEGs that shrink a lot decode at a reduced DCT scale (``Image.draft``, at least twice
+    the target size), then resize with antialiasing as torchvision's does."""
     p = Path(path)
     if data is None and not p.is_file():
         raise DataError(f"image file not found: {p}")
@@ -123,10 +120,9 @@ def decode_image(
 def decode_steps(channels: int, size: Sequence[int]) -> list[dict[str, Any]]:
     """What ``decode_image`` does to a file for a model input of ``channels`` x ``size``, as data.
 
-    The export sidecar writes these steps down (then scale and normalize), so that code
-    outside this package can reproduce predict.py from a file on disk with PIL. Change this
-    list and ``decode_image`` together: a test replays it against predict.py.
-    """
+    The export sidecar writes these steps down (then scale and normalize) so code outside this
+    package can reproduce predict.py with PIL. Change this list and ``decode_image`` together:
+    a test replays it against predict.py."""
     mode = "L" if channels == 1 else "RGB"
     h, w = int(size[0]), int(size[1])
     return [

@@ -61,9 +61,7 @@ def _decompress(gz: Path, target: Path, md5: str) -> None:
 def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Path:
     """Make ``<data_dir>/MNIST/raw/<name>`` exist uncompressed and verified; return the raw dir.
 
-    Decompresses the bundled ``.gz`` files; only when files are missing and ``download`` is
-    set does torchvision try the network.
-    """
+    Unpacks the bundled ``.gz`` files; the network is tried only for missing ones (``download``)."""
     raw = Path(data_dir) / "MNIST" / "raw"
     missing = []
     for name, md5 in MNIST_MD5.items():
@@ -100,9 +98,7 @@ def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Pat
 class MNISTDataModule(ImageDataModule):
     """MNIST: 60k train (seeded train/val split) and the official 10k test set.
 
-    ``test_size`` keeps only the first images of the test set (quick evaluations);
-    ``download`` lets torchvision fetch absent raw files.
-    """
+    ``test_size``: only the first test images (quick evals); ``download``: fetch missing files."""
 
     default_mean = (0.1307,)
     default_std = (0.3081,)

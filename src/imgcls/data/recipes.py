@@ -1,10 +1,9 @@
 """Modern batch recipes from torchvision transforms v2 for the memory data path.
 
-``PerSample`` runs a v2 transform (TrivialAugmentWide, RandAugment, RandomErasing) on chunks
-of a training batch in pixel space: v2 draws one op per call, so a whole-batch call would give
-every sample the same op. ``BatchMix`` applies MixUp / CutMix to the normalized float batch
-and turns the labels into soft targets of ``num_classes`` (known only after data set-up).
-"""
+``PerSample`` runs a v2 transform (TrivialAugmentWide, RandAugment, RandomErasing) on chunks of a
+training batch in pixel space: v2 draws one op per call, so a batch call gives all samples one op.
+``BatchMix`` applies MixUp / CutMix to the normalized batch, making soft targets of
+``num_classes`` (known only after data set-up)."""
 
 from __future__ import annotations
 

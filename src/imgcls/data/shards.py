@@ -6,10 +6,8 @@ Layout written by ``scripts/make_shards.py``::
     <root>/<split>/index.json         LitData's index of the split's chunks
     <root>/<split>/chunk-*.bin        samples {"image": encoded file bytes, "label", "index", "name"}
 
-Files are stored as encoded (no resize), so the stream transforms run at native resolution.
-``<root>`` may be any URL LitData reads (``s3://``, ...). LitData is an optional dependency
-(``pip install -e '.[stream]'``), imported here only.
-"""
+Files stay encoded (no resize): stream transforms run at native resolution. ``<root>`` may be any
+URL LitData reads (``s3://``...); LitData (optional: ``.[stream]``) is imported here only."""
 
 from __future__ import annotations
 
@@ -55,9 +53,8 @@ def write_split(
 ) -> None:
     """Write one split's ``(path, label, index, name)`` items, in order, as LitData chunks.
 
-    One local worker writes in this process with LitData's ``BinaryWriter`` (what ``optimize``
-    runs in each worker, without its process start-up); else ``optimize``.
-    """
+    One local worker writes in-process with LitData's ``BinaryWriter`` (what ``optimize`` runs per
+    worker, minus its process start-up); more use ``optimize``."""
     ld = litdata()
     if int(num_workers) <= 1 and "://" not in str(out_dir):
         from litdata.streaming.writer import BinaryWriter
@@ -154,10 +151,8 @@ def shard_loader(
 ) -> Any:
     """A LitData loader over ``<root>/<split>``.
 
-    Training shuffles and lets LitData trim every rank to the same number of batches, which
-    DDP's gradient sync needs. Evaluation keeps every sample once (``drop_last=False``): ranks
-    may run different numbers of batches, safe without gradient sync.
-    """
+    Training shuffles and trims every rank to the same batch count (DDP's gradient sync needs it).
+    Evaluation keeps every sample once (``drop_last=False``): uneven ranks are safe without sync."""
     ld = litdata()
     dataset = ld.StreamingDataset(
         f"{root.rstrip('/')}/{split}",

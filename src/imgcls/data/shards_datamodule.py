@@ -1,9 +1,7 @@
 """``data=shards``: train from LitData shards written by ``scripts/make_shards.py``.
 
-Samples go through the stream path's transforms (``imgcls.data.streaming``), so a model trained
-here has the same ``DataSpec``, checkpoints, predict and export as one trained on the files
-with ``data.loading=stream``.
-"""
+Samples go through the stream path's transforms (``imgcls.data.streaming``), so the model gets the
+same ``DataSpec``, checkpoints, predict and export as one trained with ``data.loading=stream``."""
 
 from __future__ import annotations
 
@@ -33,9 +31,7 @@ log = logging.getLogger(__name__)
 class ShardsDataModule(ImageDataModule):
     """Streams LitData shards (``<root>/meta.json`` + one folder per split).
 
-    ``stream`` as ``data.stream`` of the file sources; mean/std default to the values measured
-    when the shards were written.
-    """
+    ``stream`` as the file sources' ``data.stream``; mean/std default to those in ``meta.json``."""
 
     def __init__(
         self,

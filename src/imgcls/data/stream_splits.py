@@ -1,10 +1,9 @@
 """How a file source picks memory or stream loading, and sets up its stream splits.
 
 ``resolve_loading`` settles ``data.loading=auto`` from the decoded size of the listed files;
-``stream_splits`` runs the stream path's fast pre-pass (every file exists and its header is an
-image, read with PIL without decoding the pixels) and builds one ``StreamImageDataset`` per
-split. Listing checks (traversal, empty labels, unknown classes) ran before, as for memory.
-"""
+``stream_splits`` runs the fast pre-pass (each file exists and has an image header, read by PIL
+without decoding) and builds one ``StreamImageDataset`` per split. Listing checks (traversal,
+empty labels, unknown classes) ran before, as for memory."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """The stream path, for sets whose decoded pixels exceed ``data.memory_budget_mb``.
 
-Each sample is decoded in a DataLoader worker at native size and transformed there (torchvision
-v2); it stays uint8 until the batch reaches its device, where the datamodule normalizes it as
-on the memory path. The eval transform is plain data (``DataSpec.eval_transform``) so predict
-and export rebuild it from a checkpoint. A file failing mid-epoch never becomes a wrong label:
-its error travels with the batch and the main process stops or skips (``DecodeErrors``).
-"""
+Each sample is decoded and transformed (torchvision v2) at native size in a DataLoader worker and
+stays uint8 until its batch is on the device, normalized there as on the memory path. The eval
+transform is plain data (``DataSpec.eval_transform``) so predict/export rebuild it from a
+checkpoint. A file failing mid-epoch never becomes a wrong label: its error travels with the batch
+and the main process stops or skips (``DecodeErrors``)."""
 
 from __future__ import annotations
 

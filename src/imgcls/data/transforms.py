@@ -1,8 +1,7 @@
 """Batch transforms on tensors: uint8 -> normalized float, and per-sample random affine.
 
-They run after the batch reaches its device (``on_after_batch_transfer``), so augmentation
-uses the GPU when there is one and the host only ever moves uint8 pixels.
-"""
+They run once the batch is on its device (``on_after_batch_transfer``), so augmentation uses the
+GPU when there is one and the host only ever moves uint8 pixels."""
 
 from __future__ import annotations
 
@@ -33,8 +32,7 @@ class BatchRandomAffine(nn.Module):
     """Random rotation/translation/scale/shear (x axis, degrees) and h-flip, drawn per sample.
 
     One ``affine_grid`` + ``grid_sample`` for the batch, where torchvision's batch transforms
-    share one draw. Borders are filled with 0, black in pixel space (torchvision's fill).
-    """
+    share one draw. Borders are filled with 0, black in pixel space (torchvision's fill)."""
 
     def __init__(
         self,

@@ -1,8 +1,7 @@
 """ImageClassifier: one LightningModule for every net: loss, metrics, optimizer from config.
 
-Everything it needs to rebuild itself is stored as plain containers in the checkpoint, so
-``ImageClassifier.load_from_checkpoint(path)`` works alone and under ``weights_only=True``.
-"""
+It stores all it needs to rebuild itself as plain containers in the checkpoint, so
+``ImageClassifier.load_from_checkpoint(path)`` works alone and under ``weights_only=True``."""
 
 from __future__ import annotations
 
@@ -72,14 +71,12 @@ def eval_metrics(k: int, prefix: str) -> MetricCollection:
 
 
 class ImageClassifier(L.LightningModule):
-    """Cross-entropy classifier around any net of ``imgcls.models.nets`` (options: see
-    ``configs/model/*.yaml``). The net's sizes come from ``spec`` (the training data's
-    ``DataSpec``). ``weights`` and ``cache_dir`` are not stored: the checkpoint holds the trained
-    weights (reloading never needs the pretrained file), and a location is no hyper-parameter.
-    ``tta=flip`` averages the softmax of image and horizontal flip (off: digits are not
-    flip-symmetric); the scheduler's run length and OneCycle's ``max_lr`` are filled in by
-    ``imgcls.models.schedules``.
-    """
+    """Cross-entropy classifier around any net of ``imgcls.models.nets`` (``configs/model/``).
+
+    The net's sizes come from ``spec`` (the training ``DataSpec``). ``weights`` and ``cache_dir``
+    are not stored: the checkpoint holds the trained weights and a location is no hyper-parameter.
+    ``tta=flip`` averages the softmax of image and h-flip (off: digits are not flip-symmetric);
+    run length and OneCycle's ``max_lr`` are filled in by ``imgcls.models.schedules``."""
 
     _train_sums: Tensor | None
 

@@ -1,9 +1,9 @@
 """Frozen-backbone feature cache: compute the backbone once, train the head from disk.
 
-Under the deterministic eval transform a frozen backbone gives the same features every epoch
-and run. The key holds all that changes them (the backbone's values, the eval transform, the
-source's ``fingerprint(split)``, the precision) and no head-only setting, so a sweep over lr,
-head or seed shares one cache. Only the fit is served features; ``trainer.test`` sees images."""
+Under the deterministic eval transform a frozen backbone gives the same features every epoch and
+run. The key holds all that changes them (backbone values, eval transform, the source's
+``fingerprint(split)``, precision) and no head-only setting, so a sweep over lr, head or seed
+shares one cache. Only the fit is served features; ``trainer.test`` sees images."""
 
 from __future__ import annotations
 

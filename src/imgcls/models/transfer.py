@@ -1,9 +1,8 @@
 """Transfer-learning options of ``ImageClassifier`` for nets with a ``backbone`` and a ``head``.
 
-``model.weights`` is checked, and may set the input normalization, before any data is decoded
-and before the data spec reaches the model (so the checkpoint carries the weights' mean/std).
-``model.cache_features`` / ``model.unfreeze_at_epoch`` are callbacks the model brings along.
-"""
+``model.weights`` is checked, and may set the input normalization, before any data is decoded and
+before the data spec reaches the model (so the checkpoint carries the weights' mean/std).
+``model.cache_features`` / ``model.unfreeze_at_epoch`` are callbacks the model brings along."""
 
 from __future__ import annotations
 

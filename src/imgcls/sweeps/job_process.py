@@ -1,11 +1,10 @@
 """A DDP job of a sweep runs in its own process group, so that a failing rank ends that job only.
 
-Lightning SIGKILLs every rank *and its own main process* (in a multirun: the sweep, or the
-submitit worker) when a rank fails. So such a job runs as its own single run in a new session;
-its leftover ranks are killed, a failure is raised with the first error a rank recorded, and
-SIGTERM/Ctrl+C to the sweep reach the job's group first (it saves ``last.ckpt``).
-``extras.isolate_ddp_jobs``: ``auto`` (jobs whose ranks Lightning starts), ``true`` or ``false``.
-"""
+Lightning SIGKILLs every rank *and its main process* (the sweep, or the submitit worker) when a
+rank fails. So the job runs as a single run in a new session: leftover ranks are killed, the first
+error a rank recorded is raised, and SIGTERM/Ctrl+C reach the job's group first (it saves
+``last.ckpt``). ``extras.isolate_ddp_jobs``: ``auto`` (jobs whose ranks Lightning starts), ``true``
+or ``false``."""
 
 from __future__ import annotations
 

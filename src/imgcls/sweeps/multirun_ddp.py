@@ -1,11 +1,10 @@
 """Lightning DDP inside Hydra multirun jobs: one job, one run dir, no leftovers for the next job.
 
-Lightning starts ranks 1..N-1 by re-running the command line: in a multirun, the whole sweep. And
-jobs sharing a process (basic launcher) would inherit ``LOCAL_RANK``/``MASTER_PORT`` and an open
-process group, and wait forever for ranks "started externally". :class:`MultirunDDP` makes each
-rank re-run *this job* as a single run in the job's directory, restores the environment and
-closes the process group at the job's end, and publishes the job's command (:func:`current_job`).
-"""
+Lightning starts ranks 1..N-1 by re-running the command line (in a multirun: the whole sweep), and
+jobs sharing a process would inherit ``LOCAL_RANK``/``MASTER_PORT`` and an open process group.
+:class:`MultirunDDP` makes each rank re-run *this job* as a single run in the job's directory,
+restores the environment and closes the process group at job end, and publishes the job's
+command (:func:`current_job`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """One table per sweep: every job's status, overrides and ``optimized_metric``, best job marked;
-seed and fold repeats as mean ± std per configuration; Optuna's best trial.
-
-Refreshed after every job, wherever it ran, so a sweep that dies half-way keeps the table of the
-jobs that finished; a sweep in which a job failed exits non-zero.
-"""
+seed and fold repeats as mean ± std per configuration; Optuna's best trial. Refreshed after
+every job, wherever it ran, so a sweep that dies half-way keeps the table of the finished jobs;
+a sweep in which a job failed exits non-zero."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Export a checkpoint to ONNX, TorchScript or a ``torch.export`` program, and prove parity.
 
 The graph is the net alone (normalized ``float32 (N, C, H, W)`` in, logits out, dynamic batch);
-what feeds it (class names, size, mean/std, the exact preprocessing) goes into a sidecar JSON
-(and the TorchScript/pt2 archive). Parity: max |Δlogits| vs the Lightning module on a real batch.
-"""
+what feeds it (class names, size, mean/std, exact preprocessing) goes into a sidecar JSON (and
+the TorchScript/pt2 archive). Parity: max |Δlogits| vs the Lightning module on a real batch."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Predict class names for images from a checkpoint alone: the task behind ``src/predict.py``.
 
-The checkpoint carries the net config, the class names and the ``DataSpec``, so the user names
-only the checkpoint and the images (``imgcls.tasks.predict_inputs``). The forward pass runs
-through ``Trainer.predict``, so ``trainer.accelerator``/``precision`` mean what they mean for
-training. Unreadable files get a row with an ``error`` unless ``on_error=stop``.
-"""
+The checkpoint carries the net config, class names and ``DataSpec``; the user names only it and
+the images (``predict_inputs``). The forward pass runs through ``Trainer.predict``, so
+``trainer.accelerator``/``precision`` mean what they mean for training. Unreadable files get a
+row with an ``error`` unless ``on_error=stop``."""
 
 from __future__ import annotations
 

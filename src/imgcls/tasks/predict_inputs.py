@@ -1,8 +1,7 @@
 """What ``predict`` reads: one image, a folder of images or a CSV of image names, decoded per batch.
 
-A file that cannot be read never stops the others: it gets a zero placeholder in its batch and
-its message travels with the batch (``predict`` decides whether that stops the run).
-"""
+An unreadable file never stops the others: it gets a zero placeholder in its batch and its message
+travels with the batch (``predict`` decides whether that stops the run)."""
 
 from __future__ import annotations
 
@@ -68,12 +67,10 @@ def list_csv(
     image_column: str | None = None,
     extension: str | None = None,
 ) -> InputList:
-    """One item per CSV row, in file order, resolved as the CSV datamodule does; a row that
-    names no usable file keeps its place with the reason, so the output stays aligned.
-
-    Images are in ``image_dir``, else the folder named like the CSV beside it (``test.csv`` ->
-    ``test/``, the Kaggle-style layout), else the CSV's folder.
-    """
+    """One item per CSV row, in file order, resolved as the CSV datamodule does; a row naming no
+    usable file keeps its place with the reason, so the output stays aligned. Images are in
+    ``image_dir``, else the folder named like the CSV beside it (``test.csv`` -> ``test/``,
+    Kaggle-style), else the CSV's folder."""
     beside = csv_path.with_suffix("")
     directory = Path(image_dir or (beside if beside.is_dir() else csv_path.parent))
     index = DirectoryIndex()

@@ -1,10 +1,9 @@
 """Which data a checkpoint was trained on: what ``eval.py`` scores it on unless ``data=`` is given.
 
-Tried in order: the run's ``.hydra/config.yaml`` beside its ``checkpoints/``, then the data
-config the builder stores in the checkpoint's ``datamodule_hyper_parameters`` (runs without
-Hydra's run dir). A checkpoint is data, not code: its stored config is used only when every
-``_target_`` names one of this package's data classes; the run's config file may name your own.
-"""
+First the run's ``.hydra/config.yaml`` beside its ``checkpoints/``, then the data config stored in
+the checkpoint's ``datamodule_hyper_parameters`` (runs without Hydra's run dir). A checkpoint is
+data: its config is used only if every ``_target_`` is a data class of this package; the run's
+config file may name your own."""
 
 from __future__ import annotations
 

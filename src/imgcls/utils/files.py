@@ -1,8 +1,7 @@
 """Atomic file writes: the one place that knows how to replace a file without a torn copy.
 
 The temp file lives beside the target (same filesystem), is fsynced, then ``os.replace``d over
-it: a reader (or a crash) sees the old complete file or the new complete file, never a mix.
-"""
+it: a reader (or a crash) sees the old complete file or the new one, never a mix."""
 
 from __future__ import annotations
 
@@ -37,9 +36,8 @@ def _fsync_dir(path: Path) -> None:
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temp file beside ``path``; on a clean exit it replaces ``path`` atomically.
 
-    On any error the temp file is removed and ``path`` is left as it was; ``OSError`` from
-    creating the temp file propagates (callers word it for their file kind).
-    """
+    On any error the temp file is removed and ``path`` left as it was; ``OSError`` from creating
+    the temp file propagates (callers word it for their file kind)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)

@@ -43,8 +43,7 @@ def confusion_matrix_image(cm: Tensor, class_names: Sequence[str], title: str = 
     """Render a confusion matrix (rows = true class, columns = predicted) as a uint8 ``(3, H, W)``.
 
     Cells are colored by the row-normalized fraction (per-class recall on the diagonal), so rare
-    classes are as readable as frequent ones; counts are printed when the cells are big enough.
-    """
+    classes read as well as frequent ones; counts are printed when the cells are big enough."""
     cm = cm.detach().cpu().long()
     k = cm.shape[0]
     cell = max(6, min(36, 720 // max(k, 1)))

@@ -19,9 +19,8 @@ from imgcls.models.nets._weights import Weights
 class BackboneHead(nn.Module):
     """A frozen-or-trainable ``backbone`` and a trainable MLP ``head``.
 
-    Subclasses build ``self.backbone`` (returning ``(N, num_features)``), call ``_init_head``
-    and say where their weights are (``resolve_weights``).
-    """
+    Subclasses build ``self.backbone`` (returning ``(N, num_features)``), call ``_init_head`` and
+    say where their weights are (``resolve_weights``)."""
 
     arch: str
     in_channels: int

@@ -23,10 +23,9 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 class FrozenResNet(BackboneHead):
     """``backbone`` (torchvision ResNet minus ``fc``) -> ``head`` (MLP).
 
-    ``in_channels`` 1 is repeated to RGB; any image size works (global average pooling);
-    ``weights``: see ``imgcls.models.nets._weights`` (``None``: random init, as a checkpoint
-    rebuilds the net before loading its own weights). ``freeze=None``: frozen when pretrained.
-    """
+    ``in_channels`` 1 is repeated to RGB; any image size works (global average pooling). For
+    ``weights`` see ``imgcls.models.nets._weights`` (``None``: random init, as a checkpoint rebuilds
+    the net before loading its own weights). ``freeze=None``: frozen when pretrained."""
 
     def __init__(
         self,

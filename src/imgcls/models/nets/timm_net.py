@@ -128,8 +128,7 @@ class TimmNet(BackboneHead):
     """``backbone`` (a timm model without its classifier) -> ``head`` (MLP), as ``FrozenResNet``.
 
     ``name``: e.g. ``resnet18``, ``convnext_atto``, ``resnet18.a1_in1k``; ``image_size`` sizes
-    fixed-size models (ViTs); ``weights``: ``DEFAULT`` | a pretrained tag | a file | ``None``.
-    """
+    fixed-size models (ViTs); ``weights``: ``DEFAULT`` | a pretrained tag | a file | ``None``."""
 
     def __init__(
         self,

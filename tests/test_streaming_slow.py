@@ -43,6 +43,7 @@ def test_stream_matches_memory_within_one_point(full_folder: Path, tmp_path: Pat
     """data=folder data.loading=stream vs memory: same seed, same epochs, val acc within 1 point."""
     common = [
         "data=folder",
+        "data.image_size=[28,28]",  # a digits set outside the default root: its size is ours to set
         f"data.root={full_folder}",
         "model=lenet",
         "trainer.max_epochs=5",

@@ -32,12 +32,20 @@ def test_bundled_files_decompress_to_canonical_content(tmp_path) -> None:
     assert not list(raw.glob("*.tmp"))
 
 
-def test_corrupt_archive_is_named(tmp_path) -> None:
+def test_corrupt_archive_is_named(tmp_path, monkeypatch) -> None:
     raw = copy_gz(tmp_path)
     with gzip.open(raw / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(b"not mnist")
+    replaced: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (replaced.append(Path(b).name), real_replace(a, b))
+    )
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz does not hold the canonical"):
         ensure_mnist_raw(tmp_path)
+    # checked before the replace: a kill at any moment cannot leave the wrong file in place
+    assert "t10k-labels-idx1-ubyte" not in replaced
+    assert not (raw / "t10k-labels-idx1-ubyte").exists() and not list(raw.glob(".*.tmp"))
 
 
 def test_missing_files_say_where_to_put_them(tmp_path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -46,16 +46,21 @@ def _verified(path: Path, md5: str) -> bool:
 
 
 def _decompress(gz: Path, target: Path, md5: str) -> None:
+    """Unpack ``gz`` to ``target``, hashed on the way: a wrong archive raises before the
+    replace, so ``target`` is never a non-canonical file (not even after a kill)."""
+    digest = hashlib.md5(usedforsecurity=False)
     try:
         with gzip.open(gz, "rb") as src, atomic_file(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+            if digest.hexdigest() != md5:
+                raise DataError(
+                    f"MNIST archive {gz} does not hold the canonical {target.name} (md5 mismatch)"
+                )
     except (OSError, EOFError) as e:
         raise DataError(f"MNIST archive {gz} cannot be decompressed: {e}") from None
-    if not _verified(target, md5):
-        target.unlink()
-        raise DataError(
-            f"MNIST archive {gz} does not hold the canonical {target.name} (md5 mismatch)"
-        )
+    _verified(target, md5)  # stamps the verified file
 
 
 def ensure_mnist_raw(data_dir: str | os.PathLike, download: bool = False) -> Path:

@@ -41,9 +41,15 @@ class TopKCollector(BasePredictionWriter):
         self.errors: dict[int, str] = {}
 
     def write_on_batch_end(
-        self, trainer: L.Trainer, module: L.LightningModule, prediction: Tensor, *args: Any
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Tensor,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
-        batch = args[1]  # after batch_indices; then batch_idx, dataloader_idx
         positions, errors = batch[1].cpu(), batch[2]
         for pos, err in zip(positions.tolist(), errors, strict=True):
             if err and self.stop_on_error:

@@ -23,7 +23,7 @@ def test_short_run_console_shows_run_dir_and_overrides_not_tips(tmp_path) -> Non
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
     assert f"run dir: {run_dir}" in out
     assert "overrides: " in out and "+trainer.limit_train_batches=5" in out
-    assert "model=ImageClassifier/LeNet batch=128" in out
+    assert "model=ImageClassifier/LeNet batch=256" in out
     assert "Tip" not in out and "litlogger" not in out and "LeafSpec" not in out
     # the whole tree goes to the file only
     assert "CONFIG" not in out

@@ -18,28 +18,13 @@ n = int(sys.argv[1])
 root = Path(f"/tmp/pss/n{n}")
 if not root.exists():
     S.make_jpeg_folders(root, n, n // 10)
+# the benchmark's run (memory budget 16 MB, 2 workers), shortened; later overrides win
 base = [
-    "data=folder",
-    f"data.root={root}",
-    "data.image_size=[128,128]",
-    "data.channels=3",
-    "data.memory_budget_mb=16",
-    "data.num_workers=2",
-    "data.batch_size=64",
-    "data.cache_dir=null",
-    "data.mean=[0.5,0.5,0.5]",
-    "data.std=[0.5,0.5,0.5]",
-    "model=simple_cnn",
-    "trainer.max_epochs=1",
-    "test=false",
-    "logger=none",
-    "callbacks=none",
-    "+trainer.enable_progress_bar=false",
-    "extras.print_config=false",
-    "paths.log_dir=/tmp/pss/logs",
+    *S.run_overrides(root, "auto", Path("/tmp/pss/logs")),
     "+trainer.limit_train_batches=34",
     "+trainer.limit_val_batches=3",
-] + sys.argv[2:]
+    *sys.argv[2:],
+]
 proc = subprocess.Popen(
     [sys.executable, str(HERE.parent / "src" / "train.py"), *base],
     stdout=subprocess.DEVNULL,

@@ -138,6 +138,31 @@ def _tree_pss_kb(pid: int) -> int:
     return total
 
 
+def run_overrides(root: Path, loading: str, log_dir: Path) -> list[str]:
+    """The `src/train.py` overrides of the memory section's run on ``root``."""
+    return [
+        "data=folder",
+        f"data.root={root}",
+        f"data.image_size=[{MODEL},{MODEL}]",
+        "data.channels=3",
+        f"data.loading={loading}",
+        f"data.memory_budget_mb={BUDGET_MB}",
+        f"data.num_workers={WORKERS}",
+        f"data.batch_size={BATCH}",
+        "data.cache_dir=null",
+        "data.mean=[0.5,0.5,0.5]",
+        "data.std=[0.5,0.5,0.5]",
+        "model=simple_cnn",
+        "trainer.max_epochs=1",
+        "test=false",
+        "logger=none",
+        "callbacks=none",
+        "+trainer.enable_progress_bar=false",
+        "extras.print_config=false",
+        f"paths.log_dir={log_dir}",
+    ]
+
+
 def peak_pss(overrides: list[str]) -> tuple[float, int]:
     """Run ``src/train.py overrides`` and sample its tree's PSS; (peak MB, exit code)."""
     proc = subprocess.Popen(
@@ -173,29 +198,7 @@ def memory(roots: list[tuple[Path, int]], tmp: Path) -> list[str]:
     for root, n in roots:
         decoded = n * 3 * MODEL * MODEL / 2**20
         for loading in ("auto", "memory"):
-            mb, rc = peak_pss(
-                [
-                    "data=folder",
-                    f"data.root={root}",
-                    f"data.image_size=[{MODEL},{MODEL}]",
-                    "data.channels=3",
-                    f"data.loading={loading}",
-                    f"data.memory_budget_mb={BUDGET_MB}",
-                    f"data.num_workers={WORKERS}",
-                    f"data.batch_size={BATCH}",
-                    "data.cache_dir=null",
-                    "data.mean=[0.5,0.5,0.5]",
-                    "data.std=[0.5,0.5,0.5]",
-                    "model=simple_cnn",
-                    "trainer.max_epochs=1",
-                    "test=false",
-                    "logger=none",
-                    "callbacks=none",
-                    "+trainer.enable_progress_bar=false",
-                    "extras.print_config=false",
-                    f"paths.log_dir={tmp}/logs",
-                ]
-            )
+            mb, rc = peak_pss(run_overrides(root, loading, tmp / "logs"))
             shown = "stream (auto)" if loading == "auto" else "memory"
             status = "" if rc == 0 else f" (exit {rc})"
             lines.append(

@@ -2,7 +2,6 @@
 process grows with the dataset: `python scripts/pss_probe.py N [overrides...]` makes N JPEGs
 (plus N/10 for validation) under /tmp/pss once, then runs src/train.py on them."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -31,41 +30,18 @@ proc = subprocess.Popen(
     stderr=subprocess.PIPE,
     text=True,
 )
-peaks = {}
+peaks: dict[str, tuple[int, int]] = {}  # process -> peak (PSS, anonymous PSS), MB
 
 
-def pss(p, key="Pss:"):
-    for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) // 1024
-
-
-def sample():
+def sample() -> None:
     while proc.poll() is None:
-        kids = [
-            int(d) for d in os.listdir("/proc") if d.isdigit() and Path(f"/proc/{d}/stat").exists()
-        ]
-        tree = [proc.pid]
-        for d in kids:
-            try:
-                if (
-                    int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                    == proc.pid
-                ):
-                    tree.append(d)
-            except Exception:
-                pass
-        tot = 0
-        for p in tree:
-            try:
-                v = pss(p)
-                a = pss(p, "Pss_Anon:")
-                tot += v
-                k = "main" if p == proc.pid else f"w{p}"
-                peaks[k] = max(peaks.get(k, (0, 0)), (v, a))
-            except Exception:
-                pass
-        peaks["total"] = max(peaks.get("total", (0, 0)), (tot, 0))
+        total = 0
+        for p in S.tree_pids(proc.pid):
+            pss, anon = S.pss_kb(p) // 1024, S.pss_kb(p, "Pss_Anon:") // 1024
+            total += pss
+            key = "main" if p == proc.pid else f"w{p}"
+            peaks[key] = max(peaks.get(key, (0, 0)), (pss, anon))
+        peaks["total"] = max(peaks.get("total", (0, 0)), (total, 0))
         time.sleep(0.2)
 
 
@@ -73,6 +49,6 @@ t = threading.Thread(target=sample, daemon=True)
 t.start()
 _, err = proc.communicate()
 t.join()
-print(n, sys.argv[2:], "rc", proc.returncode, {k: v for k, v in peaks.items()})
+print(n, sys.argv[2:], "rc", proc.returncode, peaks)
 if proc.returncode:
     print(err[-1500:])

@@ -115,8 +115,8 @@ def throughput(root: Path, repeats: int) -> list[str]:
     ]
 
 
-def _tree_pss_kb(pid: int) -> int:
-    """PSS of ``pid`` and its descendants (kB), from /proc."""
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -125,17 +125,28 @@ def _tree_pss_kb(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(d))
-    total, todo = 0, [pid]
+    pids, todo = [], [pid]
     while todo:
         p = todo.pop()
+        pids.append(p)
         todo += children.get(p, [])
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    return pids
+
+
+def pss_kb(pid: int, field: str = "Pss:") -> int:
+    """One ``smaps_rollup`` field of ``pid`` (kB); 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree_pss_kb(pid: int) -> int:
+    """PSS of ``pid`` and its descendants (kB)."""
+    return sum(pss_kb(p) for p in tree_pids(pid))
 
 
 def run_overrides(root: Path, loading: str, log_dir: Path) -> list[str]:

@@ -74,3 +74,32 @@ def test_readme_group_table_lists_every_option() -> None:
         listed = set(re.findall(r"`(\w+)`", row.group(1)))
         options = {p.stem for p in (ROOT / "configs" / group).glob("*.yaml")}
         assert options <= listed, f"{group}: not in the README table: {sorted(options - listed)}"
+
+
+def test_entry_points_import_no_optional_heavy_library() -> None:
+    """The README's start-up claim: onnx, Optuna, TensorBoard's writer, trackers, timm and the
+    streaming engine load only when a run uses them, not when an entry point is imported."""
+    import subprocess
+    import sys
+
+    optional = [
+        "onnx",
+        "onnxruntime",
+        "optuna",
+        "torch.utils.tensorboard",
+        "tensorboard",
+        "mlflow",
+        "wandb",
+        "timm",
+        "litdata",
+    ]
+    code = (
+        "import sys; sys.path.insert(0, 'src')\n"
+        "import imgcls.tasks.train, imgcls.tasks.evaluate, imgcls.tasks.predict, imgcls.tasks.export\n"
+        f"print(','.join(m for m in {optional!r} if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"imported at start-up: {proc.stdout.strip()}"

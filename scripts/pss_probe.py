@@ -35,13 +35,14 @@ peaks: dict[str, tuple[int, int]] = {}  # process -> peak (PSS, anonymous PSS), 
 
 def sample() -> None:
     while proc.poll() is None:
-        total = 0
-        for p in S.tree_pids(proc.pid):
-            pss, anon = S.pss_kb(p) // 1024, S.pss_kb(p, "Pss_Anon:") // 1024
-            total += pss
+        kb = S.tree_pss_kb(proc.pid)
+        for p, pss in (kb or {}).items():
             key = "main" if p == proc.pid else f"w{p}"
-            peaks[key] = max(peaks.get(key, (0, 0)), (pss, anon))
-        peaks["total"] = max(peaks.get("total", (0, 0)), (total, 0))
+            peaks[key] = max(
+                peaks.get(key, (0, 0)), (pss // 1024, S.pss_kb(p, "Pss_Anon:") // 1024)
+            )
+        if kb:
+            peaks["total"] = max(peaks.get("total", (0, 0)), (sum(kb.values()) // 1024, 0))
         time.sleep(0.2)
 
 

@@ -144,9 +144,17 @@ def pss_kb(pid: int, field: str = "Pss:") -> int:
     return 0
 
 
-def _tree_pss_kb(pid: int) -> int:
-    """PSS of ``pid`` and its descendants (kB)."""
-    return sum(pss_kb(p) for p in tree_pids(pid))
+def tree_pss_kb(pid: int) -> dict[int, int] | None:
+    """PSS (kB) of ``pid`` and each descendant, read as one consistent snapshot, or None.
+
+    A worker forking or exiting mid-read moves its shared pages between processes' PSS, and a
+    sum read across that moment counts them twice (seen: +300 MB spikes at loader start/stop);
+    such a read is dropped: the tree must be the same before and after and every process alive."""
+    pids = tree_pids(pid)
+    kb = {p: pss_kb(p) for p in pids}
+    if sorted(tree_pids(pid)) != sorted(pids) or not all(kb.values()):
+        return None
+    return kb
 
 
 def run_overrides(root: Path, loading: str, log_dir: Path) -> list[str]:
@@ -186,7 +194,8 @@ def peak_pss(overrides: list[str]) -> tuple[float, int]:
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_pss_kb(proc.pid))
+            kb = tree_pss_kb(proc.pid)
+            peak[0] = max(peak[0], sum(kb.values()) if kb else 0)
             time.sleep(0.2)
 
     t = threading.Thread(target=sample, daemon=True)

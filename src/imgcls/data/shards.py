@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from imgcls.data.streaming import decode_bytes
+from imgcls.data.workers import worker_init
 from imgcls.errors import ConfigError, DataError
 from imgcls.utils.files import atomic_write_text
 
@@ -168,4 +169,5 @@ def shard_loader(
         collate_fn=collate_shards,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=worker_init if num_workers > 0 else None,
     )

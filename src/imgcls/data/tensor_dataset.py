@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from imgcls.data.workers import worker_init
+
 
 class BatchTensorDataset(Dataset):
     """Inputs and int64 targets held as two tensors; ``__getitems__`` gathers a whole batch."""
@@ -67,7 +69,8 @@ def batch_loader(
     sampler: Sampler | None = None,
     collate_fn: Callable[[Any], Any] = keep_batch,
 ) -> DataLoader:
-    """Workers persist across epochs; a plain DataLoader, so Lightning injects its DDP sampler."""
+    """Workers persist across epochs and start with ``worker_init``; a plain DataLoader, so
+    Lightning injects its DDP sampler."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -78,4 +81,5 @@ def batch_loader(
         drop_last=drop_last,
         collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
+        worker_init_fn=worker_init if num_workers > 0 else None,
     )

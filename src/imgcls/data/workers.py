@@ -4,8 +4,8 @@ and seed itself as Lightning would have.
 A worker decodes one image after another; glibc's *dynamic* mmap threshold rises to the size of
 the largest buffer freed so far, after which those buffers come from the brk heap, whose freed
 pages are rarely returned. Measured on 256x256 JPEGs (batch 64, 2 workers): each worker's private
-heap grew ~60 MB per 1000 images (180 MB after 3000) and stayed flat at ~5 MB once the thresholds
-were fixed with ``mallopt`` (BENCHMARKS.md, Streaming). Fixing them is what
+heap grew 90 MB over its first 2000 images and 180 MB over 6000, and stayed at ~5 MB once the
+thresholds were fixed with ``mallopt`` (BENCHMARKS.md, Streaming). Fixing them is what
 ``MALLOC_MMAP_THRESHOLD_`` would do, but it has to happen inside the already-started process."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def fix_malloc_thresholds() -> bool:
     """Turn glibc's dynamic mmap/trim thresholds off in this process; False where not glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
-    except (OSError, AttributeError):  # macOS: no mallopt, and no glibc heap to fix
+    except (OSError, AttributeError, TypeError):  # macOS, Windows: no glibc heap to fix
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 

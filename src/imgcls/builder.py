@@ -16,6 +16,7 @@ from imgcls.checkpointing.preemption import SigtermAgreement
 from imgcls.data.base_datamodule import ImageDataModule
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.transfer import check_weights, resolve_freeze, use_weights_normalization
+from imgcls.utils.cuda_probe import skip_failing_nvml_probe
 from imgcls.utils.ranks import local_rank
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Logger]]:
+    skip_failing_nvml_probe()  # a failed dlopen on every optimizer step on driverless machines
     callbacks = _instantiate_group(cfg.get("callbacks"), "callback")
     loggers = _instantiate_group(cfg.get("logger"), "logger")
     if not loggers:

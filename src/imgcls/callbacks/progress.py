@@ -2,7 +2,9 @@
 
 Lightning's bar syncs ``progress_bar_metrics`` to numbers on every batch and redraws from a
 thread competing for the GIL; on a ~5 ms step both cost throughput, and a bar moving every few
-dozen batches, redrawn twice a second, looks the same to a person."""
+dozen batches, redrawn twice a second, looks the same to a person. Lightning's redraw thread
+sleeps between redraws, so stopping the bar (end of fit, of test) waited up to one redraw
+interval (0.45 s of a default run's fit); ours waits on its stop event instead."""
 
 from __future__ import annotations
 
@@ -10,6 +12,18 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar as _LightningRichProgressBar
+from lightning.pytorch.callbacks.progress import rich_progress
+
+
+class _StoppableRefreshThread(rich_progress._RefreshThread):
+    """Lightning's redraw thread (redraws only when asked), woken at once by ``stop()``."""
+
+    def run(self) -> None:
+        while not self.done.wait(1 / self.refresh_per_second):
+            if self.refresh_cond:
+                with self.live._lock:
+                    self.live.refresh()
+                self.refresh_cond = False
 
 
 class RichProgressBar(_LightningRichProgressBar):
@@ -21,6 +35,16 @@ class RichProgressBar(_LightningRichProgressBar):
         if every_n_batches < 1:
             raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
         self.every_n_batches = int(every_n_batches)
+
+    def _init_progress(self, trainer: L.Trainer) -> None:
+        starting = self.is_enabled and (self.progress is None or self._progress_stopped)
+        super()._init_progress(trainer)
+        live = getattr(self.progress, "live", None)
+        old = getattr(live, "_refresh_thread", None)
+        if starting and old is not None and not isinstance(old, _StoppableRefreshThread):
+            old.stop()  # exits after its current sleep; nothing waits for it
+            live._refresh_thread = _StoppableRefreshThread(live, live.refresh_per_second)
+            live._refresh_thread.start()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         done = batch_idx + 1

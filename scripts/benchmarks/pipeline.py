@@ -192,14 +192,12 @@ def default_run(log_dir: Path) -> dict[str, float]:
     }
 
 
-def import_floor(repeats: int = 2) -> float:
-    """Seconds a fresh interpreter takes to import torch, torchvision and Lightning and build
-    an optimizer (which imports ``torch._dynamo``): what any Lightning script pays before its
-    first step, the floor under the template's start-up. Best of ``repeats``."""
-    code = (
-        "import torch, torchvision, lightning.pytorch; "
-        "torch.optim.Adam(torch.nn.Linear(1, 1).parameters())"
-    )
+def import_floor(stack: str = "torch, torchvision, lightning.pytorch", repeats: int = 2) -> float:
+    """Seconds a fresh interpreter takes to ``import <stack>`` and build an optimizer (which
+    imports ``torch._dynamo``): what any script on that stack pays before its first step, the
+    floor under the template's start-up (``stack="torch"``: a plain PyTorch script's). Best
+    of ``repeats``."""
+    code = f"import {stack}; torch.optim.Adam(torch.nn.Linear(1, 1).parameters())"
     best = float("inf")
     for _ in range(repeats):
         t0 = time.time()
@@ -313,7 +311,7 @@ def run(args) -> list[str]:
 
     # 3. the default run end to end, as `make train` runs it
     d = default_run(tmp / "logs")
-    floor = import_floor()
+    floor, torch_floor = import_floor(), import_floor("torch")
     plain_train_s = plain_elapsed[-1]
     lines += [
         f"- `python src/train.py` (default): wall {d['wall']:.1f} s = {d['wall'] / plain_train_s:.2f}x "
@@ -323,6 +321,7 @@ def run(args) -> list[str]:
         f"optimizer, fresh interpreter): {floor:.1f} s; the template's own start-up "
         f"{d['startup'] - floor:.1f} s; wall less the floor {d['wall'] - floor:.1f} s = "
         f"{(d['wall'] - floor) / plain_train_s:.2f}x the plain loop",
+        f"- a plain PyTorch script's own floor (`import torch` + an optimizer): {torch_floor:.1f} s",
         f"- peak RSS of the default run: {d['rss_mb']:,.0f} MiB (goal <= 1024 MiB)",
     ]
     return lines

@@ -49,6 +49,7 @@ def test_stopping_the_bar_does_not_wait_for_the_next_redraw() -> None:
     trainer.fit(BoringModel())  # a full start/stop cycle through Lightning's hooks
     bar._init_progress(trainer)
     thread = bar.progress.live._refresh_thread
+    assert type(thread).__name__ == "_StoppableRefreshThread"  # the only redraw thread
     time.sleep(0.05)  # the thread is inside its wait
     t0 = time.perf_counter()
     bar._stop_progress()

@@ -37,14 +37,13 @@ class RichProgressBar(_LightningRichProgressBar):
         self.every_n_batches = int(every_n_batches)
 
     def _init_progress(self, trainer: L.Trainer) -> None:
-        starting = self.is_enabled and (self.progress is None or self._progress_stopped)
-        super()._init_progress(trainer)
-        live = getattr(self.progress, "live", None)
-        old = getattr(live, "_refresh_thread", None)
-        if starting and old is not None and not isinstance(old, _StoppableRefreshThread):
-            old.stop()  # exits after its current sleep; nothing waits for it
-            live._refresh_thread = _StoppableRefreshThread(live, live.refresh_per_second)
-            live._refresh_thread.start()
+        # Lightning's CustomProgress.start builds the module's _RefreshThread: ours, for this call
+        lightning_thread = rich_progress._RefreshThread
+        rich_progress._RefreshThread = _StoppableRefreshThread  # type: ignore[misc]
+        try:
+            super()._init_progress(trainer)
+        finally:
+            rich_progress._RefreshThread = lightning_thread  # type: ignore[misc]
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         done = batch_idx + 1

@@ -17,11 +17,11 @@ def _cdll_calls_in_steps(monkeypatch: pytest.MonkeyPatch, steps: int = 3) -> int
     net = torch.nn.Linear(4, 2)
     opt = torch.optim.Adam(net.parameters())
     net(torch.randn(8, 4)).sum().backward()
-    calls = []
+    calls: list[object] = []
     real = ctypes.CDLL
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(args[0] if args else kwargs.get("name"))
+        calls.append(args)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ctypes, "CDLL", counting)

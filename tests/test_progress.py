@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 from lightning.pytorch.callbacks import RichProgressBar as LightningRichProgressBar
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from imgcls.callbacks.progress import RichProgressBar
 
@@ -33,9 +35,6 @@ def test_every_n_batches_must_be_positive() -> None:
 def test_stopping_the_bar_does_not_wait_for_the_next_redraw() -> None:
     """Lightning's redraw thread sleeps 1/refresh_rate s, so each stop (end of fit, of test)
     waited up to that long; ours wakes on stop. 1 redraw a second: a stop well under 1 s."""
-    import lightning as L
-    from lightning.pytorch.demos.boring_classes import BoringModel
-
     bar = RichProgressBar(refresh_rate=1)
     trainer = L.Trainer(
         max_epochs=1,

@@ -38,7 +38,12 @@ def folder_module(root: Path, **kw) -> FolderDataModule:
 def train(tmp_path: Path, data: str, root: Path, *extra: str):
     """``src/train.py`` as a user runs it; returns the process and its logs folder."""
     logs = tmp_path / "logs"
-    overrides = [f"data={data}", f"data.root={root}", "data.cache_dir=null", f"paths.log_dir={logs}"]
+    overrides = [
+        f"data={data}",
+        f"data.root={root}",
+        "data.cache_dir=null",
+        f"paths.log_dir={logs}",
+    ]
     proc = run_entry("train", *overrides, "logger=none", "extras.print_config=false", *extra)
     return proc, logs
 
@@ -62,7 +67,9 @@ def test_csv_image_symlink_outside_root_is_refused_by_train(tmp_path: Path) -> N
     link.unlink()
     link.symlink_to(secret)
     proc, logs = train(tmp_path, "csv", root, "data.test_csv=null")
-    assert_refused(proc, logs, "train.csv row 2 (line 3), column 'id'", f"{link} points to {secret}")
+    assert_refused(
+        proc, logs, "train.csv row 2 (line 3), column 'id'", f"{link} points to {secret}"
+    )
     assert "data.allow_outside_root=true" in proc.stderr
     assert secret.read_bytes() == before
 
@@ -185,9 +192,7 @@ def test_nul_byte_in_a_train_csv_cell_is_one_error_line(tmp_path: Path) -> None:
     text = (root / "train.csv").read_text().replace("\n2,2\n", "\n2\x00.png,2\n")
     (root / "train.csv").write_text(text)
     proc, logs = train(tmp_path, "csv", root, "data.test_csv=null")
-    assert_refused(
-        proc, logs, "train.csv row 3 (line 4), column 'id': invalid character '\\x00'"
-    )
+    assert_refused(proc, logs, "train.csv row 3 (line 4), column 'id': invalid character '\\x00'")
 
 
 def test_control_characters_in_label_and_label_less_test_csv(tmp_path: Path) -> None:
@@ -215,3 +220,38 @@ def test_csv_path_escaping_the_root_is_refused_by_train(tmp_path: Path) -> None:
     (root / "train.csv").write_text(text)
     proc, logs = train(tmp_path, "csv", root, "data.test_csv=null")
     assert_refused(proc, logs, f"train.csv row 2 (line 3), column 'id': image path {cell!r}")
+
+
+def test_shard_root_files_outside_it_are_refused(tmp_path: Path) -> None:
+    from imgcls.data.shards import write_meta
+    from imgcls.data.shards_datamodule import ShardsDataModule
+
+    secret = outside_image(tmp_path)
+    root = tmp_path / "shards"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "index.json").write_text("{}")
+    meta = dict(class_names=["0"], channels=1, image_size=[12, 10], splits={"train": 1})
+    write_meta(root, {**meta, "mean": [0.5], "std": [0.5]})
+    (root / "train" / "chunk-0-0.bin").symlink_to(secret)  # LitData would read it as a chunk
+    assert f"chunk-0-0.bin points to {secret}" in setup_error(ShardsDataModule(str(root)))
+    ShardsDataModule(str(root), allow_outside_root=True).setup()
+    (root / "meta.json").rename(tmp_path / "outside" / "meta.json")
+    (root / "meta.json").symlink_to(tmp_path / "outside" / "meta.json")
+    assert "meta.json points to" in setup_error(ShardsDataModule(str(root)))
+
+
+def test_predict_inputs_keep_a_row_for_links_out_of_the_input(tmp_path: Path) -> None:
+    from imgcls.tasks.predict_inputs import list_inputs
+
+    secret = outside_image(tmp_path)
+    folder = tmp_path / "in"
+    save_image(folder / "sub" / "a.png", 1)
+    (folder / "b.png").symlink_to(secret)
+    (folder / "sub" / "loop").symlink_to("..")
+    items = {it.id: it.error for it in list_inputs(folder).items}
+    assert items["sub/a.png"] == "" and f"points to {secret}" in items["b.png"]
+    assert "is a symlink loop" in items["sub/loop"]
+    assert list_inputs(folder, allow_outside_root=True).items[0].error == ""
+    (folder / "list.csv").write_text("id\nsub/a.png\nb.png\n")
+    rows = list_csv(folder / "list.csv")
+    assert rows.items[0].error == "" and f"points to {secret}" in rows.items[1].error

@@ -77,14 +77,15 @@ class FolderDataModule(FileImageDataModule):
 
     def _list(self, directory: Path, split: str, problems: Problems) -> list[ImageEntry]:
         classes = _class_dirs(directory)
-        entries, refused = [], []
+        entries: list[ImageEntry] = []
+        refused: list[tuple[str, str]] = []
         for c in classes:
             for path in self._data_root.images(directory / c, IMAGE_EXTENSIONS, refused):
                 rel = os.path.relpath(path, directory)
                 entries.append(ImageEntry(path, c, rel, f"{directory.name}/{rel}"))
-        refused_in = set()
-        for path, message in refused:
-            rel = os.path.relpath(path, directory)
+        refused_in = set()  # a refused class folder is not also reported as empty
+        for link, message in refused:
+            rel = os.path.relpath(link, directory)
             problems.add(f"{directory.name}/{rel}", message)
             refused_in.add(rel.split(os.sep)[0])
         if split == "train":

@@ -59,7 +59,7 @@ class ShardsDataModule(ImageDataModule):
 
     def _check_local(self, splits: list[str]) -> None:
         """Every file LitData will read from a local root lies in it (symlinks resolved)."""
-        data_root, refused = DataRoot(self.root, self.allow_outside_root), []
+        data_root, refused = DataRoot(self.root, self.allow_outside_root), list[tuple[str, str]]()
         data_root.named(Path(self.root) / META)
         for name in splits:
             if (Path(self.root) / name).is_dir():

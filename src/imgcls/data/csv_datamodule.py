@@ -13,6 +13,7 @@ from typing import Any
 
 from imgcls.data.csv_table import CsvListing, DirectoryIndex, read_image_rows
 from imgcls.data.file_source import FileImageDataModule, ImageEntry, Problems
+from imgcls.data.roots import DataRoot
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class CSVDataModule(FileImageDataModule):
     Paths are relative to ``root`` unless absolute. Without ``val_csv``, ``val_fraction`` of each
     class is held out. A labeled ``test_csv`` is the test split, an ``id``-only one the ``predict``
     split. ``*_image_dir`` default to ``image_dir``. ``extension`` is appended to each image cell
-    (case matters); ``None`` uses the cell as a file name or finds the one file with that stem."""
+    (case matters); ``None`` uses the cell as a file name or finds the one file with that stem.
+    Files must lie in ``root`` after symlinks are resolved (``imgcls.data.roots``)."""
 
     source_name = "CSV dataset"
 
@@ -85,8 +87,10 @@ class CSVDataModule(FileImageDataModule):
 
     def _read(self, option: str, image_dir: Path, labels: str, problems: Problems) -> CsvListing:
         csv, what = getattr(self, option), f"data.{option}"
+        self._data_root.named(csv)
+        self._data_root.named(image_dir)
         opts = {**self.columns, "labels": labels, "index": self._index, "what": what}
-        return read_image_csv(csv, image_dir, problems, **opts)
+        return read_image_csv(csv, image_dir, problems, root=self._data_root, **opts)
 
     def list_entries(self, problems: Problems) -> dict[str, list[ImageEntry]]:
         if not self.train_csv.is_file():
@@ -94,6 +98,7 @@ class CSVDataModule(FileImageDataModule):
                 f"training CSV not found: {self.train_csv} (data.root={self.root}, data.train_csv). "
                 f"To try the template on digits: python scripts/make_digit_datasets.py"
             )
+        self._data_root = DataRoot(self.root, self.allow_outside_root)
         out = {"train": self._read("train_csv", self.image_dir, "required", problems).entries}
         if self.val_csv is not None:
             out["val"] = self._read("val_csv", self.val_image_dir, "required", problems).entries

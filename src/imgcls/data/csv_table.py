@@ -10,11 +10,13 @@ import contextlib
 import csv
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imgcls.data.images import IMAGE_EXTENSIONS, resolve_under
+from imgcls.data.roots import DataRoot
 from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ IMAGE_COLUMN_NAMES = (
 LABEL_COLUMN_NAMES = (
     *("label", "lable", "labels", "class", "class_name", "category", "target", "y", "species"),
 )
+# NUL and the other C0/C1 control characters: no file name or label has them (os.stat raises
+# "embedded null byte" on a NUL)
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -149,11 +154,20 @@ class DirectoryIndex:
         return ""
 
 
-def resolve_cell(cell: str, image_dir: Path, extension: str | None, index: DirectoryIndex) -> Path:
+def resolve_cell(
+    cell: str,
+    image_dir: Path,
+    extension: str | None,
+    index: DirectoryIndex,
+    root: DataRoot | None = None,
+) -> Path:
     """The file a cell names: ``extension`` appended, else the file itself or the one image
-    file with that stem. A missing file is returned as is (the caller reports it with a hint)."""
+    file with that stem. A missing file is returned as is (the caller reports it with a hint).
+    ``root``: refuse a file or folder whose real path lies outside it, before listing it."""
     name = cell + extension if extension and not cell.endswith(extension) else cell
     path = resolve_under(image_dir, name)
+    if root is not None:
+        root.admit(path)
     if extension or index.exists(path):
         return path
     matches = index.by_stem(path)
@@ -162,7 +176,11 @@ def resolve_cell(cell: str, image_dir: Path, extension: str | None, index: Direc
             f"{cell!r} matches several image files in {os.path.dirname(path)}: {', '.join(matches)}; "
             f"set data.extension to choose one"
         )
-    return path.with_name(matches[0]) if matches else path
+    if not matches:
+        return path
+    if root is not None:
+        root.admit(path.with_name(matches[0]))
+    return path.with_name(matches[0])
 
 
 @dataclass(frozen=True)
@@ -194,11 +212,12 @@ def read_image_rows(
     index: DirectoryIndex | None = None,
     what: str = "CSV",
     option: str = "data.",
+    root: DataRoot | None = None,
 ) -> CsvListing:
     """Every data row of an image CSV, in file order, with its file or the reason it has none.
 
     ``labels``: ``required`` (train/val) or ``optional`` (test, predict); ``option`` prefixes the
-    option names in messages (``data.`` for training)."""
+    option names in messages (``data.`` for training); ``root``: see ``resolve_cell``."""
     table = read_csv_table(csv_path, what)
     directory = Path(image_dir)
     if not directory.is_dir():
@@ -224,12 +243,16 @@ def read_image_rows(
         at = f"{table.path.name} row {row} (line {line})"
         cell = cells[i_img].strip() if i_img < len(cells) else ""
         label = None if i_lab is None else (cells[i_lab].strip() if i_lab < len(cells) else "")
+        where, label_where = f"{at}, column {img_col!r}", f"{at}, column {lab_col!r}"
         path, error = directory, "empty image name"
-        if cell:
+        bad = CONTROL_CHARACTER.search(cell) or CONTROL_CHARACTER.search(label or "")
+        if bad:
+            where = where if bad.string == cell else label_where
+            error = f"invalid character {bad.group()!r} in {bad.string!r} (a control character)"
+        elif cell:
             try:
-                path, error = resolve_cell(cell, directory, ext, index), ""
+                path, error = resolve_cell(cell, directory, ext, index, root), ""
             except DataError as e:
                 error = str(e)
-        where = f"{at}, column {img_col!r}"
-        rows.append(CsvRow(cell, path, where, error, label, f"{at}, column {lab_col!r}"))
+        rows.append(CsvRow(cell, path, where, error, label, label_where))
     return CsvListing(table.path, rows, img_col, lab_col)

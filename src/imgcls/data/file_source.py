@@ -72,7 +72,8 @@ class FileImageDataModule(ImageDataModule):
     ``resize_factor`` (the seed CNN's 8) sets the size, else all images must share one.
     ``val_fraction``/``test_fraction``/``num_folds`` hold out per class (``split_seed``).
     ``num_workers``: decoding threads (in-memory loaders use none: they would only add copies), or
-    the stream path's loader workers. ``mean``/``std`` ``None``: measured on the training images."""
+    the stream path's loader workers. ``allow_outside_root``: read files that symlinks in the
+    root point outside it (``imgcls.data.roots``). ``mean``/``std`` ``None``: measured on the training images."""
 
     source_name = "image files"
 
@@ -93,6 +94,7 @@ class FileImageDataModule(ImageDataModule):
         num_folds: int | None = None,
         fold: int | None = None,
         digits_dir: str | None = None,
+        allow_outside_root: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_workers=num_workers, **kwargs)
@@ -104,6 +106,7 @@ class FileImageDataModule(ImageDataModule):
                 f"data.channels must be 1 (grayscale), 3 (RGB) or null, got {channels}"
             )
         self.num_folds, self.fold = _int(num_folds), _int(fold)
+        self.allow_outside_root = bool(allow_outside_root)  # see imgcls.data.roots
         self.digits_dir = str(digits_dir) if digits_dir else None
         self.loading, self.memory_budget_mb = loading, float(memory_budget_mb)
         self.stream_options = StreamOptions.from_config(stream)

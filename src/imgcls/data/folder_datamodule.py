@@ -1,7 +1,8 @@
 """Class folders: ``<root>/train/<class>/<image>``, ``<root>/valid/<class>/...`` (or ``val/``), optional ``test/``.
 
-The layout of ``torchvision.datasets.ImageFolder``, listed with torchvision's own helpers and
-decoded once into memory like every file source."""
+The layout of ``torchvision.datasets.ImageFolder`` (same classes, files and order), listed by
+``roots.DataRoot`` rather than ``make_dataset``: that follows every symlink, loops and all, and
+reads outside the root. Decoded once into memory like every file source."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torchvision.datasets.folder import make_dataset
-
 from imgcls.data.file_source import FileImageDataModule, ImageEntry, Problems
 from imgcls.data.images import IMAGE_EXTENSIONS
+from imgcls.data.roots import DataRoot
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -77,15 +77,19 @@ class FolderDataModule(FileImageDataModule):
 
     def _list(self, directory: Path, split: str, problems: Problems) -> list[ImageEntry]:
         classes = _class_dirs(directory)
-        index = {c: i for i, c in enumerate(classes)}
-        found = make_dataset(str(directory), index, extensions=IMAGE_EXTENSIONS, allow_empty=True)
-        entries = []
-        for path, i in found:
-            rel = os.path.relpath(path, directory)
-            where = f"{directory.name}/{rel}"
-            entries.append(ImageEntry(path=Path(path), label=classes[i], name=rel, where=where))
+        entries: list[ImageEntry] = []
+        refused: list[tuple[str, str]] = []
+        for c in classes:
+            for path in self._data_root.images(directory / c, IMAGE_EXTENSIONS, refused):
+                rel = os.path.relpath(path, directory)
+                entries.append(ImageEntry(path, c, rel, f"{directory.name}/{rel}"))
+        refused_in = set()  # a refused class folder is not also reported as empty
+        for link, message in refused:
+            rel = os.path.relpath(link, directory)
+            problems.add(f"{directory.name}/{rel}", message)
+            refused_in.add(rel.split(os.sep)[0])
         if split == "train":
-            for c in sorted(set(classes) - {e.label for e in entries}):
+            for c in sorted(set(classes) - {e.label for e in entries} - refused_in):
                 problems.add(f"{directory.name}/{c}", f"class folder {directory / c} has no images")
         return entries
 
@@ -109,6 +113,8 @@ class FolderDataModule(FileImageDataModule):
         train = self.root / self.train_dir
         if not train.is_dir():
             raise self._absent(f"no {self.train_dir}/ folder in {self.root}")
+        self._data_root = DataRoot(self.root, self.allow_outside_root)
+        self._data_root.named(train)
         if not _class_dirs(train):
             raise self._absent(f"{train} has no class folders")
         out = {"train": self._list(train, "train", problems)}
@@ -126,10 +132,14 @@ class FolderDataModule(FileImageDataModule):
         if test_dir is not None and _class_dirs(test_dir):
             out["test"] = self._labeled(test_dir, "test", train, problems)[0]
         elif test_dir is not None:
-            out["predict"] = [
-                ImageEntry(path=test_dir / n, label=None, name=n, where=f"{test_dir.name}/{n}")
-                for n in _loose_images(test_dir)
-            ]
+            out["predict"] = []
+            for n in _loose_images(test_dir):
+                entry = ImageEntry(test_dir / n, None, n, f"{test_dir.name}/{n}")
+                try:
+                    self._data_root.admit(entry.path)
+                    out["predict"].append(entry)
+                except DataError as e:
+                    problems.add(entry.where, str(e))
             log.info(
                 "%s holds unlabeled images: %d form the predict split",
                 *(test_dir, len(out["predict"])),
@@ -143,5 +153,10 @@ class FolderDataModule(FileImageDataModule):
                 raise DataError(
                     f"{option}={configured!r}: {d} is not a directory; {self._layout()}"
                 )
-            return d
-        return next((d for d in (self.root / n for n in defaults) if d.is_dir()), None)
+        else:
+            found = next((d for d in (self.root / n for n in defaults) if d.is_dir()), None)
+            if found is None:
+                return None
+            d = found
+        self._data_root.named(d)
+        return d

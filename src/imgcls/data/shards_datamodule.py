@@ -14,7 +14,8 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from imgcls.data.base_datamodule import ImageDataModule, Splits
-from imgcls.data.shards import ShardSample, read_meta, shard_loader
+from imgcls.data.roots import DataRoot
+from imgcls.data.shards import META, ShardSample, read_meta, shard_loader
 from imgcls.data.streaming import (
     DecodeErrors,
     StreamOptions,
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 class ShardsDataModule(ImageDataModule):
     """Streams LitData shards (``<root>/meta.json`` + one folder per split).
 
-    ``stream`` as the file sources' ``data.stream``; mean/std default to those in ``meta.json``."""
+    ``stream`` as the file sources' ``data.stream``; mean/std default to those in ``meta.json``.
+    A local root's files must lie in it, symlinks resolved (``allow_outside_root``: see
+    ``imgcls.data.roots``)."""
 
     def __init__(
         self,
@@ -40,11 +43,12 @@ class ShardsDataModule(ImageDataModule):
         stream: Mapping[str, Any] | None = None,
         seed: int = 42,
         num_workers: int = 2,
+        allow_outside_root: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_workers=num_workers, **kwargs)
         check_loading("stream", on_decode_error, 1)
-        self.root = str(root)
+        self.root, self.allow_outside_root = str(root), bool(allow_outside_root)
         self.stream_options = StreamOptions.from_config(stream)
         self.decode_errors = DecodeErrors(on_decode_error, f"shards {self.root}")
         self.seed, self.loading_used = int(seed), "stream"
@@ -53,8 +57,23 @@ class ShardsDataModule(ImageDataModule):
     def describe(self) -> str:
         return f"shards {self.root}"
 
+    def _check_local(self, splits: list[str]) -> None:
+        """Every file LitData will read from a local root lies in it (symlinks resolved)."""
+        data_root, refused = DataRoot(self.root, self.allow_outside_root), list[tuple[str, str]]()
+        data_root.named(Path(self.root) / META)
+        for name in splits:
+            if (Path(self.root) / name).is_dir():
+                data_root.images(Path(self.root) / name, ("",), refused)
+        if refused:
+            raise DataError(f"{self.describe()}: {refused[0][1]}")
+
     def load_splits(self) -> Splits:
+        local = "://" not in self.root
+        if local:
+            self._check_local([])  # meta.json, before reading it
         meta = read_meta(self.root)
+        if local:
+            self._check_local(list(meta["splits"]))
         self.class_names = tuple(str(c) for c in meta["class_names"])
         size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
         eval_desc = eval_transform_dict(self.stream_options, size)

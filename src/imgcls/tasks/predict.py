@@ -115,7 +115,10 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     model = use_tta(load_classifier(cfg.ckpt_path), cfg)
     spec = model.spec
     k = resolve_top_k(cfg.get("top_k"), spec.num_classes)
-    csv_options = {name: cfg.get(name) for name in ("image_dir", "image_column", "extension")}
+    csv_options = {
+        name: cfg.get(name)
+        for name in ("image_dir", "image_column", "extension", "allow_outside_root")
+    }
     inputs = list_inputs(cfg.input, **csv_options)
     known = [item.error for item in inputs.items if item.error]
     if on_error == "stop" and known:  # missing files are cheap to find before any inference

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgcls.data.csv_table import DirectoryIndex, read_image_rows
 from imgcls.data.images import IMAGE_EXTENSIONS, load_image
+from imgcls.data.roots import DataRoot
 from imgcls.data.spec import DataSpec
 from imgcls.data.streaming import load_for_eval
 from imgcls.data.tensor_dataset import batch_loader
@@ -43,22 +44,17 @@ class InputList:
     labels: list[str] | None = None
 
 
-def list_folder(folder: Path) -> InputList:
-    """Every image file under ``folder`` (recursively), sorted by relative path."""
-    # os.walk and string paths: pathlib's rglob/relative_to cost more than decoding for
-    # folders of small images
-    root = os.fspath(folder)
-    names: list[str] = []
-    for dirpath, _, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        names += [
-            prefix + n for n in filenames if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
-        ]
-    if not names:
+def list_folder(folder: Path, allow_outside_root: bool = False) -> InputList:
+    """Every image file under ``folder`` (recursively), sorted by relative path; a symlink out
+    of the folder or a loop keeps a row with the reason (``imgcls.data.roots``)."""
+    refused: list[tuple[str, str]] = []
+    files = DataRoot(folder, allow_outside_root).images(folder, IMAGE_EXTENSIONS, refused)
+    found = [(p, "") for p in files] + [(Path(p), why) for p, why in refused]
+    if not found:
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
-    names.sort()
-    return InputList([InputItem(n, folder / n) for n in names], "file", "folder", folder)
+    rel = [(os.path.relpath(p, folder).replace(os.sep, "/"), p, why) for p, why in found]
+    items = [InputItem(name, p, error=why) for name, p, why in sorted(rel)]
+    return InputList(items, "file", "folder", folder)
 
 
 def list_csv(
@@ -66,6 +62,7 @@ def list_csv(
     image_dir: str | os.PathLike | None = None,
     image_column: str | None = None,
     extension: str | None = None,
+    allow_outside_root: bool = False,
 ) -> InputList:
     """One item per CSV row, in file order, resolved as the CSV datamodule does; a row naming no
     usable file keeps its place with the reason, so the output stays aligned. Images are in
@@ -73,9 +70,10 @@ def list_csv(
     Kaggle-style), else the CSV's folder."""
     beside = csv_path.with_suffix("")
     directory = Path(image_dir or (beside if beside.is_dir() else csv_path.parent))
-    index = DirectoryIndex()
+    index, root = DirectoryIndex(), DataRoot(csv_path.parent, allow_outside_root)
+    root.named(directory)  # images may lie only where the CSV is (or where image_dir says)
     listing = read_image_rows(
-        csv_path, directory, image_column, None, extension, "optional", index, "input CSV", ""
+        csv_path, directory, image_column, None, extension, "optional", index, "input CSV", "", root
     )
     items = []
     for r in listing.rows:
@@ -97,7 +95,7 @@ def list_inputs(source: str | os.PathLike, **csv_options: Any) -> InputList:
     (``csv_options``: those of ``list_csv``)."""
     path = Path(source)
     if path.is_dir():
-        return list_folder(path)
+        return list_folder(path, bool(csv_options.get("allow_outside_root")))
     if path.is_file() and path.suffix.lower() == ".csv":
         return list_csv(path, **csv_options)
     if path.is_file():

@@ -17,9 +17,9 @@ import torch
 from omegaconf import OmegaConf
 
 from imgcls.builder import build_datamodule
+from imgcls.checkpointing.boundary import UnsafeCheckpointError
 from imgcls.checkpointing.load import load_classifier
 from imgcls.checkpointing.resume import check_resume_plan
-from imgcls.checkpointing.boundary import UnsafeCheckpointError
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.schedules import build_scheduler

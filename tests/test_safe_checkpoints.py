@@ -18,8 +18,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from imgcls.checkpointing.load import load_classifier
 from imgcls.checkpointing.boundary import UnsafeCheckpointError, allow_from_config, check_classifier
+from imgcls.checkpointing.load import load_classifier
 from imgcls.errors import ConfigError
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.nets.lenet import LeNet
@@ -266,7 +266,7 @@ def test_user_nets_are_allowed_through_config_only(tiny_run: Path, tmp_path: Pat
     hp["net"]["_target_"] = "tests.test_safe_checkpoints.RenamedLeNet"
     with pytest.raises(UnsafeCheckpointError, match="add your own with extras.allowed_nets"):
         check_classifier(hp, "hyper_parameters")
-    with pytest.raises(ConfigError, match="not a Module"):
+    with pytest.raises(ConfigError, match="not a subclass of Module"):
         allow_from_config({"extras": {"allowed_nets": ["pathlib.Path"]}})
     allow_from_config({"extras": {"allowed_nets": ["tests.test_safe_checkpoints.RenamedLeNet"]}})
     try:

@@ -122,11 +122,15 @@ def resolve(kind: str, target: Any, path: str) -> type:
         raise refusal(path, target, f"cannot import {module!r} ({e})") from None
     if target in EXACT.get(kind, ()):  # our exact list (torch re-exports these in torch.optim)
         return cls  # type: ignore[return-value]
-    if not inspect.isclass(cls) or cls.__module__ != module:
+    # a package-wide kind: only classes defined there (not e.g. csv_table's import of Path); an
+    # exact string of the user's own list: the class it names, as their config writes it
+    if not inspect.isclass(cls) or (not own and cls.__module__ != module):
         real = f" (write {cls.__module__}.{cls.__qualname__})" if inspect.isclass(cls) else ""
         raise refusal(path, target, f"not a class defined in {module}{real}")
     if not issubclass(cls, BASES[kind]):
-        raise refusal(path, target, f"not a {' or '.join(b.__name__ for b in BASES[kind])}")
+        raise refusal(
+            path, target, f"not a subclass of {' or '.join(b.__name__ for b in BASES[kind])}"
+        )
     return cls
 
 

@@ -39,22 +39,11 @@ OPTIMIZERS = frozenset(
 # a composite: its ``schedulers`` children are scheduler configs themselves.
 COMPOSITE = "torch.optim.lr_scheduler.SequentialLR"
 PLAN_KEYS = frozenset({"warmup_fraction", "warmup_epochs"})  # read by imgcls.models.schedules
-SCHEDULERS = frozenset(
-    f"torch.optim.lr_scheduler.{n}"
-    for n in [
-        "OneCycleLR",
-        "CosineAnnealingLR",
-        "CosineAnnealingWarmRestarts",
-        "StepLR",
-        "MultiStepLR",
-        "ExponentialLR",
-        "LinearLR",
-        "ConstantLR",
-        "PolynomialLR",
-        "ReduceLROnPlateau",
-        "SequentialLR",
-    ]
+_SCHEDULER_NAMES = (
+    "OneCycleLR CosineAnnealingLR CosineAnnealingWarmRestarts StepLR MultiStepLR ExponentialLR "
+    "LinearLR ConstantLR PolynomialLR ReduceLROnPlateau SequentialLR"
 )
+SCHEDULERS = frozenset(f"torch.optim.lr_scheduler.{n}" for n in _SCHEDULER_NAMES.split())
 EXACT = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
 PACKAGES = {"net": "imgcls.models.nets.", "datamodule": "imgcls.data."}
 BASES: dict[str, tuple[type, ...]] = {
@@ -99,12 +88,10 @@ def allow_from_config(cfg: Mapping[str, Any]) -> None:
 
 
 def _hint(kind: str) -> str:
-    where = {
-        "net": "nn.Module classes defined under imgcls.models.nets",
-        "datamodule": ("LightningDataModule classes defined under imgcls.data"),
-    }.get(kind)
     names = ", ".join(sorted(n.rsplit(".", 1)[1] for n in EXACT.get(kind, ())))
-    return f"allowed {kind}s are {where or names}; add your own with extras.allowed_{kind}s"
+    if kind in PACKAGES:
+        names = f"{BASES[kind][0].__name__} classes defined under {PACKAGES[kind]}*"
+    return f"allowed {kind}s are {names}; add your own with extras.allowed_{kind}s"
 
 
 def resolve(kind: str, target: Any, path: str) -> type:
@@ -128,9 +115,7 @@ def resolve(kind: str, target: Any, path: str) -> type:
         real = f" (write {cls.__module__}.{cls.__qualname__})" if inspect.isclass(cls) else ""
         raise refusal(path, target, f"not a class defined in {module}{real}")
     if not issubclass(cls, BASES[kind]):
-        raise refusal(
-            path, target, f"not a subclass of {' or '.join(b.__name__ for b in BASES[kind])}"
-        )
+        raise refusal(path, target, f"not a subclass of {BASES[kind][0].__name__}")
     return cls
 
 

@@ -17,9 +17,9 @@ import torch
 from omegaconf import OmegaConf
 
 from imgcls.builder import build_datamodule
+from imgcls.checkpointing.boundary import UnsafeCheckpointError
 from imgcls.checkpointing.load import load_classifier
 from imgcls.checkpointing.resume import check_resume_plan
-from imgcls.checkpointing.safe_config import UnsafeCheckpointError
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.schedules import build_scheduler
@@ -121,7 +121,10 @@ def test_a_sequentiallr_checkpoint_loads_through_the_safe_loader(run: Path) -> N
     [
         ({"_target_": "os.system"}, "'os.system' is refused"),
         (
-            {"_target_": "SequentialLR", "schedulers": [{"_target_": "StepLR"}]},
+            {
+                "_target_": "torch.optim.lr_scheduler.SequentialLR",
+                "schedulers": [{"_target_": "torch.optim.lr_scheduler.StepLR"}],
+            },
             "cannot be nested",
         ),
     ],

@@ -18,8 +18,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from imgcls.checkpointing.boundary import UnsafeCheckpointError, allow_from_config, check_classifier
 from imgcls.checkpointing.load import load_classifier
-from imgcls.checkpointing.safe_config import UnsafeCheckpointError, register_nets, validate_hparams
 from imgcls.errors import ConfigError
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.nets.lenet import LeNet
@@ -260,28 +260,20 @@ def test_load_from_checkpoint_then_fit_uses_the_registry(tiny_run: Path) -> None
     assert trainer.global_step == 2
 
 
-def test_user_nets_register_through_config_only(tiny_run: Path, tmp_path: Path) -> None:
+def test_user_nets_are_allowed_through_config_only(tiny_run: Path, tmp_path: Path) -> None:
     raw = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     hp = raw["hyper_parameters"]
     hp["net"]["_target_"] = "tests.test_safe_checkpoints.RenamedLeNet"
     with pytest.raises(UnsafeCheckpointError, match="add your own with extras.allowed_nets"):
-        validate_hparams(hp)
-    with pytest.raises(ConfigError, match="not an nn.Module class"):
-        register_nets(["pathlib.Path"])
-    register_nets(["tests.test_safe_checkpoints.RenamedLeNet"])
-    path = tmp_path / "user_net.ckpt"
-    torch.save(raw, path)
-    assert isinstance(load_classifier(path).net, RenamedLeNet)
-
-
-def test_short_net_names_resolve(tiny_run: Path, tmp_path: Path) -> None:
-    raw = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    raw["hyper_parameters"]["net"]["_target_"] = "lenet"
-    raw["hyper_parameters"]["optimizer"]["_target_"] = "Adam"
-    path = tmp_path / "short.ckpt"
-    torch.save(raw, path)
-    model = load_classifier(path)
-    assert type(model.net).__name__ == "LeNet"
-    original = load_classifier(tiny_run / "checkpoints" / "last.ckpt")
-    x = torch.randn(2, 1, 28, 28)
-    assert torch.equal(model(x), original(x))
+        check_classifier(hp, "hyper_parameters")
+    with pytest.raises(ConfigError, match="not a subclass of Module"):
+        allow_from_config({"extras": {"allowed_nets": ["pathlib.Path"]}})
+    allow_from_config({"extras": {"allowed_nets": ["tests.test_safe_checkpoints.RenamedLeNet"]}})
+    try:
+        path = tmp_path / "user_net.ckpt"
+        torch.save(raw, path)
+        assert isinstance(load_classifier(path).net, RenamedLeNet)
+    finally:
+        allow_from_config({})
+    with pytest.raises(UnsafeCheckpointError, match="extras.allowed_nets"):
+        load_classifier(path)

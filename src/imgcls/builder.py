@@ -33,11 +33,13 @@ class Built:
     loggers: list[Logger] = field(default_factory=list)
 
 
-def build_datamodule(cfg: DictConfig) -> ImageDataModule:
-    """Instantiate ``cfg.data`` and run its validation/loading once (before any training)."""
+def build_datamodule(cfg: DictConfig, dm: ImageDataModule | None = None) -> ImageDataModule:
+    """Instantiate ``cfg.data`` (or take ``dm``, built from a checkpoint's data config by the
+    trust boundary) and run its validation/loading once (before any training)."""
     log.info("data: %s", cfg.data._target_)
-    dm: ImageDataModule = instantiate(cfg.data)
-    store_data_config(dm, cfg)
+    if dm is None:
+        dm = instantiate(cfg.data)
+        store_data_config(dm, cfg)
     if local_rank() == 0:  # as Lightning does: the other ranks' setup waits for its result
         dm.prepare_data()
     dm.setup()
@@ -53,7 +55,8 @@ def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
 
 
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
-    """Instantiate ``cfg.model`` with the sizes and class names taken from the data."""
+    """Instantiate ``cfg.model`` with the sizes and class names taken from the data (Hydra builds
+    the user's net, optimizer and scheduler configs: ``_partial_``, nested targets)."""
     log.info("model: %s (net %s)", cfg.model._target_, cfg.model.net._target_)
     use_weights_normalization(cfg.model, dm)
     resolve_freeze(cfg.model)

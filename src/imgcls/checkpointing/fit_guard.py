@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from imgcls.builder import Built
-from imgcls.checkpointing import preemption
+from imgcls.checkpointing import boundary, preemption
 from imgcls.checkpointing.atomic_io import (
     check_free_space,
     check_writable,
@@ -37,7 +37,6 @@ from imgcls.checkpointing.resume import (
     continue_loggers,
     find_resume_checkpoint,
 )
-from imgcls.checkpointing.safe_config import register_nets_from_config
 from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError
 from imgcls.utils.console import command_line_overrides
@@ -54,7 +53,7 @@ def check_before_build(cfg: DictConfig) -> None:
     to start from is readable and safe (the refusal is all that is printed);
     ``prepare_checkpoint`` checks it again against the built model."""
     check_writable(cfg.paths.output_dir)
-    register_nets_from_config(cfg)  # users' own nets that the checkpoint may name
+    boundary.allow_from_config(cfg)  # users' own classes that the checkpoint may name
     requested = cfg.get("ckpt_path")
     if requested in ("hpc", "best"):
         return

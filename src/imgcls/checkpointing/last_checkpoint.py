@@ -141,7 +141,10 @@ class LastCheckpoint(Checkpoint):
         # Restored right before the train dataloader draws its shuffling seed, so a resume
         # shuffles and augments like the uninterrupted run; testing leaves the RNG alone.
         if self._fitting and state_dict.get("rng_states"):
-            set_rng_states(state_dict["rng_states"])
+            try:
+                set_rng_states(state_dict["rng_states"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a malformed file
+                log.warning("RNG states not restored (%s: %s)", type(e).__name__, e)
 
     def _check_finite(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         bad = first_non_finite(pl_module)

@@ -1,19 +1,21 @@
 """Every way a checkpoint becomes a model: ``torch.load(weights_only=True)`` (never runs code
-from the file), then the whole ``hyper_parameters`` tree is validated against the registry
-(``safe_config``) before any class is resolved; each failure is one clear ``CheckpointError``."""
+from the file), its layout checked, then its ``hyper_parameters`` through the trust boundary
+(``boundary``) before anything is built; each failure is one ``CheckpointError`` naming the file."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imgcls.checkpointing.safe_config import UnsafeCheckpointError, validate_hparams
+from imgcls.checkpointing import boundary
+from imgcls.checkpointing.boundary import UnsafeCheckpointError
 from imgcls.errors import CheckpointError
 from imgcls.models.compiled import plain_key, plain_state_dict
 
@@ -34,19 +36,53 @@ def load_checkpoint_dict(path: str | Path, mmap: bool = False) -> dict[str, Any]
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p} is not a Lightning checkpoint (no 'state_dict')")
+    check_layout(ckpt, p)
     return ckpt
 
 
+# top-level entries whose type the code reading them relies on
+LAYOUT: dict[str, tuple[type, ...]] = {
+    "global_step": (int,),
+    "epoch": (int,),
+    "hyper_parameters": (dict,),
+    "datamodule_hyper_parameters": (dict,),
+    "callbacks": (dict,),
+    "loops": (dict,),
+}
+
+
+def check_layout(ckpt: Mapping[str, Any], path: str | Path) -> None:
+    """``state_dict`` maps names to tensors; counters are ints; containers are dicts."""
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"checkpoint {path}: state_dict is not a mapping of names to tensors")
+    for key, types in LAYOUT.items():
+        value = ckpt.get(key)
+        if key in ckpt and (isinstance(value, bool) or not isinstance(value, types)):
+            raise CheckpointError(
+                f"checkpoint {path}: {key}={boundary.short(value)} is not a {types[0].__name__}"
+            )
+
+
 def validate_checkpoint(ckpt: Mapping[str, Any], path: str | Path | None = None) -> None:
-    """Raise ``UnsafeCheckpointError`` (naming the file) unless the stored config is data only."""
+    """Raise ``UnsafeCheckpointError`` (naming the file) unless the stored model config is data
+    the boundary accepts."""
     hparams = ckpt.get("hyper_parameters")
     if hparams is None:
         return
+    with naming_file(path):
+        boundary.check_classifier(hparams, "hyper_parameters")
+
+
+@contextlib.contextmanager
+def naming_file(path: str | Path | None) -> Iterator[None]:
+    """Prefix a boundary refusal with the file it came from."""
     try:
-        validate_hparams(hparams)
+        yield
     except UnsafeCheckpointError as e:
-        where = f"checkpoint {path}: " if path is not None else ""
-        raise UnsafeCheckpointError(f"{where}{e}") from None
+        raise UnsafeCheckpointError(f"checkpoint {path}: {e}" if path else str(e)) from None
 
 
 def read_safe_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -123,12 +159,16 @@ def check_checkpoint_fits(
 
 def check_loaded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
     """``on_load_checkpoint`` of a model a Trainer restores: refuse an unsafe stored config and
-    a resume that cannot continue; strip ``_orig_mod.``."""
+    a resume that cannot continue, drop callback states naming files elsewhere; strip
+    ``_orig_mod.``."""
     from imgcls.checkpointing.resume import check_resume_plan
 
     trainer = getattr(module, "_trainer", None)
     path = getattr(trainer, "ckpt_path", None)
+    check_layout(checkpoint, path)
     validate_checkpoint(checkpoint, path)
+    if trainer is not None:
+        boundary.check_callback_states(checkpoint, trainer, f"checkpoint {path}")
     if trainer is not None and trainer.state.fn == "fit":
         check_resume_plan(checkpoint, module.hparams, trainer.max_epochs, trainer.max_steps, path)
     checkpoint["state_dict"] = plain_state_dict(checkpoint["state_dict"])
@@ -159,10 +199,13 @@ def load_safe_classifier(
     stored = ckpt.get("hyper_parameters")
     if not stored or "net" not in stored or "spec" not in stored:
         raise CheckpointError(f"{path} has no ImageClassifier hyper-parameters (net/spec)")
+    # locations (pretrained weights, feature cache) only from the caller, never from the file
+    stored = {k: v for k, v in stored.items() if k not in boundary.NOT_FROM_FILES}
     hparams = {**stored, **overrides}
     validate_checkpoint({"hyper_parameters": hparams}, path)
     accepted = inspect.signature(cls).parameters
-    model = cls(**{k: v for k, v in hparams.items() if k in accepted})
+    with naming_file(path):
+        model = cls(**{k: v for k, v in hparams.items() if k in accepted})
     if strict is not False:
         check_checkpoint_fits(ckpt, model, path, "the model built from its own config")
     model.load_state_dict(plain_state_dict(ckpt["state_dict"]), strict=strict is not False)

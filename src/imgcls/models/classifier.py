@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from imgcls.checkpointing.safe_config import call_registered, validate_hparams
+from imgcls.checkpointing import boundary
 from imgcls.data.spec import DataSpec
 from imgcls.errors import ConfigError
 from imgcls.models.schedules import build_scheduler
@@ -73,8 +76,11 @@ def eval_metrics(k: int, prefix: str) -> MetricCollection:
 class ImageClassifier(L.LightningModule):
     """Cross-entropy classifier around any net of ``imgcls.models.nets`` (``configs/model/``).
 
-    The net's sizes come from ``spec`` (the training ``DataSpec``). ``weights`` and ``cache_dir``
-    are not stored: the checkpoint holds the trained weights and a location is no hyper-parameter.
+    The net's sizes come from ``spec`` (the training ``DataSpec``). ``net``, ``optimizer`` and
+    ``scheduler`` as the user's composed config (``DictConfig``) are built by Hydra
+    (``_partial_``, nested targets); as plain data (a checkpoint's) through the trust boundary.
+    They are stored as plain data. ``weights`` and ``cache_dir`` are not stored: the checkpoint
+    holds the trained weights and a location is no hyper-parameter.
     ``tta=flip`` averages the softmax of image and h-flip (off: digits are not flip-symmetric);
     run length and OneCycle's ``max_lr`` are filled in by ``imgcls.models.schedules``."""
 
@@ -114,17 +120,24 @@ class ImageClassifier(L.LightningModule):
             "backbone_lr_ratio": float(backbone_lr_ratio),
             "tta": check_tta(tta),
         }
-        validate_hparams(hparams, root="model")  # names resolve against the registry only
+        # which roles come from the user's composed config (built by Hydra as Hydra users expect)
+        given = dict(zip(boundary.ROLES, (net, optimizer, scheduler), strict=True))
+        self._composed = {k: isinstance(v, DictConfig) for k, v in given.items()}
+        try:
+            boundary.check_classifier(hparams, "model")
+        except boundary.UnsafeCheckpointError as e:
+            if not all(self._composed[k] for k, v in given.items() if v is not None):
+                raise
+            log.warning("eval/predict/export will refuse this model's checkpoints: %s", e)
         self.save_hyperparameters(hparams)
         self.spec = DataSpec.from_dict(hparams["spec"])
-        self.net: nn.Module = call_registered(
-            "net",
-            hparams["net"],
-            in_channels=self.spec.in_channels,
-            num_classes=self.spec.num_classes,
-            image_size=list(self.spec.image_size),
+        sizes = {
+            "in_channels": self.spec.in_channels,
+            "num_classes": self.spec.num_classes,
+            "image_size": list(self.spec.image_size),
             **({"weights": weights} if weights is not None else {}),
-        )
+        }
+        self.net: nn.Module = self.factory("net", hparams["net"], "model.net")(**sizes)
         self.cache_dir = cache_dir
         self.tta = hparams["tta"]  # eval/predict may set another (cfg.tta)
         transfer_plan(self.net, hparams)  # bad option combinations fail here, not mid-fit
@@ -138,6 +151,12 @@ class ImageClassifier(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best validation accuracy
+
+    def factory(self, role: str, cfg: Mapping[str, Any], path: str) -> Any:
+        """``cfg``'s class with its values, waiting for the caller's arguments."""
+        if self._composed[role]:
+            return instantiate(cfg, _partial_=True, _convert_="all")
+        return boundary.factory(cfg, role, path)
 
     @property
     def backbone(self) -> nn.Module | None:
@@ -269,12 +288,13 @@ class ImageClassifier(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("the model has no trainable parameters")
-        optimizer = call_registered("optimizer", self.hparams["optimizer"], params)
+        optimizer = self.factory("optimizer", self.hparams["optimizer"], "model.optimizer")(params)
         sched_cfg = self.hparams["scheduler"]
         if not sched_cfg:
             return optimizer
         interval = self.hparams["scheduler_interval"]
-        scheduler = build_scheduler(sched_cfg, optimizer, self.trainer, interval)
+        make = partial(self.factory, "scheduler")
+        scheduler = build_scheduler(sched_cfg, optimizer, self.trainer, interval, make)
         monitor = self.hparams["scheduler_monitor"]
         return {
             "optimizer": optimizer,

@@ -1,4 +1,4 @@
-"""LR schedulers from validated configs, sized by the trainer: ``total_steps`` (OneCycleLR) from
+"""LR schedulers from their configs (built by ``make``: Hydra or the trust boundary), sized by the trainer: ``total_steps`` (OneCycleLR) from
 ``trainer.estimated_stepping_batches``, ``max_lr`` (unset or null) from the optimizer's lr (one
 LR knob per recipe); a composite (``SequentialLR``, ``model/scheduler=warmup_cosine``) is a
 warmup child, then a decay child for the rest (lengths set in a child's config are kept)."""
@@ -6,20 +6,17 @@ warmup child, then a decay child for the rest (lengths set in a child's config a
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from imgcls.checkpointing.safe_config import (
-    call_composite,
-    call_registered,
-    is_composite,
-    scheduler_class,
-)
+from imgcls.checkpointing.boundary import COMPOSITE, PLAN_KEYS
 from imgcls.errors import ConfigError
+
+Make = Callable[[Mapping[str, Any], str], Any]  # (config, key path) -> partial of its class
 
 # the argument that says how many scheduler steps a child lasts
 LENGTH_ARGS = dict.fromkeys(("LinearLR", "ConstantLR", "PolynomialLR"), "total_iters")
@@ -59,24 +56,27 @@ def warmup_steps(cfg: Mapping[str, Any], total: int, per_epoch: float) -> int:
     return steps
 
 
-def _length_extra(child: Mapping[str, Any], steps: int) -> dict[str, Any]:
-    arg = LENGTH_ARGS.get(scheduler_class(child).__name__)
-    return {arg: steps} if arg and arg not in child else {}
+def _length_extra(child: Any, steps: int) -> dict[str, Any]:
+    arg = LENGTH_ARGS.get(child.func.__name__)
+    return {arg: steps} if arg and arg not in child.keywords else {}
 
 
 def build_scheduler(
-    cfg: Mapping[str, Any], optimizer: Optimizer, trainer: L.Trainer, interval: str
+    cfg: Mapping[str, Any], optimizer: Optimizer, trainer: L.Trainer, interval: str, make: Make
 ) -> LRScheduler:
-    """The scheduler ``cfg`` (validated) names, sized to this run."""
-    if not is_composite(cfg):
+    """The scheduler ``cfg`` names, sized to this run."""
+    path = "model.scheduler"
+    if cfg.get("_target_") != COMPOSITE:
+        made = make(cfg, path)
         extra: dict[str, Any] = {}
-        params = inspect.signature(scheduler_class(cfg)).parameters
+        params = inspect.signature(made.func).parameters
         if "total_steps" in params and "total_steps" not in cfg:
             extra["total_steps"] = int(trainer.estimated_stepping_batches)
         if "max_lr" in params and cfg.get("max_lr") is None:
             extra["max_lr"] = [group["lr"] for group in optimizer.param_groups]
-        return call_registered("scheduler", cfg, optimizer, **extra)
-    children = list(cfg["schedulers"])
+        return made(optimizer, **extra)
+    own = {k: v for k, v in cfg.items() if k not in PLAN_KEYS and k != "schedulers"}
+    children = [make(c, f"{path}.schedulers[{i}]") for i, c in enumerate(cfg["schedulers"])]
     if len(children) != 2 and "milestones" not in cfg:
         raise ConfigError(
             f"model.scheduler: SequentialLR without milestones takes 2 schedulers (warmup, "
@@ -84,8 +84,9 @@ def build_scheduler(
         )
     total, per_epoch = run_length(trainer, interval)
     if "milestones" in cfg:
-        return call_composite(cfg, optimizer, [])
+        built = [c(optimizer) for c in children]
+        return make(own, path)(optimizer, schedulers=built)
     warm = warmup_steps(cfg, total, per_epoch)
-    decay = max(total - warm, 1)
-    extra_children = [_length_extra(children[0], warm), _length_extra(children[1], decay)]
-    return call_composite(cfg, optimizer, extra_children, milestones=[warm])
+    lengths = [_length_extra(children[0], warm), _length_extra(children[1], max(total - warm, 1))]
+    built = [c(optimizer, **n) for c, n in zip(children, lengths, strict=True)]
+    return make(own, path)(optimizer, schedulers=built, milestones=[warm])

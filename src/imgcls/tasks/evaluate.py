@@ -27,8 +27,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "eval needs a checkpoint: python src/eval.py ckpt_path=<path/to/file.ckpt>"
         )
     model = use_tta(load_classifier(cfg.ckpt_path), cfg)
-    log.info(use_run_data(cfg))
-    dm = build_datamodule(cfg)
+    stored, where = use_run_data(cfg)
+    log.info(where)
+    dm = build_datamodule(cfg, stored)
     mismatch = model.spec.incompatibilities(dm.spec)
     if mismatch:
         raise ConfigError(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from imgcls.builder import build_datamodule
@@ -24,9 +24,10 @@ from imgcls.data.images import decode_steps, load_image
 from imgcls.data.spec import DataSpec
 from imgcls.data.streaming import describe_eval_transform, load_for_eval
 from imgcls.data.transforms import normalize
-from imgcls.errors import ConfigError, ExportError, UserError
+from imgcls.errors import ConfigError, DataError, ExportError, UserError
 from imgcls.tasks.predict_inputs import list_inputs
 from imgcls.tasks.run import apply_extras
+from imgcls.tasks.run_data import stored_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +85,8 @@ def sidecar(spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: s
     }
 
 
-def _run_config(ckpt: Path) -> DictConfig | None:
-    """The composed config of the training run that wrote ``ckpt`` (``<run>/.hydra/config.yaml``)."""
-    for parent in list(ckpt.resolve().parents)[:3]:
-        path = parent / ".hydra" / "config.yaml"
-        if path.is_file():
-            cfg = OmegaConf.load(path)
-            return cfg if isinstance(cfg, DictConfig) and cfg.get("data") else None
-    return None
-
-
-def _from_datamodule(cfg: DictConfig, spec: DataSpec, n: int) -> Tensor:
-    dm = build_datamodule(cfg)
+def _from_datamodule(cfg: DictConfig, spec: DataSpec, n: int, dm: Any = None) -> Tensor:
+    dm = build_datamodule(cfg, dm)
     mismatch = spec.incompatibilities(dm.spec)
     if mismatch:
         raise ConfigError(
@@ -139,12 +130,12 @@ def parity_batch(cfg: DictConfig, spec: DataSpec) -> tuple[Tensor, str]:
         return _from_files(str(cfg.input), spec, n), f"images from input={cfg.input}"
     if cfg.get("data"):
         return _from_datamodule(cfg, spec, n), f"data={cfg.data._target_}"
-    run_cfg = _run_config(Path(cfg.ckpt_path))
-    if run_cfg is not None:
-        where = f"the training run's data ({run_cfg.data._target_})"
+    stored = stored_datamodule(cfg, cfg.ckpt_path)  # checked by the trust boundary
+    if stored is not None:
+        where = f"the training run's data ({cfg.data._target_})"
         try:
-            return _from_datamodule(run_cfg, spec, n), where
-        except Exception as e:  # moved data, unresolvable interpolation...: fall through, say why
+            return _from_datamodule(cfg, spec, n, stored[0]), where
+        except (DataError, ConfigError) as e:  # moved or changed data: fall through, say why
             why = f"{type(e).__name__}: {e}"
             log.warning("cannot load the training run's data for the parity batch (%s)", why)
     log.warning(

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from imgcls.checkpointing.safe_config import register_nets_from_config
+from imgcls.checkpointing.boundary import allow_from_config
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.errors import ConfigError, find_user_error
 from imgcls.sweeps.job_process import record_job_error, run_job_process, should_isolate
@@ -31,7 +31,7 @@ def apply_extras(cfg: DictConfig) -> None:
     # A frozen backbone stays in eval mode on purpose (BatchNorm statistics fixed).
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
     extras = cfg.get("extras") or {}
-    register_nets_from_config(cfg)  # users' own nets that checkpoints may name
+    allow_from_config(cfg)  # users' own classes that files may name
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     quiet_lightning()

@@ -1,9 +1,10 @@
-"""Which data a checkpoint was trained on: what ``eval.py`` scores it on unless ``data=`` is given.
+"""Which data a checkpoint was trained on: what ``eval.py`` scores it on (and ``export.py`` takes
+its parity batch from) unless ``data=`` is given.
 
-First the run's ``.hydra/config.yaml`` beside its ``checkpoints/``, then the data config stored in
-the checkpoint's ``datamodule_hyper_parameters`` (runs without Hydra's run dir). A checkpoint is
-data: its config is used only if every ``_target_`` is a data class of this package; the run's
-config file may name your own."""
+It is the data config stored in the checkpoint (``datamodule_hyper_parameters``), read through
+the trust boundary: a datamodule of this package (or ``extras.allowed_datamodules``), plain
+values, the locations it writes to from this command's ``paths``. A run dir's
+``.hydra/config.yaml`` is never read for it."""
 
 from __future__ import annotations
 
@@ -12,48 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from imgcls.errors import ConfigError
-
-DATA_TARGET_PREFIX = "imgcls.data."
-
-
-def _targets(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        own = [str(node["_target_"])] if "_target_" in node else []
-        return own + [t for v in node.values() for t in _targets(v)]
-    if isinstance(node, list):
-        return [t for v in node for t in _targets(v)]
-    return []
-
-
-def check_data_targets(data: dict[str, Any], where: str) -> None:
-    """Refuse a stored data config that would build anything but our own data classes."""
-    bad = [t for t in _targets(data) if not t.startswith(DATA_TARGET_PREFIX)]
-    if bad or "_target_" not in data:
-        raise ConfigError(
-            f"the data config stored in {where} names {bad or 'no _target_'}, not a datamodule of "
-            f"this package ({DATA_TARGET_PREFIX}*): give data=<source> explicitly"
-        )
-
-
-def _from_run_config(ckpt_path: Path) -> tuple[dict[str, Any], str] | None:
-    run_cfg = ckpt_path.parent.parent / ".hydra" / "config.yaml"
-    if ckpt_path.parent.name != "checkpoints" or not run_cfg.is_file():
-        return None
-    stored = OmegaConf.load(run_cfg)
-    if "data" not in stored:
-        return None
-    data = OmegaConf.to_container(stored.data, resolve=True)  # in the run's own paths
-    return data, f"the checkpoint's run ({run_cfg})"  # type: ignore[return-value]
-
-
-def _from_checkpoint(ckpt_path: Path) -> tuple[dict[str, Any], str] | None:
-    from imgcls.checkpointing.load import load_checkpoint_dict
-
-    data = load_checkpoint_dict(ckpt_path).get("datamodule_hyper_parameters")
-    if not isinstance(data, dict) or "_target_" not in data:
-        return None
-    return dict(data), f"stored in the checkpoint {ckpt_path} (datamodule_hyper_parameters)"
+from imgcls.checkpointing import boundary
+from imgcls.checkpointing.load import load_checkpoint_dict, naming_file
 
 
 def _data_overrides() -> tuple[bool, list[str]]:
@@ -70,31 +31,37 @@ def _data_overrides() -> tuple[bool, list[str]]:
     return explicit, [o for o, k in zip(task, keys, strict=True) if k.startswith("data.")]
 
 
-def use_run_data(cfg: DictConfig) -> str:
-    """Point ``cfg.data`` at the checkpoint's own data unless ``data=`` was given (``data.*``
-    overrides apply on top); returns a sentence for the log naming where it came from."""
-    explicit, dotted = _data_overrides()
-    if explicit:
-        return f"data config: data={cfg.data._target_} as given on the command line"
-    ckpt_path = Path(cfg.ckpt_path)
-    found = _from_run_config(ckpt_path) or _from_checkpoint(ckpt_path)
+def stored_datamodule(cfg: DictConfig, ckpt_path: str | Path) -> tuple[Any, str] | None:
+    """The datamodule the checkpoint's stored data config names (not set up), with a sentence
+    saying where it came from; ``None`` when it stores none."""
+    stored = load_checkpoint_dict(ckpt_path).get("datamodule_hyper_parameters")
+    if not stored:
+        return None
+    where = f"stored in the checkpoint {ckpt_path} (datamodule_hyper_parameters)"
+    _, dotted = _data_overrides()
+    with naming_file(ckpt_path):
+        data = boundary.datamodule_config(stored, "datamodule_hyper_parameters", cfg)
+        if dotted:  # the command's own data.* overrides (trusted), on top of the checked values
+            mine = OmegaConf.from_dotlist([o.split(".", 1)[1] for o in dotted])
+            data.update(OmegaConf.to_container(mine, resolve=True))  # type: ignore[arg-type]
+        dm = boundary.factory(data, "datamodule", "datamodule_hyper_parameters")()
+    with open_dict(cfg):  # what the logs and the report show: the values used
+        cfg.data = OmegaConf.create(data)
+    return dm, f"{where}: {data['_target_']}"
+
+
+def use_run_data(cfg: DictConfig) -> tuple[Any, str]:
+    """The checkpoint's own datamodule unless ``data=`` was given (``None``: build ``cfg.data``),
+    and a sentence for the log naming where the data config came from."""
+    if _data_overrides()[0]:
+        return None, f"data config: data={cfg.data._target_} as given on the command line"
+    found = stored_datamodule(cfg, cfg.ckpt_path)
     if found is None:
-        return (
+        return None, (
             f"data config: {cfg.data._target_} from the eval config's default; the checkpoint "
-            "names no data of its own (no .hydra/config.yaml beside its run's checkpoints/): "
-            "pass data=<source> to choose"
+            "stores no data config (datamodule_hyper_parameters): pass data=<source> to choose"
         )
-    data, where = found
-    if where.startswith("stored in the checkpoint"):  # a checkpoint is data: no foreign targets
-        check_data_targets(data, str(ckpt_path))
-    stored = OmegaConf.create(data)
-    if dotted:
-        stored = OmegaConf.merge(
-            stored, OmegaConf.from_dotlist([o.split(".", 1)[1] for o in dotted])
-        )
-    with open_dict(cfg):
-        cfg.data = stored
-    return f"data config: {where}: {data['_target_']} (data=<source> chooses another)"
+    return found[0], f"data config: {found[1]} (data=<source> chooses another)"
 
 
 def data_hparams(cfg: DictConfig) -> dict[str, Any]:

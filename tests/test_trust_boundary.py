@@ -233,6 +233,17 @@ def test_a_stored_digits_dir_never_builds_a_data_set(craft, tmp_path: Path) -> N
     assert not elsewhere.exists()
 
 
+def test_a_stored_opt_in_never_reads_outside_the_data_root(craft, tmp_path: Path) -> None:
+    _tiny_folder(tmp_path / "images")
+    outside = tmp_path / "outside.png"
+    Image.new("L", (28, 28), 7).save(outside)
+    (tmp_path / "images" / "test" / "0" / "link.png").symlink_to(outside)
+    ckpt = craft(_folder_data(tmp_path / "images", cache_dir=None, allow_outside_root=True))
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *QUICK_EVAL[:2]], tmp_path / "eval")
+    with pytest.raises(UserError, match="outside the data root"):
+        evaluate(cfg)
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def change(ckpt: dict[str, Any]) -> None:
         *parents, last = path.split(".")

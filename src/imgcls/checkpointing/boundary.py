@@ -269,7 +269,8 @@ def check_spec(spec: Any, path: str) -> None:
 
 def datamodule_config(stored: Any, path: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A stored data config, checked, with the locations it writes to taken from ``cfg`` (the
-    current command's paths): decode cache, generated digits sets; never a download."""
+    current command's paths): decode cache, generated digits sets; never a download, and never
+    reads outside the data root unless the command opts in."""
     if not isinstance(stored, Mapping):
         raise refusal(path, stored, "expected a data config (a mapping with _target_)")
     data = {k: v for k, v in stored.items() if k not in TRAINING_ONLY}
@@ -281,6 +282,8 @@ def datamodule_config(stored: Any, path: str, cfg: Mapping[str, Any]) -> dict[st
         data["digits_dir"] = str(paths["data_dir"])
     if "download" in data:
         data["download"] = False
+    if "allow_outside_root" in data:  # an opt-in is the command's (data.allow_outside_root=true)
+        data["allow_outside_root"] = False
     return data
 
 

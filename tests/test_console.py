@@ -50,10 +50,9 @@ def test_missing_predict_input_names_it(tmp_path) -> None:
 
 def test_optuna_sqlite_storage_folder_is_created(tmp_path) -> None:
     optuna = pytest.importorskip("optuna")
-    from hydra_plugins.imgcls_sweeper.optuna_resume import _make_sqlite_folder
+    from imgcls.sweeps.optuna_study import open_storage
 
-    storage = f"sqlite:///{tmp_path / 'new' / 'deeper' / 'study.db'}"
-    _make_sqlite_folder(storage)
+    storage = open_storage(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'study.db'}")
     study = optuna.create_study(study_name="s", storage=storage)
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
     assert (tmp_path / "new" / "deeper" / "study.db").is_file()

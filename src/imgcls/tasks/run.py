@@ -41,7 +41,9 @@ def apply_extras(cfg: DictConfig) -> None:
             print_config_tree(cfg, Path(cfg.paths.output_dir) / "config_tree.log", echo=False)
 
 
-def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
+def run_task(
+    task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig
+) -> float | list[float] | None:
     """Run an entry point's task (user errors: one message, no traceback); returns the
     ``optimized_metric`` for sweepers. A multirun job starting DDP ranks runs as its own process
     group (``imgcls.sweeps.job_process``)."""
@@ -71,12 +73,16 @@ def _log_to_files(message: str) -> None:
             handler.handle(record)
 
 
-def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
-    name = cfg.get("optimized_metric")
-    if not name:
+def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | list[float] | None:
+    """``optimized_metric``'s value; a list of names (a multi-objective search) gives a list."""
+    names = cfg.get("optimized_metric")
+    if not names:
         return None
-    if name in metrics:
-        return metrics[name]
+    several = not isinstance(names, str)
+    missing = [n for n in (names if several else [names]) if n not in metrics]
+    if not missing:
+        return [metrics[n] for n in names] if several else metrics[names]
+    name = missing[0]
     message = f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}"
     if str(name).startswith("test/") and not any(k.startswith("test/") for k in metrics):
         message += f" ({NO_TEST_SPLIT}: set data.test_fraction, or optimize a val/* metric)"

@@ -35,7 +35,7 @@ class Built:
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """Instantiate ``cfg.data`` and run its validation/loading once (before any training)."""
-    log.info("data: %s", cfg.data._target_)
+    log.info("data: %s", _name(cfg.data))
     dm: ImageDataModule = instantiate(cfg.data)
     store_data_config(dm, cfg)
     if local_rank() == 0:  # as Lightning does: the other ranks' setup waits for its result
@@ -52,9 +52,14 @@ def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
     dm.save_hyperparameters(data_hparams(cfg), logger=False)
 
 
+def _name(conf: DictConfig) -> str:
+    """A config's class name (the module path is in config_tree.log): lines fit 80 columns."""
+    return str(conf._target_).rsplit(".", 1)[-1]
+
+
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
     """Instantiate ``cfg.model`` with the sizes and class names taken from the data."""
-    log.info("model: %s (net %s)", cfg.model._target_, cfg.model.net._target_)
+    log.info("model: %s (net %s)", _name(cfg.model), _name(cfg.model.net))
     use_weights_normalization(cfg.model, dm)
     resolve_freeze(cfg.model)
     return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
@@ -66,7 +71,7 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
         k: c for k, c in (group or {}).items() if isinstance(c, DictConfig) and "_target_" in c
     }
     for name, conf in confs.items():
-        log.info("%s: %s (%s)", what, name, conf._target_)
+        log.info("%s: %s (%s)", what, name, _name(conf))
     return [instantiate(conf) for conf in confs.values()]
 
 

@@ -81,6 +81,7 @@ def test_single_run_config_error_is_one_line(make_cfg, capsys) -> None:
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: lenet: input 1x28x28 is too small for this net")
+    assert "(data.image_size=[64,64]) or choose a net without this limit (model=mlp)" in err
     assert "Traceback" not in err
 
 

@@ -5,6 +5,7 @@ plugin module at start-up, sweep or not."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -14,8 +15,8 @@ from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
-    """Config keys as in ``configs/hydra/sweeper/optuna.yaml`` (sampler and pruner arrive
-    instantiated; a ``_partial_`` GridSampler gets the grid from ``params``)."""
+    """Config keys as in ``configs/hydra/sweeper/optuna.yaml``; sampler and pruner arrive as
+    configs (``_recursive_: false``): the search builds them, so a missing Optuna is one line."""
 
     def __init__(
         self,
@@ -43,6 +44,13 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        from imgcls.sweeps.optuna_study import OptunaSearch
+        from imgcls.errors import missing_extra
 
+        try:
+            from imgcls.sweeps.optuna_study import OptunaSearch
+        except ModuleNotFoundError as e:
+            if (error := missing_extra(e)) is None:
+                raise
+            print(f"error: hydra/sweeper=optuna: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
         OptunaSearch(self, arguments).run()

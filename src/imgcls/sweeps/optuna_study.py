@@ -153,12 +153,12 @@ class OptunaSearch:
         self.in_process = type(self.launcher).__name__ == "BasicLauncher"
 
     def sampler(self, existing: int) -> Any:
-        cfg = OmegaConf.select(self.config, "hydra.sweeper.sampler")
-        sampler = self.sweeper.sampler
+        cfg = self.sweeper.sampler
         seed = cfg.get("seed") if cfg is not None else None
         if existing and seed is not None:  # seed + trials so far: no replay of the first run
-            sampler = instantiate(cfg, seed=int(seed) + existing)
             log.info("resuming after %d trials: sampler seed %d + %d", existing, seed, existing)
+            seed = int(seed) + existing
+        sampler = instantiate(cfg, seed=seed) if cfg is not None else None
         if callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):
             sampler = sampler(search_space=self.space.grid())  # GridSampler (_partial_)
         return sampler
@@ -175,7 +175,7 @@ class OptunaSearch:
             study_name=name,
             storage=self.storage,
             sampler=self.sampler(existing),
-            pruner=self.sweeper.pruner,
+            pruner=instantiate(self.sweeper.pruner) if self.sweeper.pruner else None,
             directions=self.directions,
             load_if_exists=True,
         )

@@ -8,7 +8,6 @@ import pytest
 
 from tests.conftest import run_entry
 
-
 LIGHTNING_NOISE = (
     "Tip",
     "litlogger",

@@ -59,7 +59,9 @@ def test_sweep_without_optuna_is_one_line_with_the_install_command(tmp_path: Pat
 def test_eval_data_mismatch_names_the_runs_data(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      data: folder\n")
+    (run / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      data: folder\n"
+    )
     hint = data_hint(str(run / "checkpoints" / "epoch_001.ckpt"))
     assert hint == "pass data=folder as its run did, or leave data= out to use that run's data"
     assert data_hint(str(tmp_path / "elsewhere.ckpt")) == "pass the data= it was trained on"

@@ -18,7 +18,7 @@ from tests.conftest import CONFIGS, ROOT
 
 optuna = pytest.importorskip("optuna")
 
-APP = '''
+APP = """
 import math, hydra
 
 @hydra.main(version_base="1.3", config_path=".", config_name="app")
@@ -29,7 +29,7 @@ def main(cfg):
     return [loss, -abs(cfg.x)] if cfg.two else loss
 
 main()
-'''
+"""
 CONFIG = f"""
 defaults:
   - override hydra/sweeper: optuna
@@ -125,7 +125,11 @@ def test_failed_trials_are_marked_and_the_rest_run(app, tmp_path: Path) -> None:
 def test_journal_file_shared_by_two_concurrent_sweeps(app, tmp_path: Path) -> None:
     log_file = tmp_path / "journal" / "toy.log"
     storage = f"journal:///{log_file}"
-    args = (f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
+    args = (
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+    )
     procs = [
         app(name, *args, f"hydra.sweeper.sampler.seed={seed}", wait=False)
         for name, seed in (("a", 1), ("b", 2))
@@ -187,8 +191,13 @@ def test_search_space_syntax() -> None:
     from imgcls.sweeps.optuna_space import parse_search_space
 
     space = parse_search_space(
-        ["lr=tag(log, interval(0.001, 0.1))", "n=range(1, 11, 3)", "w=choice([6,16], [12,32])",
-         "a=1", "n=range(2, 5)"]  # fmt: skip
+        [
+            "lr=tag(log, interval(0.001, 0.1))",
+            "n=range(1, 11, 3)",
+            "w=choice([6,16], [12,32])",
+            "a=1",
+            "n=range(2, 5)",
+        ]  # fmt: skip
     )
     lr, n, w = (space.distributions[k] for k in ("lr", "n", "w"))
     assert (lr.low, lr.high, lr.log) == (0.001, 0.1, True)

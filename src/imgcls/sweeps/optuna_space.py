@@ -32,18 +32,20 @@ class SearchSpace:
 
 def _choices(override: Override) -> CategoricalDistribution:
     # lists become their override text ("[6,16]"): Optuna stores str/int/float/bool/None only
-    return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    choices: Any = list(override.sweep_iterator(transformer=Transformer.encode))
+    return CategoricalDistribution(choices)
 
 
 def _distribution(override: Override) -> BaseDistribution:
     if override.is_choice_sweep():
         return _choices(override)
-    value = override.value()
+    value: Any = override.value()
     if override.is_range_sweep():
         if value.shuffle:
             return _choices(override)
         # Hydra's range excludes stop; Optuna's high is the last value drawn
-        high, step = max(override.sweep_iterator()), value.step
+        high: Any = max(override.sweep_iterator())  # type: ignore[type-var]
+        step = value.step
         if any(isinstance(v, float) for v in (value.start, value.stop, step)):
             return FloatDistribution(float(value.start), float(high), step=float(step))
         return IntDistribution(int(value.start), int(high), step=int(step))

@@ -5,6 +5,7 @@ is reseeded with ``seed + trials so far`` (new parameters, reproducible)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from imgcls.errors import ConfigError
 from imgcls.sweeps import pruning
@@ -45,7 +46,7 @@ def open_storage(url: Any) -> Any:
     return optuna.storages.JournalStorage(JournalFileBackend(path))
 
 
-def directions(direction: Any) -> list[str]:
+def directions(direction: Any) -> list[Any]:
     items = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
     for d in items:
         if str(d) not in ("maximize", "minimize"):
@@ -167,10 +168,8 @@ class OptunaSearch:
         name = self.sweeper.study_name
         existing = 0
         if self.storage is not None and name:
-            try:
+            with contextlib.suppress(KeyError):  # KeyError: a new study
                 existing = len(optuna.load_study(study_name=name, storage=self.storage).trials)
-            except KeyError:  # a new study
-                pass
         return optuna.create_study(
             study_name=name,
             storage=self.storage,
@@ -226,7 +225,8 @@ class OptunaSearch:
                 for t in run:
                     pruning.TRIALS.pop(t.number, None)
             for trial, ret in zip(run, returns, strict=True):
-                run_dir = OmegaConf.select(ret.hydra_cfg or {}, "hydra.runtime.output_dir")
+                cfg = ret.hydra_cfg
+                run_dir = OmegaConf.select(cfg, "hydra.runtime.output_dir") if cfg else None
                 if run_dir:  # the dashboard shows it beside the trial
                     trial.set_user_attr("run_dir", str(run_dir))
                 states.append(tell(study, trial, ret, len(self.directions)))

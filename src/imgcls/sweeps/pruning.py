@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 
@@ -23,7 +23,7 @@ def job_trial() -> Any | None:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        num = HydraConfig.get().job.get("num")
+        num = cast(Any, HydraConfig.get()).job.get("num")
     except ValueError:  # no Hydra context
         return None
     return TRIALS.get(int(num)) if num is not None else None
@@ -41,16 +41,18 @@ class OptunaPruning(L.Callback):
         self.trial = job_trial()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if self.trial is None or trainer.sanity_checking or value is None:
+        metric = trainer.callback_metrics.get(self.monitor)
+        if self.trial is None or trainer.sanity_checking or metric is None:
             return
-        epoch, value = trainer.current_epoch, float(value)
+        epoch, value = trainer.current_epoch, float(metric)
         if not math.isfinite(value):
             return  # the trial fails on its own (NaN loss); nothing to compare
         self.trial.report(value, step=epoch)
         if self.trial.should_prune():
             import optuna
 
-            message = f"trial {self.trial.number} pruned at epoch {epoch} ({self.monitor}={value:.4g})"
+            message = (
+                f"trial {self.trial.number} pruned at epoch {epoch} ({self.monitor}={value:.4g})"
+            )
             log.info(message)
             raise optuna.TrialPruned(message)

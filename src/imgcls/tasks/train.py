@@ -77,7 +77,10 @@ def _fit_and_test(
         else:
             log.info("testing checkpoint %s", ckpt)
         trainer.test(
-            built.model, datamodule=built.datamodule, ckpt_path=ckpt, weights_only=True,
+            built.model,
+            datamodule=built.datamodule,
+            ckpt_path=ckpt,
+            weights_only=True,
             verbose=False,  # the run's last lines show the result; metrics.json has them all
         )
         metrics.update(floats(trainer.callback_metrics))

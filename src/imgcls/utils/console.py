@@ -99,7 +99,7 @@ def log_run_header(cfg: DictConfig) -> None:
 
 def log_to_files(message: str, level: int = logging.INFO) -> None:
     """Into the run's log file only (the console shows the message its own way)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

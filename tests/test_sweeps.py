@@ -271,3 +271,25 @@ def test_optuna_prunes_a_lagging_trial_in_process(tmp_path: Path) -> None:
     assert rows[str(bad.number)]["status"] == "pruned"
     assert not (sweep / str(bad.number) / "metrics.json").exists()  # stopped before testing
     assert "pruned 1, failed 0" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_optuna_two_objectives_with_train(tmp_path: Path) -> None:
+    """optimized_metric as a list: each job returns both values (pruning stays off: Optuna prunes
+    single-objective studies only), optimization_results.yaml holds the Pareto front."""
+    proc = run_entry(
+        "train",
+        "hparams_search=mnist_optuna",
+        "optimized_metric=[val/acc_best,val/loss]",
+        "hydra.sweeper.direction=[maximize,minimize]",
+        "hydra.sweeper.n_trials=2",
+        *TINY,
+        f"paths.log_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    front = OmegaConf.load(sweep / "optimization_results.yaml").solutions
+    for s in front:
+        job = sweep / str(s.trial)
+        assert list(s["values"]) == [_metric(job), _metric(job, "val/loss")]
+    assert "- Optuna Pareto front: trial(s)" in (sweep / "summary.md").read_text()

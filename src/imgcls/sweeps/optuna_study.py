@@ -150,8 +150,10 @@ class OptunaSearch:
         self.directions = directions(sweeper.direction)
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self.storage = open_storage(sweeper.storage)
-        # trials run in this process can be pruned: the job's callback finds its trial
-        self.in_process = type(self.launcher).__name__ == "BasicLauncher"
+        # trials run in this process can be pruned: the job's callback finds its trial (Optuna
+        # prunes single-objective studies only)
+        in_process = type(self.launcher).__name__ == "BasicLauncher"
+        self.prunable = in_process and len(self.directions) == 1
 
     def sampler(self, existing: int) -> Any:
         cfg = self.sweeper.sampler
@@ -212,7 +214,7 @@ class OptunaSearch:
         states = []
         for run in consecutive(batch):
             overrides = [tuple(suggest(t, self.space)) for t in run]
-            if self.in_process:
+            if self.prunable:
                 pruning.TRIALS.update({t.number: t for t in run})
             try:
                 returns = self.launcher.launch(overrides, initial_job_idx=run[0].number)

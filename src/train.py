@@ -8,7 +8,7 @@ from imgcls.tasks.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | list[float] | None:
     return run_task(train, cfg)
 
 

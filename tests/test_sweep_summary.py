@@ -140,9 +140,9 @@ def test_jobs_without_a_labeled_test_split_say_so(tmp_path: Path) -> None:
 
 
 def test_optuna_trials_table_is_the_studys(tmp_path: Path) -> None:
-    """optuna_trials.csv (from trials_dataframe) holds the study's values and params exactly."""
+    """optuna_trials.csv holds the study's values and params exactly."""
     optuna = pytest.importorskip("optuna")
-    from hydra_plugins.imgcls_sweeper.optuna_resume import trials_table
+    from imgcls.sweeps.optuna_study import trials_table
 
     def objective(trial) -> float:
         x = trial.suggest_float("x", 0, 1)
@@ -152,7 +152,7 @@ def test_optuna_trials_table_is_the_studys(tmp_path: Path) -> None:
 
     study = optuna.create_study(direction="maximize")
     study.optimize(objective, n_trials=4)
-    (tmp_path / TRIALS_FILE).write_text(trials_table(study).to_csv(index=False))
+    (tmp_path / TRIALS_FILE).write_text(trials_table(study))
     rows = _rows(tmp_path / TRIALS_FILE)
     assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
     assert [r["state"] for r in rows] == ["COMPLETE"] * 4

@@ -81,6 +81,7 @@ def test_single_run_config_error_is_one_line(make_cfg, capsys) -> None:
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: lenet: input 1x28x28 is too small for this net")
+    assert "(data.image_size=[64,64]) or choose a net without this limit (model=mlp)" in err
     assert "Traceback" not in err
 
 
@@ -232,3 +233,63 @@ def test_slurm_launcher_config_makes_one_task_per_rank(
     ]:
         assert line in sbatch.splitlines()
     assert executor._executor.max_num_timeout == 3  # a timed-out job is requeued
+
+
+@pytest.mark.slow
+def test_optuna_prunes_a_lagging_trial_in_process(tmp_path: Path) -> None:
+    """The pruning callback reports val/acc to the trial the sweeper launched in this process;
+    a trial below the pruner's threshold stops after its first epoch and counts as pruned."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    proc = run_entry(
+        "train",
+        "-m",
+        "hparams_search=mnist_optuna",
+        f"hydra.sweeper.storage={storage}",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.params=null",
+        "model.optimizer.lr=choice(0.01, 1e-7)",
+        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "~hydra.sweeper.pruner.n_startup_trials",
+        "+hydra.sweeper.pruner.lower=0.5",
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+        *[o for o in TINY if "max_epochs" not in o and "limit_train" not in o],
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=30",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="mnist_optuna", storage=storage)
+    by_lr = {t.params["model.optimizer.lr"]: t for t in study.trials}
+    bad, good = by_lr[1e-7], by_lr[0.01]
+    assert bad.state.name == "PRUNED" and list(bad.intermediate_values) == [0]
+    assert bad.intermediate_values[0] < 0.5
+    assert good.state.name == "COMPLETE" and sorted(good.intermediate_values) == [0, 1]
+    sweep = _sweep_dir(tmp_path)
+    rows = {r["job"]: r for r in _rows(sweep / "summary.csv")}
+    assert rows[str(bad.number)]["status"] == "pruned"
+    assert not (sweep / str(bad.number) / "metrics.json").exists()  # stopped before testing
+    assert "pruned 1, failed 0" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_optuna_two_objectives_with_train(tmp_path: Path) -> None:
+    """optimized_metric as a list: each job returns both values (pruning stays off: Optuna prunes
+    single-objective studies only), optimization_results.yaml holds the Pareto front."""
+    proc = run_entry(
+        "train",
+        "hparams_search=mnist_optuna",
+        "optimized_metric=[val/acc_best,val/loss]",
+        "hydra.sweeper.direction=[maximize,minimize]",
+        "hydra.sweeper.n_trials=2",
+        *TINY,
+        f"paths.log_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    front = OmegaConf.load(sweep / "optimization_results.yaml").solutions
+    for s in front:
+        job = sweep / str(s.trial)
+        assert list(s["values"]) == [_metric(job), _metric(job, "val/loss")]
+    assert "- Optuna Pareto front: trial(s)" in (sweep / "summary.md").read_text()

@@ -36,7 +36,7 @@ class Built:
 def build_datamodule(cfg: DictConfig, dm: ImageDataModule | None = None) -> ImageDataModule:
     """Instantiate ``cfg.data`` (or take ``dm``, built from a checkpoint's data config by the
     trust boundary) and run its validation/loading once (before any training)."""
-    log.info("data: %s", cfg.data._target_)
+    log.info("data: %s", _name(cfg.data))
     if dm is None:
         dm = instantiate(cfg.data)
         store_data_config(dm, cfg)
@@ -54,10 +54,15 @@ def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
     dm.save_hyperparameters(data_hparams(cfg), logger=False)
 
 
+def _name(conf: DictConfig) -> str:
+    """A config's class name (the module path is in config_tree.log): lines fit 80 columns."""
+    return str(conf._target_).rsplit(".", 1)[-1]
+
+
 def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
     """Instantiate ``cfg.model`` with the sizes and class names taken from the data (Hydra builds
     the user's net, optimizer and scheduler configs: ``_partial_``, nested targets)."""
-    log.info("model: %s (net %s)", cfg.model._target_, cfg.model.net._target_)
+    log.info("model: %s (net %s)", _name(cfg.model), _name(cfg.model.net))
     use_weights_normalization(cfg.model, dm)
     resolve_freeze(cfg.model)
     return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
@@ -69,7 +74,7 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
         k: c for k, c in (group or {}).items() if isinstance(c, DictConfig) and "_target_" in c
     }
     for name, conf in confs.items():
-        log.info("%s: %s (%s)", what, name, conf._target_)
+        log.info("%s: %s (%s)", what, name, _name(conf))
     return [instantiate(conf) for conf in confs.values()]
 
 

@@ -21,13 +21,17 @@ TRIALS_FILE = "optuna_trials.csv"  # every trial of a study resumed from storage
 @dataclass
 class JobRecord:
     num: int | None
-    status: str  # completed | failed | incomplete (no status file: still running or killed)
+    status: str  # completed | pruned | failed | incomplete (no status file: running or killed)
     overrides: list[str]
     value: float | None
     run_dir: str
     error: str = ""
     best: bool = False
     note: str = ""  # metrics.json's "test" (e.g. "no labeled test split"): why test/* is empty
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in ("completed", "pruned")  # a pruned trial stopped on purpose
 
     @property
     def score(self) -> float | None:
@@ -43,13 +47,20 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def is_pruned(error: Any) -> bool:
+    """``optuna.TrialPruned``, told by name: only a sweep with Optuna loaded can raise it."""
+    return type(error).__name__ == "TrialPruned"
+
+
 def write_job_status(config: DictConfig, job_return: JobReturn) -> Path:
     out = Path(str(config.hydra.runtime.output_dir))
     ok = job_return.status == JobStatus.COMPLETED
     result = job_return._return_value
+    if ok and isinstance(result, (list, tuple)) and result:  # several objectives: the first
+        result = result[0]
     status = {
         "num": int(config.hydra.job.num),
-        "status": "completed" if ok else "failed",
+        "status": "completed" if ok else "pruned" if is_pruned(result) else "failed",
         "overrides": list(job_return.overrides or []),
         "value": float(result) if ok and isinstance(result, (int, float)) else None,
         "error": describe_error(result) if not ok and result is not None else "",

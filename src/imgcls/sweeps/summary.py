@@ -17,10 +17,10 @@ import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from imgcls.errors import UserError
-from imgcls.sweeps.jobs import TRIALS_FILE, JobRecord, collect_jobs, write_job_status
+from imgcls.sweeps.jobs import TRIALS_FILE, JobRecord, collect_jobs, is_pruned, write_job_status
 from imgcls.utils.files import atomic_write_text
 from imgcls.utils.ranks import is_rank_zero
 
@@ -54,7 +54,7 @@ class Summary:
 
     @property
     def failed(self) -> list[JobRecord]:
-        return [j for j in self.jobs if j.status != "completed"]
+        return [j for j in self.jobs if j.failed]
 
     @property
     def best(self) -> JobRecord | None:
@@ -71,9 +71,17 @@ class Summary:
         return ", ".join(REPEAT_NAMES[k] for k in SEED_KEYS if k in varying) or "seed repeats"
 
 
+def first_metric(config: DictConfig) -> str | None:
+    """``optimized_metric``, or the first of several (the tables rank by it)."""
+    metric = config.get("optimized_metric")
+    return metric if metric is None or isinstance(metric, str) else str(metric[0])
+
+
 def metric_mode(config: DictConfig, metric: str | None) -> str:
     """``max`` or ``min``: the sweeper's direction when it has one, else guessed from the name."""
     direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    if isinstance(direction, ListConfig) and len(direction):
+        direction = direction[0]
     if isinstance(direction, str):
         return "min" if direction.lower().startswith("min") else "max"
     name = (metric or "").lower()
@@ -86,7 +94,7 @@ def _groups(jobs: list[JobRecord], sign: float) -> pd.DataFrame:
         {
             "overrides": [tuple(o for o in j.overrides if _key(o) not in SEED_KEYS) for j in jobs],
             "value": pd.Series([j.score for j in jobs], dtype=float),
-            "failed": [int(j.status != "completed") for j in jobs],
+            "failed": [int(j.failed) for j in jobs],
             "job": [str(j.num) for j in jobs],
         }
     )
@@ -182,12 +190,14 @@ def _md_table(table: pd.DataFrame) -> list[str]:
 
 def _bullets(s: Summary, common: list[str]) -> list[str]:
     n_ok = sum(j.status == "completed" for j in s.jobs)
+    n_pruned = sum(j.status == "pruned" for j in s.jobs)
+    pruned = f", pruned {n_pruned}" if n_pruned else ""
     lines = [
         f"# Sweep summary: {s.sweep_dir.name}",
         "",
         f"- sweep dir: `{s.sweep_dir}`",
         f"- optimized_metric: `{s.label}` ({s.mode})",
-        f"- jobs: {len(s.jobs)}, completed {n_ok}, failed {len(s.failed)}",
+        f"- jobs: {len(s.jobs)}, completed {n_ok}{pruned}, failed {len(s.failed)}",
     ]
     if no_test := [j for j in s.jobs if j.note]:
         nums = ", ".join(str(j.num) for j in no_test)
@@ -197,7 +207,10 @@ def _bullets(s: Summary, common: list[str]) -> list[str]:
     if (best := s.best) is not None:
         varying = " ".join([o for o in best.overrides if o not in common] or best.overrides)
         lines.append(f"- best job: {best.num} ({s.label} = {_fmt(best.value)}): `{varying}`")
-    if s.optuna:
+    if s.optuna and "solutions" in s.optuna:  # several objectives: no single best
+        trials = ", ".join(str(t.get("trial")) for t in s.optuna["solutions"])
+        lines.append(f"- Optuna Pareto front: trial(s) {trials} (optimization_results.yaml)")
+    elif s.optuna:
         params = json.dumps(s.optuna.get("best_params", {}), sort_keys=True)
         value = _fmt(s.optuna.get("best_value"))
         lines.append(f"- Optuna best value: {value}, best params: `{params}`")
@@ -268,20 +281,20 @@ class SweepSummary(Callback):
         if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
             return
         error = job_return._return_value if job_return.status != JobStatus.COMPLETED else None
-        if error is not None and not isinstance(error, UserError):
+        if error is not None and not isinstance(error, UserError) and not is_pruned(error):
             # Hydra keeps the exception but prints nothing: put the traceback in the job's log.
             trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             log.error("job %s failed:\n%s", config.hydra.job.num, trace)
         write_job_status(config, job_return)
         if self.refresh_each_job:
             try:
-                metric = config.get("optimized_metric")
+                metric = first_metric(config)
                 write_summary(Path(config.hydra.sweep.dir), metric, metric_mode(config, metric))
             except Exception as e:  # the table is a convenience; never fail a job for it
                 log.warning("could not refresh the sweep summary: %s", e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        metric = config.get("optimized_metric")
+        metric = first_metric(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return

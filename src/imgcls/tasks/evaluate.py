@@ -12,7 +12,7 @@ from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.errors import ConfigError
 from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report, test_note
 from imgcls.tasks.run import apply_extras
-from imgcls.tasks.run_data import use_run_data
+from imgcls.tasks.run_data import data_hint, use_run_data
 from imgcls.utils.trackers import finish_trackers
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             f"checkpoint {cfg.ckpt_path} was trained on different data than data={cfg.data._target_}: "
             + "; ".join(mismatch)
+            + f" ({data_hint(cfg.ckpt_path)})"
         )
     # normalize as the model was trained (e.g. with its pretrained weights' statistics)
     dm.set_normalization(model.spec.mean, model.spec.std)

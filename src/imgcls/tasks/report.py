@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.models.classifier import count_parameters
 from imgcls.utils.config import flatten, to_plain
+from imgcls.utils.console import log_to_files
 from imgcls.utils.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def write_summary(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, A
 
 
 def report(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> None:
-    """metrics.json in the run dir, and each final metric in the log."""
+    """metrics.json in the run dir, and each final metric in the log file (the console ends
+    with the run's result, ``imgcls.utils.console.final_lines``)."""
     write_summary(cfg, metrics, extra)
     for name in sorted(metrics):
-        log.info("%s = %.5f", name, metrics[name])
+        log_to_files(f"{name} = {metrics[name]:.5f}")

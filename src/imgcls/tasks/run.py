@@ -16,7 +16,7 @@ from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.errors import ConfigError, find_user_error
 from imgcls.sweeps.job_process import record_job_error, run_job_process, should_isolate
 from imgcls.utils.config import print_config_tree
-from imgcls.utils.console import check_required, log_run_header, quiet_lightning
+from imgcls.utils.console import check_required, log_run_header, log_to_files, quiet_lightning
 from imgcls.utils.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,13 @@ def apply_extras(cfg: DictConfig) -> None:
             print_config_tree(cfg, Path(cfg.paths.output_dir) / "config_tree.log", echo=False)
 
 
-def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
+def run_task(
+    task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig
+) -> float | list[float] | None:
     """Run an entry point's task (user errors: one message, no traceback); returns the
     ``optimized_metric`` for sweepers. A multirun job starting DDP ranks runs as its own process
     group (``imgcls.sweeps.job_process``)."""
-    if _in_multirun() and should_isolate(cfg):
+    if in_multirun() and should_isolate(cfg):
         return _optimized_value(cfg, run_job_process(cfg))
     try:
         check_required(cfg)
@@ -55,38 +57,35 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
         record_job_error(e or exc)  # for the sweep, when this is a job's own process
         if e is None:
             raise
-        if _in_multirun():
+        if in_multirun():
             log.error("%s: %s", type(e).__name__, e)
             # the sweeper records the job as failed (with this message) and runs the others
             raise e from None
-        _log_to_files(f"{type(e).__name__}: {e}")  # the run's log keeps it; the console once
+        log_to_files(f"{type(e).__name__}: {e}", logging.ERROR)  # the console shows it once
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
-def _log_to_files(message: str) -> None:
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
-def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
-    name = cfg.get("optimized_metric")
-    if not name:
+def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | list[float] | None:
+    """``optimized_metric``'s value; a list of names (a multi-objective search) gives a list."""
+    names = cfg.get("optimized_metric")
+    if not names:
         return None
-    if name in metrics:
-        return metrics[name]
+    several = not isinstance(names, str)
+    missing = [n for n in (names if several else [names]) if n not in metrics]
+    if not missing:
+        return [metrics[n] for n in names] if several else metrics[names]
+    name = missing[0]
     message = f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}"
     if str(name).startswith("test/") and not any(k.startswith("test/") for k in metrics):
         message += f" ({NO_TEST_SPLIT}: set data.test_fraction, or optimize a val/* metric)"
-    if _in_multirun():  # a sweeper cannot rank this job
+    if in_multirun():  # a sweeper cannot rank this job
         raise ConfigError(message)
     log.warning(message)  # a single run has finished; its results stand
     return None
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
     try:
         from hydra.types import RunMode
 

@@ -68,3 +68,14 @@ def data_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The resolved ``data`` config as plain types, for the datamodule's checkpoint hparams."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     return data if isinstance(data, dict) else {}
+
+
+def data_hint(ckpt_path: str) -> str:
+    """What to pass when the given ``data=`` does not fit a checkpoint: its run's own choice."""
+    hydra_yaml = Path(ckpt_path).parent.parent / ".hydra" / "hydra.yaml"
+    choice = None
+    if hydra_yaml.is_file():
+        choice = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices.data")
+    if choice:
+        return f"pass data={choice} as its run did, or leave data= out to use that run's data"
+    return "pass the data= it was trained on"

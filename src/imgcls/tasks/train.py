@@ -12,7 +12,9 @@ from imgcls.checkpointing.fit_guard import check_before_build, guarded_fit, prep
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.sweeps.job_process import stop_ranks_on_error
 from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report, test_note
-from imgcls.tasks.run import apply_extras
+from imgcls.tasks.run import apply_extras, in_multirun
+from imgcls.utils.console import final_lines, show_final
+from imgcls.utils.ranks import is_rank_zero
 from imgcls.utils.trackers import finish_trackers
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         **test_note(has_test),
     }
     report(cfg, metrics, extra)
+    if is_rank_zero() and not in_multirun():  # a sweep's jobs: the sweep's summary.md instead
+        show_final(final_lines(cfg, metrics, best))
     return metrics
 
 
@@ -72,6 +76,12 @@ def _fit_and_test(
             log.warning("no checkpoint to test (checkpointing off?): testing the current weights")
         else:
             log.info("testing checkpoint %s", ckpt)
-        trainer.test(built.model, datamodule=built.datamodule, ckpt_path=ckpt, weights_only=True)
+        trainer.test(
+            built.model,
+            datamodule=built.datamodule,
+            ckpt_path=ckpt,
+            weights_only=True,
+            verbose=False,  # the run's last lines show the result; metrics.json has them all
+        )
         metrics.update(floats(trainer.callback_metrics))
     return metrics

@@ -11,8 +11,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from imgcls.callbacks.diagnostics import ClassificationDiagnostics, per_class_table
 from imgcls.data.spec import DataSpec
-from imgcls.tasks.train import train
 from imgcls.runs.figures import confusion_figure, confusion_matrix_image
+from imgcls.tasks.train import train
 
 
 def read_events(logdir: Path) -> EventAccumulator:

@@ -11,8 +11,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from imgcls.callbacks.diagnostics import ClassificationDiagnostics, per_class_table
 from imgcls.data.spec import DataSpec
+from imgcls.runs.figures import confusion_figure, confusion_matrix_image
 from imgcls.tasks.train import train
-from imgcls.utils.render import blues, confusion_matrix_image
 
 
 def read_events(logdir: Path) -> EventAccumulator:
@@ -128,8 +128,13 @@ def test_misclassified_grid_samples_errors_across_classes() -> None:
 
 
 def test_confusion_matrix_colors_follow_row_fractions() -> None:
-    image = confusion_matrix_image(torch.tensor([[3, 0], [1, 2]]), ["a", "b"])
-    assert image.dtype == torch.uint8 and image.shape[0] == 3
-    pixels = {tuple(p) for p in image.flatten(1).T.tolist()}
-    for fraction in (1.0, 1 / 3, 2 / 3):  # row-normalized cells
-        assert tuple(blues(torch.tensor(fraction)).tolist()) in pixels
+    """matplotlib's figure: cells colored by the row fraction, counts printed, classes named;
+    TensorBoard gets it as an RGB image."""
+    cm = torch.tensor([[3, 0], [1, 2]])
+    fig = confusion_figure(cm, ["a", "b"], "t")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().tolist() == [[1.0, 0.0], [1 / 3, 2 / 3]]
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "3"]  # no text for empty cells
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    image = confusion_matrix_image(cm, ["a", "b"])
+    assert image.dtype == torch.uint8 and image.shape[0] == 3 and min(image.shape[1:]) > 200

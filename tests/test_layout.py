@@ -77,8 +77,8 @@ def test_readme_group_table_lists_every_option() -> None:
 
 
 def test_entry_points_import_no_optional_heavy_library() -> None:
-    """The README's start-up claim: onnx, Optuna, TensorBoard's writer, trackers, timm and the
-    streaming engine load only when a run uses them, not when an entry point is imported."""
+    """The README's start-up claim: onnx, Optuna, TensorBoard's writer, trackers, timm, the
+    streaming engine and matplotlib (report figures) load only when a run uses them, not when an entry point is imported."""
     import subprocess
     import sys
 
@@ -92,6 +92,7 @@ def test_entry_points_import_no_optional_heavy_library() -> None:
         "wandb",
         "timm",
         "litdata",
+        "matplotlib",
     ]
     code = (
         "import sys; sys.path.insert(0, 'src')\n"

@@ -23,9 +23,11 @@ from torchmetrics.classification import (
 )
 
 from imgcls.data.spec import DataSpec
-from imgcls.utils.render import captioned_grid, confusion_matrix_image, to_display_uint8
+from imgcls.runs.figures import to_display_uint8
 
 log = logging.getLogger(__name__)
+
+PER_CLASS = ("precision", "recall", "f1")
 
 
 def _spec(pl_module: L.LightningModule) -> DataSpec:
@@ -48,7 +50,8 @@ class ClassificationDiagnostics(L.Callback):
     """Writes the diagnostics every ``every_n_epochs`` (and the last epoch; 0: never) and at
     test (``on_test``). The ``max_misclassified`` grid images are a seeded reservoir per true
     class taken one class after the other, so a class-sorted split does not fill it with one
-    class's errors."""
+    class's errors. ``results[stage]`` keeps the last values and the ``report_mistakes`` most
+    confident errors for report.html."""
 
     def __init__(
         self,
@@ -56,14 +59,17 @@ class ClassificationDiagnostics(L.Callback):
         on_test: bool = True,
         max_misclassified: int = 32,
         grid_columns: int = 8,
-        tile_size: int = 84,
+        report_mistakes: int = 16,
     ) -> None:
         super().__init__()
         self.every_n_epochs = int(every_n_epochs)
         self.on_test = bool(on_test)
         self.max_misclassified = int(max_misclassified)
         self.grid_columns = int(grid_columns)
-        self.tile_size = int(tile_size)
+        self.report_mistakes = int(report_mistakes)
+        # per stage, the last values written: report.html's confusion matrix, table, mistakes
+        self.results: dict[str, dict[str, Any]] = {}
+        self._top: list[tuple[float, Tensor, int, int]] = []
         self.metrics: MetricCollection | None = None
         self._active = False
         self._pool: dict[int, list[tuple[Tensor, int, int, float]]] = {}
@@ -95,7 +101,7 @@ class ClassificationDiagnostics(L.Callback):
         assert self.metrics is not None
         self.metrics.to(pl_module.device)
         self.metrics.reset()
-        self._pool, self._seen = {}, {}
+        self._pool, self._seen, self._top = {}, {}, []
         self._rng.manual_seed(0)  # the same errors shown for the same predictions
         self._active = True
 
@@ -114,7 +120,7 @@ class ClassificationDiagnostics(L.Callback):
         self.metrics.update(preds, y)
         # cached features (not images) cannot be shown
         is_image = x.ndim == 4 and x.shape[1] == _spec(pl_module).in_channels
-        if self.max_misclassified > 0 and is_image:
+        if (self.max_misclassified > 0 or self.report_mistakes > 0) and is_image:
             self._sample_errors(pl_module, x, y, preds, logits)
 
     def _sample_errors(
@@ -131,6 +137,7 @@ class ClassificationDiagnostics(L.Callback):
         cap = 2 * -(-n // max(1, min(spec.num_classes, n)))
         conf = logits[idx].float().softmax(1).gather(1, preds[idx, None]).flatten().cpu()
         images = to_display_uint8(x[idx], spec.mean, spec.std)
+        self._keep_most_confident(images, y[idx].tolist(), preds[idx].tolist(), conf)
         for j, (t, p) in enumerate(zip(y[idx].tolist(), preds[idx].tolist(), strict=True)):
             seen = self._seen.get(t, 0)
             self._seen[t] = seen + 1
@@ -142,6 +149,12 @@ class ClassificationDiagnostics(L.Callback):
                 k = int(torch.randint(0, seen + 1, (1,), generator=self._rng))
                 if k < cap:
                     pool[k] = item
+
+    def _keep_most_confident(self, images: Tensor, y: list, preds: list, conf: Tensor) -> None:
+        """The ``report_mistakes`` errors made with the highest confidence so far."""
+        new = [(float(c), images[j], y[j], preds[j]) for j, c in enumerate(conf.tolist())]
+        merged = sorted(self._top + new, key=lambda item: -item[0])
+        self._top = merged[: self.report_mistakes]
 
     def _grid_errors(self) -> list[tuple[Tensor, int, int, float]]:
         """Up to ``max_misclassified`` sampled errors, one true class after the other."""
@@ -183,25 +196,35 @@ class ClassificationDiagnostics(L.Callback):
         self.metrics.reset()
         # a float: the value is already synced across ranks (no sync_dist, no warning about it)
         pl_module.log(f"{stage}/f1_macro", float(values["f1"].mean()))
+        names = list(_spec(pl_module).class_names)
+        cm = values["confusion"].cpu()
+        self.results[stage] = {
+            "split": stage,
+            "classes": names,
+            "confusion": cm.tolist(),
+            # rounded once here: metrics.json and report.html show these same numbers
+            **{k: [round(float(v), 6) for v in values[k].cpu()] for k in PER_CLASS},
+            "support": cm.sum(1).tolist(),
+            "mistakes": [(img, names[t], names[p], c) for c, img, t, p in self._top],
+        }
         tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if tb is None or not trainer.is_global_zero:
             self._pool = {}
             return
-        spec = _spec(pl_module)
-        names = list(spec.class_names)
+        from imgcls.runs.figures import confusion_matrix_image, image_grid, png_bytes, png_tensor
+
         # the step Lightning gives the epoch's scalars, so images line up with the curves
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
         exp = tb.experiment
-        cm = values["confusion"].cpu()
-        title = f"{stage} confusion matrix, step {step} (rows: true, columns: predicted)"
+        title = f"{stage} confusion matrix, step {step}"
         exp.add_image(f"{stage}/confusion_matrix", confusion_matrix_image(cm, names, title), step)
-        per_class = {k: values[k].cpu() for k in ("precision", "recall", "f1")}
+        per_class = {k: values[k].cpu() for k in PER_CLASS}
         exp.add_text(f"{stage}/per_class", per_class_table(names, per_class, cm.sum(1)), step)
         errors = self._grid_errors()
         if errors:
             captions = [f"true {names[t]}\npred {names[p]} ({c:.0%})" for _, t, p, c in errors]
             images = torch.stack([e[0] for e in errors])
-            grid = captioned_grid(images, captions, self.tile_size, self.grid_columns)
+            grid = png_tensor(png_bytes(image_grid(images, captions, self.grid_columns)))
             exp.add_image(f"{stage}/misclassified", grid, step)
         self._pool = {}
         exp.flush()

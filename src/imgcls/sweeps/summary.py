@@ -259,13 +259,19 @@ def to_markdown(s: Summary) -> str:
 
 
 def write_summary(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
-    """``summary.csv``, ``summary.md`` (and ``summary_seeds.csv``) at the sweep root; jobs on
-    other machines refresh the same files, hence atomic writes."""
+    """``summary.csv``, ``summary.md`` (and ``summary_seeds.csv``), ``report.html`` at the sweep
+    root; jobs on other machines refresh the same files, hence atomic writes."""
     summary = summarize(Path(sweep_dir), metric, mode)
     atomic_write_text(summary.sweep_dir / "summary.csv", to_csv(summary))
     atomic_write_text(summary.sweep_dir / "summary.md", to_markdown(summary))
     if summary.has_seed_repeats:
         atomic_write_text(summary.sweep_dir / "summary_seeds.csv", seeds_to_csv(summary))
+    try:
+        from imgcls.runs.sweep_report import write_sweep_report  # plots: imported when used
+
+        write_sweep_report(summary)
+    except Exception as e:  # the tables above stand without the page
+        log.warning("sweep report.html not written (%s: %s)", type(e).__name__, e)
     return summary
 
 

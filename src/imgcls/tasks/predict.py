@@ -22,6 +22,8 @@ from torch import Tensor
 from imgcls.builder import build_trainer
 from imgcls.checkpointing.load import load_classifier, use_tta
 from imgcls.errors import ConfigError, DataError
+from imgcls.runs.fingerprint import checkpoint_fingerprint, inputs_fingerprint, predict_line
+from imgcls.runs.record import RunRecord, recorded
 from imgcls.tasks.predict_inputs import InputList, PredictInputs, list_inputs
 from imgcls.tasks.run import apply_extras
 
@@ -109,9 +111,15 @@ def _check_options(cfg: DictConfig) -> str:
 
 
 def predict(cfg: DictConfig) -> dict[str, float]:
-    """Predict every input image; writes ``predictions.csv`` (and ``submission.csv`` for a CSV)."""
+    """Predict every input image; writes ``predictions.csv`` (and ``submission.csv`` for a CSV)
+    and run.json (with the inputs' fingerprint)."""
     apply_extras(cfg)
     on_error = _check_options(cfg)
+    with recorded(cfg, "predict") as record:
+        return _predict(cfg, on_error, record)
+
+
+def _predict(cfg: DictConfig, on_error: str, record: RunRecord) -> dict[str, float]:
     model = use_tta(load_classifier(cfg.ckpt_path), cfg)
     spec = model.spec
     k = resolve_top_k(cfg.get("top_k"), spec.num_classes)
@@ -127,8 +135,12 @@ def predict(cfg: DictConfig) -> dict[str, float]:
         "predicting %d image(s) from %s with %s (%d classes, top %d)",
         *(len(inputs.items), inputs.source, cfg.ckpt_path, spec.num_classes, k),
     )
+    fingerprint = inputs_fingerprint([i.path for i in inputs.items], [i.id for i in inputs.items])
+    if line := predict_line(checkpoint_fingerprint(cfg.ckpt_path), fingerprint):
+        log.info(line)
     collector = TopKCollector(k, stop_on_error=on_error == "stop")
     trainer, _, _ = build_trainer(cfg)
+    record.attach(trainer, {"inputs": fingerprint})
     if trainer.world_size > 1:
         raise ConfigError(
             "predict writes rows in input order from one process: use trainer.devices=1"
@@ -139,6 +151,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     table = collector.table(inputs, spec.class_names)
     metrics = write_outputs(cfg, inputs, table, collector.errors)
     metrics["predict/tta_flip"] = float(model.tta == "flip")
+    record.finish()
     return metrics
 
 

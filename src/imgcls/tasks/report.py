@@ -91,6 +91,24 @@ def write_summary(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, A
     log.info("summary written to %s", out)
 
 
+def report_run(
+    cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], extra: dict[str, Any], record
+) -> None:
+    """metrics.json (with the diagnostics callback's per-class results), run.json completed,
+    then report.html from both (rank zero; a failed report is a warning, the run stands)."""
+    from imgcls.runs.run_report import diagnostics_of, write_run_report
+
+    diagnostics, mistakes = diagnostics_of(trainer)
+    report(cfg, metrics, {**extra, "diagnostics": diagnostics} if diagnostics else extra)
+    record.finish()
+    if not is_rank_zero():
+        return
+    try:
+        log.info("report: %s", write_run_report(cfg.paths.output_dir, mistakes))
+    except Exception as e:  # e.g. a figure library problem: the run's results are written
+        log.warning("report.html not written (%s: %s)", type(e).__name__, e)
+
+
 def report(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> None:
     """metrics.json in the run dir, and each final metric in the log file (the console ends
     with the run's result, ``imgcls.utils.console.final_lines``)."""

@@ -10,8 +10,10 @@ from omegaconf import DictConfig
 from imgcls.builder import Built, build
 from imgcls.checkpointing.fit_guard import check_before_build, guarded_fit, prepare_checkpoint
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
+from imgcls.runs.history import watch_run
+from imgcls.runs.record import recorded
 from imgcls.sweeps.job_process import stop_ranks_on_error
-from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report, test_note
+from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report_run, test_note
 from imgcls.tasks.run import apply_extras, in_multirun
 from imgcls.utils.console import final_lines, show_final
 from imgcls.utils.ranks import is_rank_zero
@@ -29,24 +31,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoints (``resume=<run dir>``, a requeued job) continues from the newest readable one."""
     check_before_build(cfg)
     apply_extras(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    built = build(cfg)
-    assert built.model is not None
-    ckpt_path = prepare_checkpoint(cfg, built)
-    has_test = built.datamodule.has_labeled_test
-    log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
-    with stop_ranks_on_error(built.trainer):
-        metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
-    finish_trackers(built.loggers)
-    best = _best_checkpoint(built.trainer)
-    extra = {
-        "best_checkpoint": best,
-        "output_dir": str(cfg.paths.output_dir),
-        "tta": built.model.tta,
-        **test_note(has_test),
-    }
-    report(cfg, metrics, extra)
+    with recorded(cfg, "train") as record:
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True)
+        built = build(cfg)
+        assert built.model is not None
+        record.attach(
+            built.trainer, watch_run(built.trainer, built.datamodule, cfg.paths.output_dir)
+        )
+        ckpt_path = prepare_checkpoint(cfg, built)
+        has_test = built.datamodule.has_labeled_test
+        log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
+        with stop_ranks_on_error(built.trainer):
+            metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
+        finish_trackers(built.loggers)
+        best = _best_checkpoint(built.trainer)
+        extra = {
+            "best_checkpoint": best,
+            "output_dir": str(cfg.paths.output_dir),
+            "tta": built.model.tta,
+            **test_note(has_test),
+        }
+        report_run(cfg, built.trainer, metrics, extra, record)
     if is_rank_zero() and not in_multirun():  # a sweep's jobs: the sweep's summary.md instead
         show_final(final_lines(cfg, metrics, best))
     return metrics

@@ -118,6 +118,8 @@ def final_lines(cfg: DictConfig, metrics: dict[str, float], checkpoint: str | No
     shown = [k for k in ("test/acc", "val/acc_best") if k in metrics]
     result = ", ".join(f"{k} {metrics[k]:.4f}" for k in shown) or "no accuracy logged"
     lines = [f"run dir: {run_dir}", f"result: {result}"]
+    report = Path(cfg.paths.output_dir) / "report.html"
+    lines += [f"report: {_short(report)} (opens from disk)"] if report.is_file() else []
     nxt = []
     if checkpoint:
         ckpt = _short(checkpoint)

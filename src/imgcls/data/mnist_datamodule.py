@@ -149,4 +149,11 @@ class MNISTDataModule(ImageDataModule):
             test=TensorImageDataset(test.data[:n_test].unsqueeze(1), test.targets[:n_test]),
         )
         splits["val"] = full.subset(perm[: self.val_size])
+        self._origin = {"train": perm[self.val_size :], "val": perm[: self.val_size]}
         return splits
+
+    def image_names(self, split: str, n: int) -> list[str]:
+        """``MNIST-train/<i>`` / ``MNIST-test/<i>``: positions in the official files."""
+        if split == "test":
+            return [f"MNIST-test/{i}" for i in range(n)]
+        return [f"MNIST-train/{i}" for i in self._origin[split].tolist()]

@@ -11,7 +11,14 @@ from imgcls.builder import Built, build
 from imgcls.checkpointing.fit_guard import check_before_build, guarded_fit, prepare_checkpoint
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.sweeps.job_process import stop_ranks_on_error
-from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report, test_note
+from imgcls.tasks.report import (
+    floats,
+    hparam_metrics,
+    log_hyperparameters,
+    report,
+    report_data_checks,
+    test_note,
+)
 from imgcls.tasks.run import apply_extras
 from imgcls.utils.trackers import finish_trackers
 
@@ -34,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = prepare_checkpoint(cfg, built)
     has_test = built.datamodule.has_labeled_test
     log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
+    checks = report_data_checks(cfg, built.datamodule, built.loggers)
     with stop_ranks_on_error(built.trainer):
         metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
     finish_trackers(built.loggers)
@@ -43,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "output_dir": str(cfg.paths.output_dir),
         "tta": built.model.tta,
         **test_note(has_test),
+        **checks,
     }
     report(cfg, metrics, extra)
     return metrics

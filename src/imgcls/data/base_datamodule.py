@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,7 +16,15 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from imgcls.data.checks import SPLITS, CheckOptions, CheckReport, act_on, run_checks
+from imgcls.data.checks import (
+    SPLITS,
+    CheckOptions,
+    CheckReport,
+    act_on,
+    load_report,
+    run_checks,
+    save_report,
+)
 from imgcls.data.dup_hash import Hashes, hash_images
 from imgcls.data.spec import DataSpec
 from imgcls.data.tensor_dataset import TensorImageDataset, batch_loader
@@ -93,14 +102,25 @@ class ImageDataModule(L.LightningDataModule):
 
     def run_data_checks(self) -> None:
         """Duplicates, leakage and label conflicts (``data.checks``), before any training."""
-        t0 = time.perf_counter()
-        self.split_hashes = self.hash_splits()
-        if not self.split_hashes:
-            return
-        report = run_checks(self.split_hashes, self.check_options)
+        t0, opts, saved = time.perf_counter(), self.check_options, self.checks_file()
+        report = load_report(saved, opts) if saved is not None else None
+        if report is None:
+            self.split_hashes = self.hash_splits()
+            if not self.split_hashes:
+                return
+            report = run_checks(self.split_hashes, opts)
+            if saved is not None:
+                save_report(saved, report, opts)
+        if not report.names:  # a saved report: names of the same images
+            splits = self.splits or {}
+            report.names = {s: self.image_names(s, len(splits[s])) for s in report.counts["images"]}
         report.seconds = time.perf_counter() - t0  # hashing included
         self.check_report = report
         act_on(report, self.check_options, self.describe())
+
+    def checks_file(self) -> Path | None:
+        """Where a fixed data set (MNIST) keeps its checks' report between runs; ``None``: none."""
+        return None
 
     def hash_splits(self) -> dict[str, Hashes]:
         """Hashes of the decoded train/val/test images (no decode of their own)."""

@@ -8,17 +8,21 @@ The report goes to the log, ``metrics.json`` (``data_checks``) and TensorBoard; 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from imgcls.data.dup_hash import Hashes, near_pairs
 from imgcls.errors import ConfigError, DataError
+from imgcls.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -192,4 +196,24 @@ def act_on(report: CheckReport, opts: CheckOptions, source: str) -> None:
             log.warning("  %s: %s <-> %s", kind, a, b)
 
 
-__all__ = ["CheckOptions", "CheckReport", "act_on", "run_checks"]
+def save_report(path: Path, report: CheckReport, opts: CheckOptions) -> None:
+    """Keep a fixed data set's report (counts and example pairs) for the next run."""
+    pairs = [[p.kind, *p.a, *p.b] for p in report.pairs]
+    data = {"options": asdict(opts) | {"leakage": None}, "counts": report.counts, "pairs": pairs}
+    with contextlib.suppress(OSError):  # a read-only data dir: check again next time
+        atomic_write_text(path, json.dumps(data))
+
+
+def load_report(path: Path, opts: CheckOptions) -> CheckReport | None:
+    """The saved report if it was made with the same options."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("options") != asdict(opts) | {"leakage": None}:
+        return None
+    pairs = [Pair(k, (a, int(i)), (b, int(j))) for k, a, i, b, j in data["pairs"]]
+    return CheckReport(counts=data["counts"], pairs=pairs)
+
+
+__all__ = ["CheckOptions", "CheckReport", "act_on", "load_report", "run_checks", "save_report"]

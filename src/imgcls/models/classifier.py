@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from imgcls.checkpointing.safe_config import call_registered, validate_hparams
 from imgcls.data.spec import DataSpec
@@ -64,7 +64,10 @@ def check_tta(tta: str | None) -> str | None:
 
 
 def eval_metrics(k: int, prefix: str) -> MetricCollection:
-    m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=k, average="micro")}
+    m: dict[str, Any] = {
+        "acc": MulticlassAccuracy(num_classes=k, average="micro"),
+        "ece": MulticlassCalibrationError(num_classes=k, n_bins=15, norm="l1"),
+    }
     if k > 5:
         m["acc_top5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
     return MetricCollection(m, prefix=prefix)
@@ -97,6 +100,7 @@ class ImageClassifier(L.LightningModule):
         backbone_lr_ratio: float = 0.1,
         cache_dir: str | None = None,
         tta: str | None = None,
+        calibrate: bool = False,
     ) -> None:
         super().__init__()
         hparams = {
@@ -113,6 +117,7 @@ class ImageClassifier(L.LightningModule):
             "unfreeze_at_epoch": unfreeze_at_epoch,
             "backbone_lr_ratio": float(backbone_lr_ratio),
             "tta": check_tta(tta),
+            "calibrate": bool(calibrate),
         }
         validate_hparams(hparams, root="model")  # names resolve against the registry only
         self.save_hyperparameters(hparams)
@@ -138,6 +143,10 @@ class ImageClassifier(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best validation accuracy
+        self.calibrated = bool(calibrate)
+        if calibrate:  # fitted on val after training (imgcls.models.calibration); eval divides by it
+            self.register_buffer("temperature", torch.ones(()))
+            self.test_ece_uncalibrated = MulticlassCalibrationError(self.spec.num_classes, 15)
 
     @property
     def backbone(self) -> nn.Module | None:
@@ -176,7 +185,8 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        logits = self.net(x)
+        return logits / self.temperature if self.calibrated and not self.training else logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -250,10 +260,17 @@ class ImageClassifier(L.LightningModule):
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._eval_step(self.tta_logits(batch[0]), batch[1], "test")
+        logits = self.tta_logits(batch[0])
+        if self.calibrated:  # what the ECE was before temperature scaling
+            self.test_ece_uncalibrated.update(logits * self.temperature, batch[1])
+        return self._eval_step(logits, batch[1], "test")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._epoch_values("test"))
+        values = self._epoch_values("test")
+        if self.calibrated:
+            values["test/ece_uncalibrated"] = self.test_ece_uncalibrated.compute()
+            self.test_ece_uncalibrated.reset()
+        self.log_dict(values)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch

@@ -38,12 +38,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     built = build(cfg)
     assert built.model is not None
+    tuned = {}
+    if cfg.get("tune"):
+        from imgcls.tasks.lr_find import find_lr
+
+        tuned["tune/lr"] = find_lr(cfg, built)
+        if not cfg.tune.get("apply"):  # the suggestion alone: nothing trained
+            report(cfg, tuned, {"output_dir": str(cfg.paths.output_dir)})
+            return tuned
     ckpt_path = prepare_checkpoint(cfg, built)
     has_test = built.datamodule.has_labeled_test
     log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
     checks = report_data_checks(cfg, built.datamodule, built.loggers)
     with stop_ranks_on_error(built.trainer):
-        metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
+        metrics = _fit_and_test(cfg, built, ckpt_path, has_test) | tuned
     finish_trackers(built.loggers)
     best = _best_checkpoint(built.trainer)
     extra = {
@@ -61,6 +69,7 @@ def _fit_and_test(
     cfg: DictConfig, built: Built, ckpt_path: str | None, has_test: bool
 ) -> dict[str, float]:
     trainer = built.trainer
+    assert built.model is not None
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         log.info("starting training")
@@ -69,6 +78,12 @@ def _fit_and_test(
                 built.model, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True
             )
         metrics.update(floats(trainer.callback_metrics))
+        best = _best_checkpoint(trainer)
+        if built.model.calibrated and best:
+            from imgcls.models.calibration import calibrate_checkpoint
+
+            t = calibrate_checkpoint(trainer, built.model, built.datamodule, best)
+            metrics["calibration/temperature"] = t
     if cfg.get("test") and not has_test:
         log.warning(
             "%s: no test/* metrics (val/* chose the checkpoint, so they are not a test score); "

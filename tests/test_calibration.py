@@ -113,3 +113,28 @@ def test_calibrate_true_does_not_worsen_test_ece_and_eval_agrees(tmp_path: Path)
     e = json.loads((ev / "metrics.json").read_text())["metrics"]
     assert e["test/ece"] == pytest.approx(m["test/ece"], abs=1e-5)
     assert e["test/acc"] == pytest.approx(m["test/acc"], abs=1e-6)
+
+
+def test_reliability_diagram_in_tensorboard(tmp_path: Path) -> None:
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from imgcls.callbacks.diagnostics import ClassificationDiagnostics
+    from tests._tiny_mnist import TinyMNIST
+
+    from tests.conftest import MNIST_DATA
+
+    dm = TinyMNIST(data_dir=str(MNIST_DATA), checks={"leakage": "off"})
+    dm.setup()
+    model = ImageClassifier(
+        net={"_target_": "imgcls.models.nets.mlp.MLP", "hidden": [16]}, spec=dm.spec.to_dict(),
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.001},
+    )  # fmt: skip
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[ClassificationDiagnostics()],
+                        enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    trainer.test(model, datamodule=dm)
+    assert "test/ece" in trainer.callback_metrics
+    acc = EventAccumulator(logger.log_dir).Reload()
+    assert "test/reliability" in acc.Tags()["images"]

@@ -1,9 +1,10 @@
-"""TensorBoard diagnostics: confusion matrix, per-class precision/recall/F1, misclassified images.
+"""TensorBoard diagnostics: confusion matrix, per-class precision/recall/F1, misclassified images,
+reliability diagram.
 
 Accuracy alone hides *which* classes fail and *how*. The logits ``validation_step``/``test_step``
 return (no second forward) feed torchmetrics state on the device; at the end of a validation epoch
 (every ``every_n_epochs``) and of a test run: ``<stage>/confusion_matrix``, ``<stage>/per_class``,
-``<stage>/f1_macro``, ``<stage>/misclassified`` (image grid)."""
+``<stage>/f1_macro``, ``<stage>/misclassified`` (image grid), ``<stage>/reliability``."""
 
 from __future__ import annotations
 
@@ -44,6 +45,33 @@ def per_class_table(class_names: list[str], values: dict[str, Tensor], support: 
     return "\n".join([*lines, macro])
 
 
+RELIABILITY_BINS = 15  # as MulticlassCalibrationError's ECE
+
+
+def reliability_diagram(bins: Tensor, stage: str) -> Any:
+    """Accuracy per confidence bin against the diagonal, from ``(count, conf sum, correct sum)``
+    rows; matplotlib is imported only here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count, conf, correct = bins.double()
+    seen = count > 0
+    edges = torch.linspace(0, 1, RELIABILITY_BINS + 1)
+    acc = torch.where(seen, correct / count.clamp(min=1), torch.zeros_like(count))
+    mean_conf = torch.where(seen, conf / count.clamp(min=1), torch.zeros_like(count))
+    ece = float(((mean_conf - acc).abs() * count).sum() / count.sum().clamp(min=1))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.bar(edges[:-1], acc, width=1 / RELIABILITY_BINS, align="edge", edgecolor="k", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"{stage} reliability (ECE {ece:.4f}, {int(count.sum())} images)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 class ClassificationDiagnostics(L.Callback):
     """Writes the diagnostics every ``every_n_epochs`` (and the last epoch; 0: never) and at
     test (``on_test``). The ``max_misclassified`` grid images are a seeded reservoir per true
@@ -69,6 +97,7 @@ class ClassificationDiagnostics(L.Callback):
         self._pool: dict[int, list[tuple[Tensor, int, int, float]]] = {}
         self._seen: dict[int, int] = {}
         self._rng = torch.Generator()
+        self._bins = torch.zeros(3, RELIABILITY_BINS, dtype=torch.float64)
         self._warned = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -96,6 +125,7 @@ class ClassificationDiagnostics(L.Callback):
         self.metrics.to(pl_module.device)
         self.metrics.reset()
         self._pool, self._seen = {}, {}
+        self._bins = torch.zeros(3, RELIABILITY_BINS, dtype=torch.float64, device=pl_module.device)
         self._rng.manual_seed(0)  # the same errors shown for the same predictions
         self._active = True
 
@@ -112,6 +142,10 @@ class ClassificationDiagnostics(L.Callback):
         logits = outputs.detach()
         preds = logits.argmax(1)
         self.metrics.update(preds, y)
+        conf = logits.float().softmax(1).amax(1)
+        b = (conf * RELIABILITY_BINS).long().clamp(max=RELIABILITY_BINS - 1)
+        ones = (torch.ones_like(conf), conf, (preds == y).float())
+        self._bins.index_add_(1, b, torch.stack(ones).to(self._bins))
         # cached features (not images) cannot be shown
         is_image = x.ndim == 4 and x.shape[1] == _spec(pl_module).in_channels
         if self.max_misclassified > 0 and is_image:
@@ -204,4 +238,5 @@ class ClassificationDiagnostics(L.Callback):
             grid = captioned_grid(images, captions, self.tile_size, self.grid_columns)
             exp.add_image(f"{stage}/misclassified", grid, step)
         self._pool = {}
+        exp.add_figure(f"{stage}/reliability", reliability_diagram(self._bins.cpu(), stage), step)
         exp.flush()

@@ -137,14 +137,19 @@ class ImageClassifier(L.LightningModule):
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self._add_metrics(bool(calibrate))
+
+    def _add_metrics(self, calibrate: bool) -> None:
+        """Epoch metrics; ``calibrate``: the ``temperature`` buffer, fitted on val after training
+        (``imgcls.models.calibration``) and divided by in eval/test/predict."""
         self.train_acc, self.train_loss = RunningSum(), RunningSum()
         self.val_metrics = eval_metrics(self.spec.num_classes, "val/")
         self.test_metrics = eval_metrics(self.spec.num_classes, "test/")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best validation accuracy
-        self.calibrated = bool(calibrate)
-        if calibrate:  # fitted on val after training (imgcls.models.calibration); eval divides by it
+        self.calibrated = calibrate
+        if calibrate:
             self.register_buffer("temperature", torch.ones(()))
             self.test_ece_uncalibrated = MulticlassCalibrationError(self.spec.num_classes, 15)
 

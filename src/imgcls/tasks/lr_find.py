@@ -68,7 +68,7 @@ def find_lr(cfg: DictConfig, built: Built) -> float:
             early_stop_threshold=tune.get("early_stop_threshold"),
             update_attr=False,
         )
-    lr = finder.suggestion() if finder is not None else None
+    lr = _suggest(finder, built.model.hparams.get("scheduler"))
     if lr is None:
         raise TrainingError(
             "the learning-rate finder gave no suggestion (too few steps before the loss "
@@ -83,6 +83,20 @@ def find_lr(cfg: DictConfig, built: Built) -> float:
     if tune.get("apply"):
         apply_lr(built.model, lr)
     return float(lr)
+
+
+def _suggest(finder: Any, scheduler: Any) -> float | None:
+    """Lightning's suggestion (the steepest loss descent); for OneCycle, whose lr is a peak that
+    it only touches mid-run, a tenth of the lr at the lowest loss (Smith's 1cycle rule, fastai's
+    ``lr_min / 10``): the steepest point is a starting lr, too low as a peak."""
+    if finder is None:
+        return None
+    steep = finder.suggestion()
+    if steep is None or "OneCycle" not in str((scheduler or {}).get("_target_", "")):
+        return steep
+    lrs, losses = finder.results["lr"], finder.results["loss"]
+    best = min(range(10, max(11, len(losses) - 1)), key=lambda i: losses[i], default=None)
+    return max(steep, lrs[best] / 10) if best is not None and best < len(lrs) else steep
 
 
 def apply_lr(model: Any, lr: float) -> None:

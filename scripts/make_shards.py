@@ -8,7 +8,8 @@ Everything after the options is a Hydra override of the training config's ``data
 the dataset is listed and validated exactly as for training (traversal, empty labels, unknown
 classes, missing files); every file is then fully decoded once (``--no-verify`` skips this),
 so that a shard never holds an unreadable image. The files' bytes are stored unchanged;
-``meta.json`` keeps the classes, channels, model input size and the mean/std.
+``meta.json`` keeps the classes, channels, model input size and the mean/std; ``hashes.pt``
+the image hashes of the data checks (docs/data.md).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import imgcls  # noqa: F401  (registers the ${project_root:} resolver)
 from imgcls.data.file_source import FileImageDataModule, Problems
 from imgcls.data.images import decode_image
-from imgcls.data.shards import write_meta, write_split
+from imgcls.data.shards import HASHES, write_meta, write_split
 from imgcls.errors import DataError, UserError
 from imgcls.utils.config import project_root
 
@@ -106,6 +108,8 @@ def convert(
         "std": list(dm.spec.std),
         "splits": sizes,
     }
+    if dm.split_hashes:  # the data checks of data=shards compare these (no decode at train time)
+        torch.save({s: h.to_dict() for s, h in dm.split_hashes.items()}, out / HASHES)
     write_meta(out, meta)
     return meta
 

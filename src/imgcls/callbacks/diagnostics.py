@@ -1,9 +1,10 @@
-"""TensorBoard diagnostics: confusion matrix, per-class precision/recall/F1, misclassified images.
+"""TensorBoard diagnostics: confusion matrix, per-class precision/recall/F1, misclassified images,
+reliability diagram.
 
 Accuracy alone hides *which* classes fail and *how*. The logits ``validation_step``/``test_step``
 return (no second forward) feed torchmetrics state on the device; at the end of a validation epoch
 (every ``every_n_epochs``) and of a test run: ``<stage>/confusion_matrix``, ``<stage>/per_class``,
-``<stage>/f1_macro``, ``<stage>/misclassified`` (image grid)."""
+``<stage>/f1_macro``, ``<stage>/misclassified`` (image grid), ``<stage>/reliability``."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def per_class_table(class_names: list[str], values: dict[str, Tensor], support: 
     return "\n".join([*lines, macro])
 
 
+RELIABILITY_BINS = 15  # as MulticlassCalibrationError's ECE
+
+
 class ClassificationDiagnostics(L.Callback):
     """Writes the diagnostics every ``every_n_epochs`` (and the last epoch; 0: never) and at
     test (``on_test``). The ``max_misclassified`` grid images are a seeded reservoir per true
@@ -75,6 +79,7 @@ class ClassificationDiagnostics(L.Callback):
         self._pool: dict[int, list[tuple[Tensor, int, int, float]]] = {}
         self._seen: dict[int, int] = {}
         self._rng = torch.Generator()
+        self._bins = torch.zeros(3, RELIABILITY_BINS, dtype=torch.float64)
         self._warned = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -102,6 +107,7 @@ class ClassificationDiagnostics(L.Callback):
         self.metrics.to(pl_module.device)
         self.metrics.reset()
         self._pool, self._seen, self._top = {}, {}, []
+        self._bins = torch.zeros(3, RELIABILITY_BINS, dtype=torch.float64, device=pl_module.device)
         self._rng.manual_seed(0)  # the same errors shown for the same predictions
         self._active = True
 
@@ -118,6 +124,10 @@ class ClassificationDiagnostics(L.Callback):
         logits = outputs.detach()
         preds = logits.argmax(1)
         self.metrics.update(preds, y)
+        conf = logits.float().softmax(1).amax(1)
+        b = (conf * RELIABILITY_BINS).long().clamp(max=RELIABILITY_BINS - 1)
+        ones = (torch.ones_like(conf), conf, (preds == y).float())
+        self._bins.index_add_(1, b, torch.stack(ones).to(self._bins))
         # cached features (not images) cannot be shown
         is_image = x.ndim == 4 and x.shape[1] == _spec(pl_module).in_channels
         if (self.max_misclassified > 0 or self.report_mistakes > 0) and is_image:
@@ -211,7 +221,13 @@ class ClassificationDiagnostics(L.Callback):
         if tb is None or not trainer.is_global_zero:
             self._pool = {}
             return
-        from imgcls.runs.figures import confusion_matrix_image, image_grid, png_bytes, png_tensor
+        from imgcls.runs.figures import (
+            confusion_matrix_image,
+            image_grid,
+            png_bytes,
+            png_tensor,
+            reliability_figure,
+        )
 
         # the step Lightning gives the epoch's scalars, so images line up with the curves
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
@@ -227,4 +243,9 @@ class ClassificationDiagnostics(L.Callback):
             grid = png_tensor(png_bytes(image_grid(images, captions, self.grid_columns)))
             exp.add_image(f"{stage}/misclassified", grid, step)
         self._pool = {}
+        exp.add_image(
+            f"{stage}/reliability",
+            png_tensor(png_bytes(reliability_figure(self._bins.cpu(), stage))),
+            step,
+        )
         exp.flush()

@@ -5,7 +5,9 @@ A source only says which images form each split (``load_splits``); model input i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,6 +16,16 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from imgcls.data.checks import (
+    SPLITS,
+    CheckOptions,
+    CheckReport,
+    act_on,
+    load_report,
+    run_checks,
+    save_report,
+)
+from imgcls.data.dup_hash import Hashes, hash_images
 from imgcls.data.spec import DataSpec
 from imgcls.data.tensor_dataset import TensorImageDataset, batch_loader
 from imgcls.data.transforms import normalize
@@ -33,7 +45,7 @@ class ImageDataModule(L.LightningDataModule):
 
     ``train_augment`` runs on training batches in pixel space (float 0..255, before normalization);
     ``batch_mix`` (MixUp/CutMix) on normalized ones, making soft targets. ``mean``/``std``
-    ``None``: the subclass default."""
+    ``None``: the subclass default. ``checks``: ``data.checks`` (duplicates, leakage)."""
 
     default_mean: tuple[float, ...] = (0.5,)
     default_std: tuple[float, ...] = (0.5,)
@@ -48,6 +60,7 @@ class ImageDataModule(L.LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         batch_mix: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]] | None = None,
+        checks: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = int(batch_size)
@@ -62,6 +75,9 @@ class ImageDataModule(L.LightningDataModule):
         self.class_names: tuple[str, ...] = ()
         self._spec: DataSpec | None = None
         self._served: dict[str, Dataset] = {}
+        self.check_options = CheckOptions.from_config(checks)
+        self.check_report: CheckReport | None = None
+        self.split_hashes: dict[str, Hashes] = {}
 
     def load_splits(self) -> Splits:
         """The uint8 datasets of each split; sets ``self.class_names``."""
@@ -78,6 +94,56 @@ class ImageDataModule(L.LightningDataModule):
                 images = getattr(ds, "images", None)  # stream datasets decode per sample
                 shape = tuple(images.shape[1:]) if images is not None else "(decoded per sample)"
                 log.info("%s: %d images %s", name, len(ds), shape)
+            if self.check_options.leakage != "off":
+                self.run_data_checks()
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def run_data_checks(self) -> None:
+        """Duplicates, leakage and label conflicts (``data.checks``), before any training."""
+        t0, opts, saved = time.perf_counter(), self.check_options, self.checks_file()
+        report = load_report(saved, opts) if saved is not None else None
+        if report is None:
+            self.split_hashes = self.hash_splits()
+            if not self.split_hashes:
+                return
+            report = run_checks(self.split_hashes, opts)
+            if saved is not None:
+                save_report(saved, report, opts)
+        if not report.names:  # a saved report: names of the same images
+            splits = self.splits or {}
+            report.names = {s: self.image_names(s, len(splits[s])) for s in report.counts["images"]}
+        report.seconds = time.perf_counter() - t0  # hashing included
+        self.check_report = report
+        act_on(report, self.check_options, self.describe())
+
+    def checks_file(self) -> Path | None:
+        """Where a fixed data set (MNIST) keeps its checks' report between runs; ``None``: none."""
+        return None
+
+    def hash_splits(self) -> dict[str, Hashes]:
+        """Hashes of the decoded train/val/test images (no decode of their own)."""
+        assert self.splits is not None
+        out = {}
+        for s in (s for s in SPLITS if s in self.splits):
+            ds = self.splits[s]
+            h = hash_images(ds.images, threads=max(1, self.num_workers))
+            h.names, h.labels = self.image_names(s, len(ds)), ds.targets
+            out[s] = h
+        return out
+
+    def image_names(self, split: str, n: int) -> list[str]:
+        """What the checks call the images of ``split`` (file names where there are files)."""
+        return [f"{split}[{i}]" for i in range(n)]
+
+    def example_image(self, split: str, index: int) -> Tensor:
+        """uint8 ``(C, H, W)`` of one checked image, for the report's pictures."""
+        images = getattr((self.splits or {}).get(split), "images", None)
+        if images is not None:
+            return images[index]
+        side = int(self.split_hashes[split].thumb.shape[1] ** 0.5)
+        return self.split_hashes[split].thumb[index].view(1, side, side)
 
     @property
     def spec(self) -> DataSpec:

@@ -149,4 +149,16 @@ class MNISTDataModule(ImageDataModule):
             test=TensorImageDataset(test.data[:n_test].unsqueeze(1), test.targets[:n_test]),
         )
         splits["val"] = full.subset(perm[: self.val_size])
+        self._origin = {"train": perm[self.val_size :], "val": perm[: self.val_size]}
         return splits
+
+    def checks_file(self) -> Path:
+        """The canonical files (md5-verified) and the split settings fix the checks' result."""
+        key = f"{self.val_size}-{self.split_seed}-{self.test_size}"
+        return Path(self.data_dir) / "MNIST" / f".checks-{key}.json"
+
+    def image_names(self, split: str, n: int) -> list[str]:
+        """``MNIST-train/<i>`` / ``MNIST-test/<i>``: positions in the official files."""
+        if split == "test":
+            return [f"MNIST-test/{i}" for i in range(n)]
+        return [f"MNIST-train/{i}" for i in self._origin[split].tolist()]

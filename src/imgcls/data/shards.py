@@ -3,6 +3,7 @@
 Layout written by ``scripts/make_shards.py``::
 
     <root>/meta.json                  classes, channels, image size, mean/std, split sizes
+    <root>/hashes.pt                  image hashes for the data checks (duplicates, leakage)
     <root>/<split>/index.json         LitData's index of the split's chunks
     <root>/<split>/chunk-*.bin        samples {"image": encoded file bytes, "label", "index", "name"}
 
@@ -27,6 +28,7 @@ from imgcls.errors import ConfigError, DataError
 from imgcls.utils.files import atomic_write_text
 
 META = "meta.json"
+HASHES = "hashes.pt"  # the data checks' image hashes per split (``imgcls.data.dup_hash``)
 META_VERSION = 1
 
 

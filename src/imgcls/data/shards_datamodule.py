@@ -11,11 +11,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from imgcls.data.base_datamodule import ImageDataModule, Splits
+from imgcls.data.dup_hash import Hashes
 from imgcls.data.roots import DataRoot
-from imgcls.data.shards import META, ShardSample, read_meta, shard_loader
+from imgcls.data.shards import HASHES, META, ShardSample, read_meta, shard_loader
 from imgcls.data.streaming import (
     DecodeErrors,
     StreamOptions,
@@ -96,6 +98,17 @@ class ShardsDataModule(ImageDataModule):
             *(len(self.class_names), self.num_workers, eval_desc),
         )
         return splits
+
+    def hash_splits(self) -> dict[str, Hashes]:
+        """The hashes ``make_shards.py`` stored (no pass over the shards at start-up)."""
+        path = Path(self.root) / HASHES
+        if not path.is_file():
+            log.info(
+                "%s: no %s (written by make_shards.py): data checks skipped", self.root, HASHES
+            )
+            return {}
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return {s: Hashes(**h) for s, h in stored.items() if s in (self.splits or {})}
 
     def fingerprint(self, split: str) -> str:
         self.setup()

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from imgcls.data.base_datamodule import Splits
+from imgcls.data.checks import SPLITS
+from imgcls.data.dup_hash import Hashes, hash_files
 from imgcls.data.images import target_size
 from imgcls.data.stats import log_mean_std, measure_mean_std
 from imgcls.data.streaming import (
@@ -106,3 +108,30 @@ def stream_splits(dm: FileImageDataModule, plan: Plan) -> Splits:
     opts = (dm.stream_options.train_crop, eval_desc, dm.num_workers)
     log.info(msg + "train %s, eval %s; %d loader workers", *args, *opts)
     return splits
+
+
+def entry_names(dm: FileImageDataModule, split: str) -> list[str]:
+    """The checked images' names: their paths relative to the data root."""
+    root = Path(getattr(dm, "root", "/"))
+    return [str(e.path.relative_to(root)) if e.path.is_relative_to(root) else str(e.path)
+            for e in dm.entries[split]]  # fmt: skip
+
+
+def hash_streamed(dm: FileImageDataModule) -> dict[str, Hashes]:
+    """Hashes of every listed file from one small decode each (each file once)."""
+    assert dm.splits is not None
+    splits = [s for s in SPLITS if s in dm.splits]
+    paths = list(dict.fromkeys(e.path for s in splits for e in dm.entries[s]))
+    channels = int(dm.stream_info["channels"])
+    hashes, ok = hash_files(paths, channels, max(1, dm.num_workers))
+    row = {paths[i]: r for r, i in enumerate(ok)}
+    out = {}
+    for s in splits:
+        names = entry_names(dm, s)
+        keep = [i for i, e in enumerate(dm.entries[s]) if e.path in row]
+        idx = torch.tensor([row[dm.entries[s][i].path] for i in keep], dtype=torch.long)
+        out[s] = Hashes(
+            hashes.exact[idx], hashes.phash[idx], hashes.thumb[idx],
+            [names[i] for i in keep], dm.splits[s].targets[keep],
+        )  # fmt: skip
+    return out

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from imgcls.checkpointing import boundary
 from imgcls.data.spec import DataSpec
@@ -67,7 +67,10 @@ def check_tta(tta: str | None) -> str | None:
 
 
 def eval_metrics(k: int, prefix: str) -> MetricCollection:
-    m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=k, average="micro")}
+    m: dict[str, Any] = {
+        "acc": MulticlassAccuracy(num_classes=k, average="micro"),
+        "ece": MulticlassCalibrationError(num_classes=k, n_bins=15, norm="l1"),
+    }
     if k > 5:
         m["acc_top5"] = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
     return MetricCollection(m, prefix=prefix)
@@ -103,6 +106,7 @@ class ImageClassifier(L.LightningModule):
         backbone_lr_ratio: float = 0.1,
         cache_dir: str | None = None,
         tta: str | None = None,
+        calibrate: bool = False,
     ) -> None:
         super().__init__()
         hparams = {
@@ -119,6 +123,7 @@ class ImageClassifier(L.LightningModule):
             "unfreeze_at_epoch": unfreeze_at_epoch,
             "backbone_lr_ratio": float(backbone_lr_ratio),
             "tta": check_tta(tta),
+            "calibrate": bool(calibrate),
         }
         # which roles come from the user's composed config (built by Hydra as Hydra users expect)
         given = dict(zip(boundary.ROLES, (net, optimizer, scheduler), strict=True))
@@ -145,12 +150,21 @@ class ImageClassifier(L.LightningModule):
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self._add_metrics(bool(calibrate))
+
+    def _add_metrics(self, calibrate: bool) -> None:
+        """Epoch metrics; ``calibrate``: the ``temperature`` buffer, fitted on val after training
+        (``imgcls.models.calibration``) and divided by in eval/test/predict."""
         self.train_acc, self.train_loss = RunningSum(), RunningSum()
         self.val_metrics = eval_metrics(self.spec.num_classes, "val/")
         self.test_metrics = eval_metrics(self.spec.num_classes, "test/")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best validation accuracy
+        self.calibrated = calibrate
+        if calibrate:
+            self.register_buffer("temperature", torch.ones(()))
+            self.test_ece_uncalibrated = MulticlassCalibrationError(self.spec.num_classes, 15)
 
     def factory(self, role: str, cfg: Mapping[str, Any], path: str) -> Any:
         """``cfg``'s class with its values, waiting for the caller's arguments."""
@@ -195,7 +209,8 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        logits = self.net(x)
+        return logits / self.temperature if self.calibrated and not self.training else logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -269,10 +284,17 @@ class ImageClassifier(L.LightningModule):
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._eval_step(self.tta_logits(batch[0]), batch[1], "test")
+        logits = self.tta_logits(batch[0])
+        if self.calibrated:  # what the ECE was before temperature scaling
+            self.test_ece_uncalibrated.update(logits * self.temperature, batch[1])
+        return self._eval_step(logits, batch[1], "test")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._epoch_values("test"))
+        values = self._epoch_values("test")
+        if self.calibrated:
+            values["test/ece_uncalibrated"] = self.test_ece_uncalibrated.compute()
+            self.test_ece_uncalibrated.reset()
+        self.log_dict(values)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch

@@ -130,3 +130,23 @@ def comparison_figure(
     ax.set_xlabel(f"{label} (dots: jobs; diamond: mean, bar: 95 % CI)")
     ax.grid(axis="x", alpha=0.3)
     return fig
+
+
+def reliability_figure(bins: Tensor, stage: str) -> Any:
+    """Accuracy per confidence bin against the diagonal, from ``(count, conf sum, correct sum)``
+    rows (equal-width bins, as ``MulticlassCalibrationError``)."""
+    count, conf, correct = bins.double()
+    n_bins = count.numel()
+    seen = count > 0
+    acc = torch.where(seen, correct / count.clamp(min=1), torch.zeros_like(count))
+    mean_conf = torch.where(seen, conf / count.clamp(min=1), torch.zeros_like(count))
+    ece = float(((mean_conf - acc).abs() * count).sum() / count.sum().clamp(min=1))
+    fig = new_figure(4.5, 4.5)
+    ax = fig.add_subplot()
+    edges = torch.linspace(0, 1, n_bins + 1)[:-1].tolist()
+    ax.bar(edges, acc.tolist(), width=1 / n_bins, align="edge", edgecolor="k", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"{stage} reliability (ECE {ece:.4f}, {int(count.sum())} images)", fontsize=9)
+    ax.legend(loc="upper left")
+    return fig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,10 @@ STATUS_FILE = "job_status.json"
 TRIALS_FILE = "optuna_trials.csv"  # every trial of a study resumed from storage (at the sweep root)
 
 
+# what the sweep tables show beside the optimized metric, when a job logged it
+SHOWN_METRICS = ("test/acc", "val/ece", "test/ece")
+
+
 @dataclass
 class JobRecord:
     num: int | None
@@ -28,6 +32,7 @@ class JobRecord:
     error: str = ""
     best: bool = False
     note: str = ""  # metrics.json's "test" (e.g. "no labeled test split"): why test/* is empty
+    shown: dict[str, float] = field(default_factory=dict)  # SHOWN_METRICS found in metrics.json
 
     @property
     def failed(self) -> bool:
@@ -86,6 +91,10 @@ def _read_job(d: Path, metric: str | None) -> JobRecord | None:
         if value is None and status.get("status") == "completed" and metric:
             value = metrics.get("metrics", {}).get(metric)
         note = metrics.get("test", "")
+        logged = metrics.get("metrics", {})
+        shown = {
+            k: float(logged[k]) for k in SHOWN_METRICS if isinstance(logged.get(k), (int, float))
+        }
         return JobRecord(
             num=status.get("num"),
             status=status.get("status", "failed"),
@@ -94,6 +103,7 @@ def _read_job(d: Path, metric: str | None) -> JobRecord | None:
             run_dir=str(d),
             error=status.get("error", ""),
             note=note if isinstance(note, str) else "",
+            shown=shown,
         )
     overrides = d / ".hydra" / "overrides.yaml"
     if (d / STATUS_FILE).is_file() or not overrides.is_file():

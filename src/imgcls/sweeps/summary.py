@@ -20,7 +20,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from imgcls.errors import UserError
-from imgcls.sweeps.jobs import TRIALS_FILE, JobRecord, collect_jobs, is_pruned, write_job_status
+from imgcls.sweeps.jobs import (
+    SHOWN_METRICS,
+    TRIALS_FILE,
+    JobRecord,
+    collect_jobs,
+    is_pruned,
+    write_job_status,
+)
 from imgcls.utils.files import atomic_write_text
 from imgcls.utils.ranks import is_rank_zero
 
@@ -160,13 +167,31 @@ def _common_overrides(jobs: list[JobRecord], searched: set[str]) -> list[str]:
     return [o for o in first if all(o in j.overrides for j in others) and _key(o) not in searched]
 
 
+def _shown(jobs: list[JobRecord], metric: str | None) -> list[str]:
+    """``SHOWN_METRICS`` some job logged (ECE beside accuracy), other than the optimized one."""
+    return [m for m in SHOWN_METRICS if m != metric and any(m in j.shown for j in jobs)]
+
+
 def to_csv(summary: Summary) -> str:
+    shown = _shown(summary.jobs, summary.metric)
+
     def row(j: JobRecord) -> list[Any]:
         value = _value_cell(j, summary.metric, lambda v: repr(float(v)))  # exact
         num = "" if j.num is None else j.num
-        return [num, j.status, int(j.best), value, " ".join(j.overrides), j.run_dir, j.error]
+        extra = [repr(j.shown[m]) if m in j.shown else "" for m in shown]
+        return [
+            num,
+            j.status,
+            int(j.best),
+            value,
+            *extra,
+            " ".join(j.overrides),
+            j.run_dir,
+            j.error,
+        ]
 
-    table = pd.DataFrame([row(j) for j in summary.jobs], columns=JOB_COLUMNS)
+    columns = [*JOB_COLUMNS[:4], *shown, *JOB_COLUMNS[4:]]
+    table = pd.DataFrame([row(j) for j in summary.jobs], columns=columns)
     return table.to_csv(index=False, lineterminator="\n")
 
 
@@ -219,14 +244,17 @@ def _bullets(s: Summary, common: list[str]) -> list[str]:
 
 def _jobs_table(s: Summary, common: list[str]) -> pd.DataFrame:
     shown = common if len(s.jobs) > 1 else []
+    extra = _shown(s.jobs, s.metric)
     rows = []
     for j in s.jobs:
         rel = os.path.relpath(j.run_dir, s.sweep_dir)
         varying = " ".join(o for o in j.overrides if o not in shown)
         num = f"{j.num} ★" if j.best else str(j.num)
         value = _value_cell(j, s.metric, _fmt)
-        rows.append([num, j.status, value, f"`{varying}`", f"[{rel}]({rel})", j.error])
-    return pd.DataFrame(rows, columns=["job", "status", s.label, "overrides", "run dir", "error"])
+        more = [_fmt(j.shown.get(m)) for m in extra]
+        rows.append([num, j.status, value, *more, f"`{varying}`", f"[{rel}]({rel})", j.error])
+    columns = ["job", "status", s.label, *extra, "overrides", "run dir", "error"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _trials_table(t: pd.DataFrame, label: str) -> pd.DataFrame:

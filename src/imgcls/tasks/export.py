@@ -68,7 +68,30 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
     return out
 
 
-def sidecar(spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: str) -> dict:
+class Calibrated(nn.Module):
+    """The net with its fitted temperature: the exported logits are ``net(x) / T``."""
+
+    def __init__(self, net: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.net, self.temperature = net, float(temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x) / self.temperature
+
+
+def sidecar(
+    spec: DataSpec,
+    fmt: str,
+    model_file: Path,
+    ckpt: str,
+    net_target: str,
+    temperature: float | None = None,
+) -> dict:
+    calibration = (
+        {"temperature": temperature, "calibration": "the graph divides the logits by temperature "
+         "(fitted on the validation split): softmax gives calibrated probabilities, as predict.py"}
+        if temperature is not None else {}
+    )  # fmt: skip
     return {
         "format": fmt,
         "model_file": model_file.name,
@@ -82,6 +105,7 @@ def sidecar(spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: s
         "class_names": list(spec.class_names),
         "preprocessing": preprocessing(spec),
         "torch_version": torch.__version__,
+        **calibration,
     }
 
 
@@ -274,8 +298,12 @@ def export(cfg: DictConfig) -> dict[str, float]:
     # The net alone with plain contiguous weights (no layout assumption in the file); batch 2
     # as the example keeps the exported batch dimension symbolic.
     net = copy.deepcopy(model.net).to(memory_format=torch.contiguous_format).eval()
+    temperature = float(model.temperature) if model.calibrated else None
+    if temperature is not None:
+        net = Calibrated(net, temperature).eval()
     example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)
-    meta = sidecar(spec, fmt, out, str(cfg.ckpt_path), str(model.hparams["net"].get("_target_")))
+    target = str(model.hparams["net"].get("_target_"))
+    meta = sidecar(spec, fmt, out, str(cfg.ckpt_path), target, temperature)
     log.info("exporting %s to %s (%s)", cfg.ckpt_path, out, fmt)
     runner = EXPORTERS[fmt](net, example, out, meta)
     tol = float(cfg.get("tolerance", 1e-4))

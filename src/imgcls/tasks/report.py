@@ -115,3 +115,41 @@ def report(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) ->
     write_summary(cfg, metrics, extra)
     for name in sorted(metrics):
         log_to_files(f"{name} = {metrics[name]:.5f}")
+
+
+def _pairs_picture(dm: Any, report: Any) -> torch.Tensor | None:
+    """The example pairs side by side (two columns), captioned with kind and name."""
+    from imgcls.runs.figures import image_grid, png_bytes, png_tensor
+
+    tiles, captions = [], []
+    for p in report.pairs:
+        for ref in (p.a, p.b):
+            x = dm.example_image(*ref)
+            tiles.append(x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3])
+            captions.append(f"{p.kind.replace('_', ' ')}\n{report.name(ref)}")
+    if not tiles or len({t.shape for t in tiles}) > 1:
+        return None
+    return png_tensor(png_bytes(image_grid(torch.stack(tiles), captions, columns=2, tile=1.6)))
+
+
+def report_data_checks(cfg: DictConfig, dm: Any, loggers: list) -> dict[str, Any]:
+    """The data checks' pairs as ``data_checks.png`` in the run dir and TensorBoard text and
+    image; returns the ``metrics.json`` entry."""
+    report = getattr(dm, "check_report", None)
+    if report is None or not is_rank_zero():
+        return {} if report is None else {"data_checks": report.to_dict()}
+    picture = _pairs_picture(dm, report)
+    if picture is not None:
+        from torchvision.io import write_png
+
+        write_png(picture, str(Path(cfg.paths.output_dir) / "data_checks.png"))
+    text = "\n".join(
+        [f"- {k}: {v}" for k, v in report.counts.items()]
+        + [f"- {kind}: `{a}` <-> `{b}`" for kind, ps in report.examples().items() for a, b in ps]
+    )
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("data/checks", text, 0)
+            if picture is not None:
+                logger.experiment.add_image("data/check_pairs", picture, 0)
+    return {"data_checks": report.to_dict()}

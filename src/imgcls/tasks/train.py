@@ -13,7 +13,15 @@ from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.runs.history import watch_run
 from imgcls.runs.record import recorded
 from imgcls.sweeps.job_process import stop_ranks_on_error
-from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report_run, test_note
+from imgcls.tasks.report import (
+    floats,
+    hparam_metrics,
+    log_hyperparameters,
+    report,
+    report_data_checks,
+    report_run,
+    test_note,
+)
 from imgcls.tasks.run import apply_extras, in_multirun
 from imgcls.utils.console import final_lines, show_final
 from imgcls.utils.ranks import is_rank_zero
@@ -36,14 +44,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
             L.seed_everything(cfg.seed, workers=True)
         built = build(cfg)
         assert built.model is not None
+        tuned = {}
+        if cfg.get("tune"):
+            from imgcls.tasks.lr_find import find_lr
+
+            tuned["tune/lr"] = find_lr(cfg, built)
+            if not cfg.tune.get("apply"):  # the suggestion alone: nothing trained
+                report(cfg, tuned, {"output_dir": str(cfg.paths.output_dir)})
+                return tuned
         record.attach(
             built.trainer, watch_run(built.trainer, built.datamodule, cfg.paths.output_dir)
         )
         ckpt_path = prepare_checkpoint(cfg, built)
         has_test = built.datamodule.has_labeled_test
         log_hyperparameters(cfg, built.model, built.loggers, hparam_metrics(has_test))
+        checks = report_data_checks(cfg, built.datamodule, built.loggers)
         with stop_ranks_on_error(built.trainer):
-            metrics = _fit_and_test(cfg, built, ckpt_path, has_test)
+            metrics = _fit_and_test(cfg, built, ckpt_path, has_test) | tuned
         finish_trackers(built.loggers)
         best = _best_checkpoint(built.trainer)
         extra = {
@@ -51,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "output_dir": str(cfg.paths.output_dir),
             "tta": built.model.tta,
             **test_note(has_test),
+            **checks,
         }
         report_run(cfg, built.trainer, metrics, extra, record)
     if is_rank_zero() and not in_multirun():  # a sweep's jobs: the sweep's summary.md instead
@@ -62,6 +80,7 @@ def _fit_and_test(
     cfg: DictConfig, built: Built, ckpt_path: str | None, has_test: bool
 ) -> dict[str, float]:
     trainer = built.trainer
+    assert built.model is not None
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         log.info("starting training")
@@ -70,6 +89,12 @@ def _fit_and_test(
                 built.model, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True
             )
         metrics.update(floats(trainer.callback_metrics))
+        best = _best_checkpoint(trainer)
+        if built.model.calibrated and best:
+            from imgcls.models.calibration import calibrate_checkpoint
+
+            t = calibrate_checkpoint(trainer, built.model, built.datamodule, best)
+            metrics["calibration/temperature"] = t
     if cfg.get("test") and not has_test:
         log.warning(
             "%s: no test/* metrics (val/* chose the checkpoint, so they are not a test score); "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,12 +63,15 @@ def resolve_loading(dm: FileImageDataModule, order: list[Path], stats: dict) -> 
 
 
 def _measure(dm: FileImageDataModule, train: StreamImageDataset, eval_tf: SampleDecoder) -> None:
-    """Mean/std on a seeded sample of training images through the eval transform."""
+    """Mean/std on a seeded sample of training images through the eval transform (in threads)."""
     n = min(len(train), max(1, dm.stream_options.mean_std_sample))
     g = torch.Generator().manual_seed(dm.split_seed)
     idx = torch.randperm(len(train), generator=g)[:n].tolist()
     sample = StreamImageDataset([train.items[i] for i in idx], eval_tf)
-    images = [x for x, _, _ in (sample[i] for i in range(len(sample))) if x is not None]
+    with ThreadPoolExecutor(max(1, dm.num_workers)) as pool:  # PIL releases the GIL
+        images = [
+            x for x, _, _ in pool.map(sample.__getitem__, range(len(sample))) if x is not None
+        ]
     if not images:
         raise DataError(f"{dm.describe()}: no training image could be decoded to measure mean/std")
     dm._mean, dm._std = measure_mean_std(torch.stack(images))

@@ -251,10 +251,10 @@ def accuracy(root: Path, epochs: int, seeds: list[int], tmp: Path) -> list[str]:
     try:
         for seed in seeds:
             res = []
-            for tr, ev in ((old_train, old_eval), (new_train, new_eval)):
+            for i, (tr, ev) in enumerate(((old_train, old_eval), (new_train, new_eval))):
                 stream_splits.train_decoder, stream_splits.eval_decoder = tr, ev
                 over = stream_cmd(root, epochs, tmp / "logs")[2:] + [f"seed={seed}", "logger=none"]
-                res.append(train(compose_cfg(over, tmp / f"acc{seed}")).get("val/acc_best"))
+                res.append(train(compose_cfg(over, tmp / f"acc{seed}_{i}")).get("val/acc_best"))
             lines.append(f"| {seed} | {float(res[0]):.3f} | {float(res[1]):.3f} |")
     finally:
         stream_splits.train_decoder, stream_splits.eval_decoder = new_train, new_eval

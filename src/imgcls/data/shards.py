@@ -6,7 +6,7 @@ Layout written by ``scripts/make_shards.py``::
     <root>/<split>/index.json         LitData's index of the split's chunks
     <root>/<split>/chunk-*.bin        samples {"image": encoded file bytes, "label", "index", "name"}
 
-Files stay encoded (no resize): stream transforms run at native resolution. ``<root>`` may be any
+Files stay encoded (no resize): samples decode crop-first as on the stream path. ``<root>`` may be any
 URL LitData reads (``s3://``...); LitData (optional: ``.[stream]``) is imported here only."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ _INTERPOLATIONS = {
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """``data.stream.*``. ``train_crop``: ``random_resized_crop`` (native resolution, the
+    """``data.stream.*``. ``train_crop``: ``random_resized_crop`` (box drawn on the full image, the
     ImageNet recipe) or ``resize`` (as the memory path). ``eval_resize``: ``null`` resizes to
     ``image_size`` exactly; an int resizes the shorter side, then center-crops.
     ``mean_std_sample``: training images decoded to measure mean/std when not given."""
@@ -55,7 +55,7 @@ class StreamOptions:
     randaugment_magnitude: int = 9
     eval_resize: int | None = None
     interpolation: str = "bilinear"
-    mean_std_sample: int = 1000
+    mean_std_sample: int = 256
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> StreamOptions:
@@ -125,12 +125,8 @@ class SampleDecoder:
     ``view`` (crop-then-decode), then the per-sample ``after`` transforms (flip, auto-augment)."""
 
     def __init__(self, channels: int, view: View, interpolation: str, after: Any = None) -> None:
-        self.channels, self.view, self.resample, self.after = (
-            int(channels),
-            view,
-            interpolation,
-            after,
-        )
+        self.channels, self.view, self.after = int(channels), view, after
+        self.resample = interpolation
 
     def __call__(self, path: str | Path, data: bytes | None = None) -> Tensor:
         arr = decode_image(path, self.channels, data=data, view=self.view, resample=self.resample)

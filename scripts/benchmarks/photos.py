@@ -270,7 +270,7 @@ def run(args) -> list[str]:  # noqa: ANN001
         tmp = Path(d)
         lines += decoders(tmp, 3 if quick else 15)
         for name, size in SETS.items():
-            n = (32 if quick else 96) if name == "12 MP" else (64 if quick else 240)
+            n = (32 if quick else 64) if name == "12 MP" else (64 if quick else 160)
             root = make_photo_set(tmp / name.replace(" ", ""), size, n, 8)
             lines += [
                 "",

@@ -117,8 +117,7 @@ def center_box(resize: int | Sequence[int], crop: Sequence[int], native_wh: Sequ
     if ch > rh or cw > rw:
         raise ConfigError(f"the center crop {ch}x{cw} is larger than the resized {rh}x{rw}")
     top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
-    sx, sy = w / rw, h / rh
-    return (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+    return (left * w / rw, top * h / rh, (left + cw) * w / rw, (top + ch) * h / rh)
 
 
 def decode_image(

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -261,32 +261,25 @@ def accuracy(root: Path, epochs: int, seeds: list[int], tmp: Path) -> list[str]:
     return lines
 
 
-def run(args) -> list[str]:  # noqa: ANN001
+def run(args) -> Iterator[str]:  # noqa: ANN001
+    """Yields its lines as each part ends (the runner prints them at once)."""
     quick = args.quick
     repeats = 1 if quick else args.repeats
-    load = os.getloadavg()[0]
-    lines = [f"load average at start: {load:.1f} (2 cores)", ""]
+    yield f"load average at start: {os.getloadavg()[0]:.1f} (2 cores)"
     with tempfile.TemporaryDirectory(prefix="bench_photos_") as d:
         tmp = Path(d)
-        lines += decoders(tmp, 3 if quick else 15)
+        yield from ["", *decoders(tmp, 3 if quick else 15)]
         for name, size in SETS.items():
             n = (32 if quick else 64) if name == "12 MP" else (64 if quick else 160)
             root = make_photo_set(tmp / name.replace(" ", ""), size, n, 8)
-            lines += [
-                "",
-                f"{name}: {n} JPEGs of {size[0]}x{size[1]}, batch {BATCH}, {WORKERS} workers, one epoch, best of {repeats}:",
-                "",
-            ]
-            lines += loaders(root, repeats)
+            yield f"\n{name}: {n} JPEGs of {size[0]}x{size[1]}, batch {BATCH}, {WORKERS} workers, "
+            yield f"one epoch, best of {repeats}, load {os.getloadavg()[0]:.1f}:\n"
+            yield from loaders(root, repeats)
         n, epochs = (64, 1) if quick else (400, 2)
         root = make_photo_set(tmp / "train3mp", SETS["3 MP"], n, n // 4, seed=1)
-        lines += [
-            "",
-            f"Training, {n} + {n // 4} JPEGs of 3 MP, 4 classes, {epochs} epochs, seed CNN at {SIZE} px, 2 workers:",
-            "",
-        ]
-        lines += training(root, epochs, repeats, tmp)
-        lines += ["", f"Accuracy, same set, {2 * epochs + 2} epochs, in-process:", ""]
-        lines += accuracy(root, 2 * epochs + 2, [1] if quick else [1, 2], tmp)
-    lines += ["", f"load average at end: {os.getloadavg()[0]:.1f}"]
-    return lines
+        yield f"\nTraining, {n} + {n // 4} JPEGs of 3 MP, 4 classes, {epochs} epochs, seed CNN at"
+        yield f"{SIZE} px, 2 workers, load {os.getloadavg()[0]:.1f}:\n"
+        yield from training(root, epochs, repeats, tmp)
+        yield f"\nAccuracy, same set, {2 * epochs + 2} epochs, in-process:\n"
+        yield from accuracy(root, 2 * epochs + 2, [1] if quick else [1, 2], tmp)
+    yield f"\nload average at end: {os.getloadavg()[0]:.1f}"

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from imgcls.data.streaming import StreamOptions, build_train_transform, decode_bytes
+from imgcls.data.streaming import StreamOptions, train_decoder
 from imgcls.data.tensor_dataset import batch_loader
 
 
@@ -45,13 +45,13 @@ class EncodedJpegs(Dataset):
             noise = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
             Image.fromarray(noise).save(buf, format="JPEG", quality=90)
             self.blobs.append(buf.getvalue())
-        self.transform = build_train_transform(StreamOptions("random_resized_crop"), (128, 128))
+        self.decode = train_decoder(StreamOptions("random_resized_crop"), (128, 128), 3)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.transform(decode_bytes(self.blobs[i % 8], 3, f"blob{i}"))
+        image = self.decode(f"blob{i}", self.blobs[i % 8])
         return image.contiguous(), _malloc_held_kb()
 
 

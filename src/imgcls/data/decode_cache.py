@@ -27,7 +27,7 @@ from imgcls.utils.files import atomic_file, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JPEG draft keeps 1x (not 2x) the target
 Stats = dict[Path, tuple[int, int]]
 
 

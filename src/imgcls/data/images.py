@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +85,56 @@ def probe_image(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
         raise DataError(f"cannot decode image {p}: {e}") from None
 
 
+# PIL's filters by the names of ``data.stream.interpolation``
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+Box = tuple[float, float, float, float]  # left, top, right, bottom in the file's own pixels
+# the opened (not yet decoded) image -> the box the model sees (None: all of it) and its (h, w)
+View = Callable[[Image.Image], tuple[Box | None, tuple[int, int]]]
+
+
+def draft_scale(box: Box, out_hw: Sequence[int]) -> int:
+    """The largest JPEG DCT reduction (8, 4, 2, else 1) that keeps ``box`` at or above the
+    output size: decoding then costs ~1/s^2 of the pixels and never upsamples."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    return next((s for s in (8, 4, 2) if s * out_hw[1] <= bw and s * out_hw[0] <= bh), 1)
+
+
+def center_box(resize: int | Sequence[int], crop: Sequence[int], native_wh: Sequence[int]) -> Box:
+    """torchvision's ``Resize(resize)`` then ``CenterCrop(crop)`` as the box they keep, in the
+    file's own pixels (an int ``resize`` is the shorter side; rounding as torchvision's)."""
+    w, h = native_wh
+    if isinstance(resize, (list, tuple)):
+        rh, rw = int(resize[0]), int(resize[1])
+    else:
+        short, long = (w, h) if w <= h else (h, w)
+        rs, rl = int(resize), int(int(resize) * long / short)
+        rw, rh = (rs, rl) if w <= h else (rl, rs)
+    ch, cw = int(crop[0]), int(crop[1])
+    if ch > rh or cw > rw:
+        raise ConfigError(f"the center crop {ch}x{cw} is larger than the resized {rh}x{rw}")
+    top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+    return (left * w / rw, top * h / rh, (left + cw) * w / rw, (top + ch) * h / rh)
+
+
 def decode_image(
     path: str | os.PathLike,
     channels: int | None = None,
     image_size: Sequence[int] | None = None,
     resize_factor: int | None = None,
     data: bytes | None = None,
+    view: View | None = None,
+    resample: str = "bilinear",
 ) -> np.ndarray:
     """One file (or its encoded ``data``) -> uint8 ``(H, W, C)``; errors name the file.
 
-    Large JPEGs that shrink a lot decode at a reduced DCT scale (``Image.draft``, at least twice
-    the target size), then resize with antialiasing as torchvision's does."""
+    The one decode of both data paths and of predict/export: ``view`` (stream path) picks the
+    box the model sees from the header size, else the whole image at ``image_size``. A JPEG
+    decodes at the largest DCT scale keeping that box at or above the output size
+    (``Image.draft``); one PIL resize then crops and shrinks it (antialiased)."""
     p = Path(path)
     if data is None and not p.is_file():
         raise DataError(f"image file not found: {p}")
@@ -104,20 +143,40 @@ def decode_image(
             if channels is None:
                 channels = 1 if img.mode in GRAY_MODES else 3
             mode = "L" if channels == 1 else "RGB"
-            h, w = target_size((img.height, img.width), image_size, resize_factor)
-            if (h, w) != (img.height, img.width) and img.format == "JPEG":
-                img.draft(mode, (2 * w, 2 * h))
+            native = img.size
+            if view is None:
+                box = None
+                h, w = target_size((img.height, img.width), image_size, resize_factor)
+            else:
+                box, (h, w) = view(img)
+            full = (0.0, 0.0, float(native[0]), float(native[1]))
+            s = draft_scale(box or full, (h, w))
+            img.draft(mode, (native[0] // s, native[1] // s))  # JPEG only; a no-op for others
             img.load()  # a full decode: truncated files fail here, not mid-epoch
             out = img.convert(mode) if img.mode != mode else img
-            if (out.height, out.width) != (h, w):
-                out = out.resize((w, h), Image.Resampling.BILINEAR)
+            if box is not None or out.size != (w, h):
+                f = (out.width / native[0], out.height / native[1]) * 2
+                scaled = tuple(v * k for v, k in zip(box or full, f, strict=True))
+                out = out.resize((w, h), RESAMPLE[resample], box=scaled)
             arr = np.array(out, dtype=np.uint8)  # writable: torch.from_numpy needs it
     except _DECODE_ERRORS as e:
         raise DataError(f"cannot decode image {p}: {e}") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def decode_steps(channels: int, size: Sequence[int]) -> list[dict[str, Any]]:
+class EvalView:
+    """A streamed checkpoint's eval transform (``resize`` then center ``crop``) as a ``View``."""
+
+    def __init__(self, desc: Mapping[str, Any]) -> None:
+        self.resize, self.crop = desc["resize"], (int(desc["crop"][0]), int(desc["crop"][1]))
+
+    def __call__(self, img: Image.Image) -> tuple[Box | None, tuple[int, int]]:
+        return center_box(self.resize, self.crop, img.size), self.crop
+
+
+def decode_steps(
+    channels: int, size: Sequence[int], eval_transform: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """What ``decode_image`` does to a file for a model input of ``channels`` x ``size``, as data.
 
     The export sidecar writes these steps down (then scale and normalize) so code outside this
@@ -125,15 +184,29 @@ def decode_steps(channels: int, size: Sequence[int]) -> list[dict[str, Any]]:
     a test replays it against predict.py."""
     mode = "L" if channels == 1 else "RGB"
     h, w = int(size[0]), int(size[1])
+    desc = eval_transform or {"resize": [h, w], "crop": [h, w], "interpolation": "bilinear"}
+    resize, interp = desc["resize"], str(desc.get("interpolation", "bilinear"))
+    how = (
+        f"resize to height {resize[0]} x width {resize[1]}"
+        if isinstance(resize, (list, tuple))
+        else f"resize the shorter side to {resize} (longer: int({resize} * long / short))"
+    )
     return [
-        {"op": "open", "library": "PIL", "call": "Image.open(path)"},
+        {"op": "open", "library": "PIL", "call": "img = Image.open(path); W, H = img.size"},
+        {
+            "op": "box",
+            "call": f"{how}, then center-crop height {h} x width {w} (top = round((rh - {h}) / 2),"
+            " left likewise); box = that crop in the file's pixels (left * W / rw, top * H / rh,"
+            f" (left + {w}) * W / rw, (top + {h}) * H / rh)",
+            "resize": list(resize) if isinstance(resize, (list, tuple)) else int(resize),
+            "crop": [h, w],
+        },
         {
             "op": "jpeg_draft",
-            "when": "the file is a JPEG (img.format == 'JPEG') and its size differs from the target",
-            "call": f"img.draft({mode!r}, ({2 * w}, {2 * h}))",
+            "call": f"img.draft({mode!r}, (W // s, H // s)), s the largest of 8, 4, 2 with "
+            f"s * {w} <= box width and s * {h} <= box height, else 1 (a no-op for non-JPEGs)",
             "mode": mode,
-            "size_wh": [2 * w, 2 * h],
-            "why": "reduced-size DCT decode (scale 1/2, 1/4 or 1/8, never below twice the target)",
+            "why": "reduced-size DCT decode that keeps the box at or above the output size",
         },
         {"op": "load", "call": "img.load()"},
         {
@@ -144,10 +217,11 @@ def decode_steps(channels: int, size: Sequence[int]) -> list[dict[str, Any]]:
         },
         {
             "op": "resize",
-            "when": f"the size differs from height {h} x width {w}",
-            "call": f"img.resize(({w}, {h}), Image.Resampling.BILINEAR)",
+            "when": "the box is not the whole image or img.size differs from the output size",
+            "call": f"img.resize(({w}, {h}), Image.Resampling.{interp.upper()}, box=box scaled "
+            "by (img.width / W, img.height / H))",
             "size_hw": [h, w],
-            "resample": "bilinear (PIL, antialiased when shrinking); aspect ratio not kept",
+            "resample": interp,
         },
         {
             "op": "to_array",

@@ -7,7 +7,7 @@ Layout written by ``scripts/make_shards.py``::
     <root>/<split>/index.json         LitData's index of the split's chunks
     <root>/<split>/chunk-*.bin        samples {"image": encoded file bytes, "label", "index", "name"}
 
-Files stay encoded (no resize): stream transforms run at native resolution. ``<root>`` may be any
+Files stay encoded (no resize): samples decode crop-first as on the stream path. ``<root>`` may be any
 URL LitData reads (``s3://``...); LitData (optional: ``.[stream]``) is imported here only."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from imgcls.data.streaming import decode_bytes
+from imgcls.data.streaming import SampleDecoder
 from imgcls.data.workers import worker_init
 from imgcls.errors import ConfigError, DataError
 from imgcls.utils.files import atomic_write_text
@@ -120,16 +120,16 @@ class ShardSample:
     """LitData ``transform``: a stored sample -> ``(image, label, error, index)``; a sample that
     fails to decode carries its error instead of an image (``streaming.DecodeErrors``)."""
 
-    def __init__(self, channels: int, transform: Callable[[Tensor], Tensor], split: str) -> None:
-        self.channels, self.transform, self.split = int(channels), transform, split
+    def __init__(self, decode: SampleDecoder, split: str) -> None:
+        self.decode, self.split = decode, split
 
     def __call__(self, sample: dict[str, Any]) -> tuple[Tensor | None, int, str, int]:
         name = f"{sample['name']} (shard sample {sample['index']} of split {self.split})"
         try:
-            image = decode_bytes(bytes(sample["image"]), self.channels, name)
+            image = self.decode(name, bytes(sample["image"]))
         except DataError as e:
             return None, int(sample["label"]), str(e), int(sample["index"])
-        return self.transform(image).contiguous(), int(sample["label"]), "", int(sample["index"])
+        return image, int(sample["label"]), "", int(sample["index"])
 
 
 def collate_shards(samples: list[tuple[Tensor | None, int, str, int]]) -> tuple[Any, ...]:

@@ -21,10 +21,10 @@ from imgcls.data.shards import HASHES, META, ShardSample, read_meta, shard_loade
 from imgcls.data.streaming import (
     DecodeErrors,
     StreamOptions,
-    build_eval_transform,
-    build_train_transform,
     check_loading,
+    eval_decoder,
     eval_transform_dict,
+    train_decoder,
 )
 from imgcls.errors import DataError
 
@@ -127,11 +127,11 @@ class ShardsDataModule(ImageDataModule):
 
     def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
         self._split(name)
-        size = self.stream_info["image_size"]
+        size, channels = self.stream_info["image_size"], self.stream_info["channels"]
         tf = (
-            build_train_transform(self.stream_options, size)
+            train_decoder(self.stream_options, size, channels)
             if train
-            else build_eval_transform(self.stream_info["eval_transform"])
+            else eval_decoder(self.stream_info["eval_transform"], channels)
         )
         world = self.trainer.world_size if self.trainer is not None else 1
         batch_size = self.batch_size
@@ -140,7 +140,7 @@ class ShardsDataModule(ImageDataModule):
             # share would leave ranks without data (and Lightning refuses empty loaders)
             share = len(self._split(name)) // (world * max(1, self.num_workers))
             batch_size = max(1, min(self.eval_batch_size, share))
-        sample = ShardSample(self.stream_info["channels"], tf, name)
+        sample = ShardSample(tf, name)
         args = (batch_size, self.num_workers, train, self.seed)
         loader = shard_loader(self.root, name, sample, *args)
         per_rank = loader.dataset.get_len(self.num_workers, batch_size) if train else 0

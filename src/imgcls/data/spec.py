@@ -18,7 +18,7 @@ class DataSpec:
     mean: tuple[float, ...]  # per channel, input in [0, 1]
     std: tuple[float, ...]
     # how an eval/predict image becomes the model input, as plain data for
-    # ``streaming.build_eval_transform``; None: resized to image_size (the memory path)
+    # ``streaming.eval_decoder``; None: resized to image_size (the memory path)
     eval_transform: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:

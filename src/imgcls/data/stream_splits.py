@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,11 +21,12 @@ from imgcls.data.dup_hash import Hashes, hash_files
 from imgcls.data.images import target_size
 from imgcls.data.stats import log_mean_std, measure_mean_std
 from imgcls.data.streaming import (
+    SampleDecoder,
     StreamImageDataset,
     StreamItem,
-    build_eval_transform,
-    build_train_transform,
+    eval_decoder,
     eval_transform_dict,
+    train_decoder,
 )
 from imgcls.data.validation import channels_of, first_size, probe_files
 from imgcls.errors import DataError
@@ -62,13 +64,16 @@ def resolve_loading(dm: FileImageDataModule, order: list[Path], stats: dict) -> 
     return choice
 
 
-def _measure(dm: FileImageDataModule, train: StreamImageDataset, eval_tf: Any) -> None:
-    """Mean/std on a seeded sample of training images through the eval transform."""
+def _measure(dm: FileImageDataModule, train: StreamImageDataset, eval_tf: SampleDecoder) -> None:
+    """Mean/std on a seeded sample of training images through the eval transform (in threads)."""
     n = min(len(train), max(1, dm.stream_options.mean_std_sample))
     g = torch.Generator().manual_seed(dm.split_seed)
     idx = torch.randperm(len(train), generator=g)[:n].tolist()
-    sample = StreamImageDataset([train.items[i] for i in idx], train.channels, eval_tf)
-    images = [x for x, _, _ in (sample[i] for i in range(len(sample))) if x is not None]
+    sample = StreamImageDataset([train.items[i] for i in idx], eval_tf)
+    with ThreadPoolExecutor(max(1, dm.num_workers)) as pool:  # PIL releases the GIL
+        images = [
+            x for x, _, _ in pool.map(sample.__getitem__, range(len(sample))) if x is not None
+        ]
     if not images:
         raise DataError(f"{dm.describe()}: no training image could be decoded to measure mean/std")
     dm._mean, dm._std = measure_mean_std(torch.stack(images))
@@ -88,8 +93,8 @@ def stream_splits(dm: FileImageDataModule, plan: Plan) -> Splits:
         log.info("channels: %d (from the file headers; set data.channels to choose)", channels)
     size = dm.target_image_size or target_size(probed[order[0]][0], None, dm.resize_factor)
     eval_desc = eval_transform_dict(dm.stream_options, size)
-    eval_tf = build_eval_transform(eval_desc)
-    train_tf = build_train_transform(dm.stream_options, size)
+    eval_tf = eval_decoder(eval_desc, channels)
+    train_tf = train_decoder(dm.stream_options, size, channels)
     dm.decode_errors.context = dm.describe()
     dm.stream_info = {"channels": channels, "image_size": size, "eval_transform": eval_desc}
 
@@ -97,7 +102,7 @@ def stream_splits(dm: FileImageDataModule, plan: Plan) -> Splits:
     for s, entries in dm.entries.items():
         label = [-1 if e.label is None else plan.class_index[e.label] for e in entries]
         items = [StreamItem(e.path, y, e.where) for e, y in zip(entries, label, strict=True)]
-        splits[s] = StreamImageDataset(items, channels, train_tf if s == "train" else eval_tf)
+        splits[s] = StreamImageDataset(items, train_tf if s == "train" else eval_tf)
         about = {"loading": "stream", "channels": channels, "eval_transform": eval_desc}
         dm.set_fingerprint(s, about, plan.stats)
     if dm._mean is None:

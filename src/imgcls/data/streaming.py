@@ -1,7 +1,9 @@
 """The stream path, for sets whose decoded pixels exceed ``data.memory_budget_mb``.
 
-Each sample is decoded and transformed (torchvision v2) at native size in a DataLoader worker and
-stays uint8 until its batch is on the device, normalized there as on the memory path. The eval
+Each sample is decoded in a DataLoader worker, crop first: the training crop (torchvision's
+``RandomResizedCrop`` statistics) or the eval center crop is chosen from the header size, and a
+JPEG decodes at the largest DCT scale keeping it at or above the model size. It stays uint8 until
+its batch is on the device, normalized there as on the memory path. The eval
 transform is plain data (``DataSpec.eval_transform``) so predict/export rebuild it from a
 checkpoint. A file failing mid-epoch never becomes a wrong label: its error travels with the batch
 and the main process stops or skips (``DecodeErrors``)."""
@@ -15,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
+from torchvision.transforms import RandomResizedCrop, v2
 
-from imgcls.data.images import decode_image, load_image
+from imgcls.data.images import Box, EvalView, View, decode_image
 from imgcls.data.tensor_dataset import batch_loader
 from imgcls.errors import ConfigError, DataError
 
@@ -38,7 +41,7 @@ _INTERPOLATIONS = {
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """``data.stream.*``. ``train_crop``: ``random_resized_crop`` (native resolution, the
+    """``data.stream.*``. ``train_crop``: ``random_resized_crop`` (box drawn on the full image, the
     ImageNet recipe) or ``resize`` (as the memory path). ``eval_resize``: ``null`` resizes to
     ``image_size`` exactly; an int resizes the shorter side, then center-crops.
     ``mean_std_sample``: training images decoded to measure mean/std when not given."""
@@ -52,7 +55,7 @@ class StreamOptions:
     randaugment_magnitude: int = 9
     eval_resize: int | None = None
     interpolation: str = "bilinear"
-    mean_std_sample: int = 1000
+    mean_std_sample: int = 256
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> StreamOptions:
@@ -88,6 +91,11 @@ def check_loading(loading: str, on_decode_error: str, memory_budget_mb: float) -
 def eval_transform_dict(opts: StreamOptions, image_size: tuple[int, int]) -> dict[str, Any]:
     """The eval transform as plain data (stored in the checkpoint's ``DataSpec``)."""
     h, w = image_size
+    if opts.eval_resize is not None and int(opts.eval_resize) < max(h, w):
+        raise ConfigError(
+            f"data.stream.eval_resize={opts.eval_resize} is smaller than the image size {h}x{w} "
+            "it is center-cropped to; set it to at least max(image_size) or null"
+        )
     return {
         "resize": [h, w] if opts.eval_resize is None else int(opts.eval_resize),
         "crop": [h, w],
@@ -96,26 +104,45 @@ def eval_transform_dict(opts: StreamOptions, image_size: tuple[int, int]) -> dic
     }
 
 
-def build_eval_transform(desc: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
-    """Resize (``[h, w]``, or an int for the shorter side), then center crop; uint8 in and out."""
-    r = desc["resize"]
-    size = [int(r[0]), int(r[1])] if isinstance(r, (list, tuple)) else int(r)
-    interp = _INTERPOLATIONS[str(desc.get("interpolation", "bilinear"))]
-    resize = v2.Resize(size, interpolation=interp, antialias=bool(desc.get("antialias", True)))
-    return v2.Compose([resize, v2.CenterCrop([int(desc["crop"][0]), int(desc["crop"][1])])])
+class TrainView:
+    """The training crop chosen from the header size, before any pixel is decoded:
+    torchvision's own ``RandomResizedCrop.get_params`` (same statistics, same RNG), or the
+    whole image (``train_crop=resize``)."""
+
+    def __init__(self, opts: StreamOptions, image_size: tuple[int, int]) -> None:
+        self.size = (int(image_size[0]), int(image_size[1]))
+        self.crop, self.scale, self.ratio = opts.train_crop, opts.scale, opts.ratio
+
+    def __call__(self, img: Image.Image) -> tuple[Box | None, tuple[int, int]]:
+        if self.crop != "random_resized_crop":
+            return None, self.size
+        i, j, h, w = RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
+        return (j, i, j + w, i + h), self.size
 
 
-def build_train_transform(
-    opts: StreamOptions, image_size: tuple[int, int]
-) -> Callable[[Tensor], Tensor]:
-    """Per-sample training transform on uint8 ``(C, H, W)`` at native resolution."""
+class SampleDecoder:
+    """A file (or a shard's bytes) -> uint8 ``(C, h, w)`` model input: ``decode_image`` through
+    ``view`` (crop-then-decode), then the per-sample ``after`` transforms (flip, auto-augment)."""
+
+    def __init__(self, channels: int, view: View, interpolation: str, after: Any = None) -> None:
+        self.channels, self.view, self.after = int(channels), view, after
+        self.resample = interpolation
+
+    def __call__(self, path: str | Path, data: bytes | None = None) -> Tensor:
+        arr = decode_image(path, self.channels, data=data, view=self.view, resample=self.resample)
+        image = torch.from_numpy(arr).permute(2, 0, 1)
+        return (image if self.after is None else self.after(image)).contiguous()
+
+
+def eval_decoder(desc: Mapping[str, Any], channels: int) -> SampleDecoder:
+    """Resize (``[h, w]``, or an int for the shorter side), then center crop, decoded reduced."""
+    return SampleDecoder(channels, EvalView(desc), str(desc.get("interpolation", "bilinear")))
+
+
+def train_decoder(opts: StreamOptions, image_size: tuple[int, int], channels: int) -> SampleDecoder:
+    """Per-sample training input: the crop (or resize), then flip and auto-augment."""
     interp = _INTERPOLATIONS[opts.interpolation]
-    size = list(image_size)
-    steps: list[Any] = [
-        v2.RandomResizedCrop(size, opts.scale, opts.ratio, interp, antialias=True)
-        if opts.train_crop == "random_resized_crop"
-        else v2.Resize(size, interpolation=interp, antialias=True)
-    ]
+    steps: list[Any] = []
     if opts.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(opts.hflip))
     if opts.auto_augment == "trivial":
@@ -124,12 +151,8 @@ def build_train_transform(
         steps.append(
             v2.RandAugment(opts.randaugment_ops, opts.randaugment_magnitude, interpolation=interp)
         )
-    return v2.Compose(steps)
-
-
-def decode_bytes(data: bytes, channels: int, name: str) -> Tensor:
-    """A shard's encoded sample -> uint8 ``(C, H, W)``."""
-    return torch.from_numpy(decode_image(name, channels, data=data)).permute(2, 0, 1).contiguous()
+    after = v2.Compose(steps) if steps else None
+    return SampleDecoder(channels, TrainView(opts, image_size), opts.interpolation, after)
 
 
 @dataclass(frozen=True)
@@ -145,12 +168,9 @@ class StreamImageDataset(Dataset):
     """One file decoded per ``__getitem__``: ``(image, label, error)``, ``image`` ``None`` and
     ``error`` naming the file on a failure (``collate_stream`` separates those)."""
 
-    def __init__(
-        self, items: Sequence[StreamItem], channels: int, transform: Callable[[Tensor], Tensor]
-    ) -> None:
+    def __init__(self, items: Sequence[StreamItem], decode: SampleDecoder) -> None:
         self.items = list(items)
-        self.channels = int(channels)
-        self.transform = transform
+        self.decode = decode
         self.targets = torch.tensor([it.label for it in self.items], dtype=torch.long)
 
     def __len__(self) -> int:
@@ -159,11 +179,9 @@ class StreamImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor | None, int, str]:
         item = self.items[index]
         try:
-            arr = decode_image(item.path, self.channels)
+            return self.decode(item.path), item.label, ""
         except DataError as e:
             return None, item.label, f"{e} ({item.where})"
-        image = torch.from_numpy(arr).permute(2, 0, 1)
-        return self.transform(image).contiguous(), item.label, ""
 
 
 def collate_stream(
@@ -219,20 +237,7 @@ def load_for_eval(
     path: str | Path, channels: int, eval_transform: Mapping[str, Any], where: str = ""
 ) -> Tensor:
     """One file through a streamed checkpoint's eval transform (predict/export)."""
-    image = load_image(path, channels, where=where)
-    return build_eval_transform(eval_transform)(image).contiguous()
-
-
-def describe_eval_transform(desc: Mapping[str, Any]) -> str:
-    """One sentence for the export sidecar's preprocessing steps."""
-    resize = desc["resize"]
-    how = (
-        f"resize to height {resize[0]} x width {resize[1]}"
-        if isinstance(resize, (list, tuple))
-        else f"resize the shorter side to {resize} (aspect ratio kept)"
-    )
-    h, w = desc["crop"]
-    return (
-        f"decode at native size, {how} (torchvision v2 Resize, {desc.get('interpolation', 'bilinear')}, "
-        f"antialias={desc.get('antialias', True)}), then center-crop to height {h} x width {w}"
-    )
+    try:
+        return eval_decoder(eval_transform, channels)(path)
+    except DataError as e:
+        raise DataError(f"{e} ({where})" if where else str(e)) from None

@@ -22,7 +22,7 @@ from imgcls.builder import build_datamodule
 from imgcls.checkpointing.load import load_classifier
 from imgcls.data.images import decode_steps, load_image
 from imgcls.data.spec import DataSpec
-from imgcls.data.streaming import describe_eval_transform, load_for_eval
+from imgcls.data.streaming import load_for_eval
 from imgcls.data.transforms import normalize
 from imgcls.errors import ConfigError, DataError, ExportError, UserError
 from imgcls.tasks.predict_inputs import list_inputs
@@ -40,12 +40,8 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
     """How an image file becomes the model's input, exactly as predict.py does it (``steps``:
     ``op`` plus the PIL ``call``, from the one decode function). A streamed checkpoint applies
     its recorded eval transform (resize + center crop) instead of the fixed resize."""
-    steps = decode_steps(spec.in_channels, spec.image_size)
+    steps = decode_steps(spec.in_channels, spec.image_size, spec.eval_transform)
     mean, std = list(spec.mean), list(spec.std)
-    if spec.eval_transform:
-        steps = [st for st in steps if st["op"] not in ("jpeg_draft", "resize")]
-        call = describe_eval_transform(spec.eval_transform)
-        steps.append(dict(op="resize_center_crop", call=call, **dict(spec.eval_transform)))
     scale = "x.astype(np.float32) / 255, stack a batch (N, C, H, W)"
     steps.append(dict(op="scale", call=scale, factor=1 / 255, dtype="float32"))
     norm = "(x - mean[c]) / std[c] per channel c"

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # README's fault-tolerance section moves to docs/safety.md; until then it is checked there
 SKIPPED_SECTIONS = {"## Fault tolerance: resume, safe checkpoints, guarded training"}
-ENTRIES = {"train": "train", "eval": "eval", "predict": "predict", "export": "export"}
+# entry point -> its config (a command's kind is its script path, never a shell word like `eval`)
+ENTRIES = {f"src/{n}.py": n for n in ("train", "eval", "predict", "export")}
 # the docs' placeholder vocabulary: what each stands for in a quoted command
 PLACEHOLDERS = {
     "<run>": "a training run dir",
@@ -63,8 +64,8 @@ class Command:
         if self.argv[0] != "python":
             return self.argv[0]
         script = self.argv[1] if len(self.argv) > 1 else ""
-        if (m := re.fullmatch(r"src/(\w+)\.py", script)) and m.group(1) in ENTRIES:
-            return m.group(1)
+        if script in ENTRIES:
+            return script
         if re.fullmatch(r"scripts/\w+\.py", script):
             return "script"
         return "unknown python"
@@ -271,8 +272,8 @@ def doc_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 def with_tiny_limits(kind: str, args: list[str]) -> list[str]:
     """``args`` with tiny limits in place of the command's own epochs/batches/trials."""
-    extra = {"train": TINY, "eval": ["++trainer.limit_test_batches=1"]}.get(kind, [])
-    if kind == "train" and any(a.startswith("hparams_search=") for a in args):
+    extra = {"src/train.py": TINY, "src/eval.py": ["++trainer.limit_test_batches=1"]}.get(kind, [])
+    if kind == "src/train.py" and any(a.startswith("hparams_search=") for a in args):
         extra = [*extra, "hydra.sweeper.n_trials=2"]
     if kind == "script" and args[0] == "scripts/benchmark.py":
         extra = ["--quick"]

@@ -24,7 +24,9 @@ def hand_ece(probs: torch.Tensor, targets: torch.Tensor, bins: int = 15) -> floa
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         inside = (conf > lo) & (conf <= hi)
         if inside.any():
-            ece += float(inside.float().mean() * (conf[inside].mean() - correct[inside].mean()).abs())
+            ece += float(
+                inside.float().mean() * (conf[inside].mean() - correct[inside].mean()).abs()
+            )
     return ece
 
 
@@ -75,10 +77,18 @@ def test_temperature_travels_to_predict_and_onnx(tmp_path, make_cfg, mnist_png_f
     x = torch.randn(4, 1, 28, 28)
     assert torch.allclose(model(x), model.net(x) / 3.0)
     folder, _ = mnist_png_folder
-    predict(make_cfg("predict", [f"ckpt_path={ckpt}", f"input={folder}", "top_k=1"], out=tmp_path / "p"))
+    predict(
+        make_cfg("predict", [f"ckpt_path={ckpt}", f"input={folder}", "top_k=1"], out=tmp_path / "p")
+    )
     rows = pd.read_csv(tmp_path / "p" / "predictions.csv")
     out = tmp_path / "model.onnx"
-    export(make_cfg("export", [f"ckpt_path={ckpt}", "format=onnx", f"input={folder}", f"output={out}"], out=tmp_path / "e"))
+    export(
+        make_cfg(
+            "export",
+            [f"ckpt_path={ckpt}", "format=onnx", f"input={folder}", f"output={out}"],
+            out=tmp_path / "e",
+        )
+    )
     meta = json.loads(out.with_suffix(".onnx.json").read_text())
     assert meta["temperature"] == 3.0 and meta["parity"]["passed"]
     import onnxruntime as ort
@@ -122,7 +132,6 @@ def test_reliability_diagram_in_tensorboard(tmp_path: Path) -> None:
 
     from imgcls.callbacks.diagnostics import ClassificationDiagnostics
     from tests._tiny_mnist import TinyMNIST
-
     from tests.conftest import MNIST_DATA
 
     dm = TinyMNIST(data_dir=str(MNIST_DATA), checks={"leakage": "off"})

@@ -15,8 +15,8 @@ from PIL import Image
 from imgcls.data.checks import CheckOptions, run_checks
 from imgcls.data.dup_hash import Hashes, candidate_pairs, hamming, hash_images
 from imgcls.data.folder_datamodule import FolderDataModule
-from imgcls.errors import DataError
 from imgcls.data.mnist_datamodule import ensure_mnist_raw
+from imgcls.errors import DataError
 from tests.conftest import MNIST_DATA, run_entry
 
 SIZE = 48
@@ -69,7 +69,9 @@ def make_planted(root: Path, plant: bool = True) -> dict[str, list[tuple[str, st
             i = 3 * k
             name = f"{split}/{labels[i] % 3}/leak_{how}{i}.{'jpg' if how == 'jpeg' else 'png'}"
             _variant(images[i], how).save(root / name)
-            planted["exact" if how == "copy" else "near"].append((f"train/{labels[i] % 3}/img{i}.png", name))
+            planted["exact" if how == "copy" else "near"].append(
+                (f"train/{labels[i] % 3}/img{i}.png", name)
+            )
     return planted
 
 
@@ -92,7 +94,9 @@ def test_planted_duplicates_are_found_and_named(tmp_path: Path, loading: str) ->
     for a, b in planted["exact"]:
         assert tuple(sorted((a, b))) in found
     opts = CheckOptions(examples=50)
-    all_pairs = {tuple(sorted(p)) for ps in run_checks(dm.split_hashes, opts).examples().values() for p in ps}
+    all_pairs = {
+        tuple(sorted(p)) for ps in run_checks(dm.split_hashes, opts).examples().values() for p in ps
+    }
     near = [tuple(sorted(p)) for p in planted["near"]]
     hit = [p for p in near if p in all_pairs]
     # re-encoded and resized copies all; the 1-pixel crop of a 48-px image too, on this data
@@ -184,7 +188,12 @@ def test_shards_check_the_hashes_written_beside_them(tmp_path: Path) -> None:
 
     planted = make_planted(tmp_path / "data")
     out = tmp_path / "shards"
-    args = ["data=folder", f"data.root={tmp_path / 'data'}", "data.image_size=[48,48]", "data.channels=3"]
+    args = [
+        "data=folder",
+        f"data.root={tmp_path / 'data'}",
+        "data.image_size=[48,48]",
+        "data.channels=3",
+    ]
     assert make_shards.main(["--out", str(out), "--no-verify", *args]) == 0
     assert (out / "hashes.pt").is_file()
     dm = ShardsDataModule(root=str(out), num_workers=0)

@@ -53,7 +53,9 @@ def test_lr_finder_prints_and_plots_without_training(digits_csv: Path, tmp_path:
     lr = _suggested(proc.stdout)
     assert 1e-6 < lr < 1.0
     assert (tmp_path / "lr_find.png").stat().st_size > 5000
-    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["tune/lr"] == pytest.approx(lr, rel=1e-5)
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"][
+        "tune/lr"
+    ] == pytest.approx(lr, rel=1e-5)
     assert not list(tmp_path.rglob("*.ckpt"))  # no checkpoint left by the finder or a fit
     assert not list(Path("/tmp").glob("lr_find_*/.lr_find_*.ckpt"))
 

@@ -28,7 +28,9 @@ def _make_set(root: Path, n: int) -> None:
     mnist = MNIST(str(data), train=True)
     for i in range(n):
         split = "train" if i < 0.8 * n else "valid" if i < 0.9 * n else "test"
-        src = mnist.data[i % 1000 if i % 50 == 7 else i].numpy()  # every 50th: a copy of a train image
+        src = mnist.data[
+            i % 1000 if i % 50 == 7 else i
+        ].numpy()  # every 50th: a copy of a train image
         im = Image.fromarray(src).resize((64, 64)).convert("RGB")
         rgb = (np.array(im) * np.array([1.0, 0.5 + (i % 5) / 10, 0.8])).astype(np.uint8)
         d = root / split / str(int(mnist.targets[i]))
@@ -72,8 +74,8 @@ def run(args) -> list[str]:  # type: ignore[no-untyped-def]
             kw = dict(root=str(root), cache_dir=None, loading=loading, num_workers=2)
             lines += _compare(
                 f"folder, {loading} path",
-                lambda: FolderDataModule(**kw, checks={"leakage": "off"}),
-                lambda: FolderDataModule(**kw),
+                lambda kw=kw: FolderDataModule(**kw, checks={"leakage": "off"}),
+                lambda kw=kw: FolderDataModule(**kw),
                 args.repeats,
             )
     data = str(project_root() / "data")

@@ -63,7 +63,9 @@ def reliability_diagram(bins: Tensor, stage: str) -> Any:
     mean_conf = torch.where(seen, conf / count.clamp(min=1), torch.zeros_like(count))
     ece = float(((mean_conf - acc).abs() * count).sum() / count.sum().clamp(min=1))
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.bar(edges[:-1], acc, width=1 / RELIABILITY_BINS, align="edge", edgecolor="k", label="accuracy")
+    ax.bar(
+        edges[:-1], acc, width=1 / RELIABILITY_BINS, align="edge", edgecolor="k", label="accuracy"
+    )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
     ax.set_title(f"{stage} reliability (ECE {ece:.4f}, {int(count.sum())} images)")

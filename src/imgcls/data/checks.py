@@ -47,7 +47,9 @@ class CheckOptions:
         d = dict(cfg or {})
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"unknown data.checks option(s) {unknown}: known {cls.__annotations__}")
+            raise ConfigError(
+                f"unknown data.checks option(s) {unknown}: known {cls.__annotations__}"
+            )
         opts = cls(**d)
         if opts.leakage not in LEAKAGE_MODES:
             raise ConfigError(

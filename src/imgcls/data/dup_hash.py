@@ -136,7 +136,9 @@ def _stats(thumb: Tensor) -> tuple[Tensor, Tensor]:
     return mean, 1 / (x - mean).pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-6)
 
 
-def thumbnail_diff(a: Tensor, b: Tensor, sa: tuple[Tensor, Tensor], sb: tuple[Tensor, Tensor]) -> Tensor:
+def thumbnail_diff(
+    a: Tensor, b: Tensor, sa: tuple[Tensor, Tensor], sb: tuple[Tensor, Tensor]
+) -> Tensor:
     """Largest pixel difference of gray thumbnails after removing each one's mean and
     contrast (``_stats``), in units of that contrast (0: the same picture)."""
     return ((a.float() - sa[0]) * sa[1] - (b.float() - sb[0]) * sb[1]).abs().amax(1)

@@ -84,7 +84,9 @@ class ShardsDataModule(ImageDataModule):
         """The hashes ``make_shards.py`` stored (no pass over the shards at start-up)."""
         path = Path(self.root) / HASHES
         if not path.is_file():
-            log.info("%s: no %s (written by make_shards.py): data checks skipped", self.root, HASHES)
+            log.info(
+                "%s: no %s (written by make_shards.py): data checks skipped", self.root, HASHES
+            )
             return {}
         stored = torch.load(path, map_location="cpu", weights_only=True)
         return {s: Hashes(**h) for s, h in stored.items() if s in (self.splits or {})}

@@ -67,12 +67,17 @@ def calibrate_checkpoint(
     collector = _Logits()
     trainer.callbacks.append(collector)  # type: ignore[attr-defined]
     try:
-        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False)
+        trainer.validate(
+            model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
+        )
     finally:
         trainer.callbacks.remove(collector)  # type: ignore[attr-defined]
     # the loaded checkpoint may hold an earlier temperature: fit on the raw logits
     raw = torch.cat(collector.logits) * model.temperature.to(collector.logits[0].device)
-    logits, targets = _gather(trainer, raw).cpu(), _gather(trainer, torch.cat(collector.targets)).cpu()
+    logits, targets = (
+        _gather(trainer, raw).cpu(),
+        _gather(trainer, torch.cat(collector.targets)).cpu(),
+    )
     t = fit_temperature(logits, targets)
     before, after = F.cross_entropy(logits, targets), F.cross_entropy(logits / t, targets)
     msg = "temperature scaling: T = %.4f on %d validation images (val NLL %.4f -> %.4f)"

@@ -81,7 +81,9 @@ def _read_job(d: Path, metric: str | None) -> JobRecord | None:
             value = metrics.get("metrics", {}).get(metric)
         note = metrics.get("test", "")
         logged = metrics.get("metrics", {})
-        shown = {k: float(logged[k]) for k in SHOWN_METRICS if isinstance(logged.get(k), (int, float))}
+        shown = {
+            k: float(logged[k]) for k in SHOWN_METRICS if isinstance(logged.get(k), (int, float))
+        }
         return JobRecord(
             num=status.get("num"),
             status=status.get("status", "failed"),

@@ -170,7 +170,16 @@ def to_csv(summary: Summary) -> str:
         value = _value_cell(j, summary.metric, lambda v: repr(float(v)))  # exact
         num = "" if j.num is None else j.num
         extra = [repr(j.shown[m]) if m in j.shown else "" for m in shown]
-        return [num, j.status, int(j.best), value, *extra, " ".join(j.overrides), j.run_dir, j.error]
+        return [
+            num,
+            j.status,
+            int(j.best),
+            value,
+            *extra,
+            " ".join(j.overrides),
+            j.run_dir,
+            j.error,
+        ]
 
     columns = [*JOB_COLUMNS[:4], *shown, *JOB_COLUMNS[4:]]
     table = pd.DataFrame([row(j) for j in summary.jobs], columns=columns)

@@ -79,7 +79,12 @@ class Calibrated(nn.Module):
 
 
 def sidecar(
-    spec: DataSpec, fmt: str, model_file: Path, ckpt: str, net_target: str, temperature: float | None = None
+    spec: DataSpec,
+    fmt: str,
+    model_file: Path,
+    ckpt: str,
+    net_target: str,
+    temperature: float | None = None,
 ) -> dict:
     calibration = (
         {"temperature": temperature, "calibration": "the graph divides the logits by temperature "

@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 class _WeightsOnlyIO(TorchCheckpointIO):
     """The finder's temporary checkpoint, read back with ``weights_only=True``."""
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
@@ -79,7 +81,9 @@ def find_lr(cfg: DictConfig, built: Built) -> float:
     fig.axes[0].set_title(f"learning-rate range test: suggestion {lr:.3g}")
     fig.savefig(out, dpi=100)
     print(f"suggested learning rate: {lr:.6g} (loss vs lr: {out})")
-    log.info("lr finder: suggestion %.6g after %d steps; plot %s", lr, len(finder.results["lr"]), out)
+    log.info(
+        "lr finder: suggestion %.6g after %d steps; plot %s", lr, len(finder.results["lr"]), out
+    )
     if tune.get("apply"):
         apply_lr(built.model, lr)
     return float(lr)

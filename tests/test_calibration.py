@@ -147,3 +147,22 @@ def test_reliability_diagram_in_tensorboard(tmp_path: Path) -> None:
     assert "test/ece" in trainer.callback_metrics
     acc = EventAccumulator(logger.log_dir).Reload()
     assert "test/reliability" in acc.Tags()["images"]
+
+
+def test_sweep_summary_shows_ece(tmp_path: Path) -> None:
+    from imgcls.sweeps.summary import write_summary
+
+    for num, (acc, ece) in enumerate([(0.98, 0.012), (0.99, 0.008)]):
+        d = tmp_path / str(num)
+        d.mkdir()
+        status = {"num": num, "status": "completed", "overrides": [f"seed={num}"], "value": acc,
+                  "error": "", "run_dir": str(d)}  # fmt: skip
+        (d / "job_status.json").write_text(json.dumps(status))
+        metrics = {"val/acc_best": acc, "test/acc": acc, "val/ece": ece, "test/ece": ece / 2}
+        (d / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    write_summary(tmp_path, "val/acc_best", "max")
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert list(table["test/ece"]) == [0.006, 0.004] and list(table["val/ece"]) == [0.012, 0.008]
+    md = (tmp_path / "summary.md").read_text().splitlines()
+    header = next(line for line in md if line.startswith("| job"))
+    assert "| val/ece |" in header and "| test/ece |" in header

@@ -177,3 +177,28 @@ def test_hashes_of_identical_pixels_match() -> None:
     x[3] = x[0]
     h: Hashes = hash_images(x)
     assert h.exact[0] == h.exact[3] and len(set(h.exact.tolist())) == 3
+
+
+def test_shards_check_the_hashes_written_beside_them(tmp_path: Path) -> None:
+    """make_shards.py stores the stream path's hashes; data=shards checks them without a decode."""
+    pytest.importorskip("litdata")
+    import make_shards
+
+    from imgcls.data.shards_datamodule import ShardsDataModule
+
+    planted = make_planted(tmp_path / "data")
+    out = tmp_path / "shards"
+    args = [
+        "data=folder",
+        f"data.root={tmp_path / 'data'}",
+        "data.image_size=[48,48]",
+        "data.channels=3",
+    ]
+    assert make_shards.main(["--out", str(out), "--no-verify", *args]) == 0
+    assert (out / "hashes.pt").is_file()
+    dm = ShardsDataModule(root=str(out), num_workers=0)
+    dm.setup()
+    assert dm.check_report is not None
+    assert dm.check_report.counts["exact_across_splits"] == len(planted["exact"])
+    with pytest.raises(DataError, match="leakage"):
+        ShardsDataModule(root=str(out), num_workers=0, checks={"leakage": "error"}).setup()

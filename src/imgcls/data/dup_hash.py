@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
 
 SIDE = 32
 _BITS = torch.tensor([1 << i for i in range(63)] + [-(1 << 63)], dtype=torch.int64)
@@ -52,14 +53,12 @@ class Hashes:
 
 
 def gray_thumbnails(images: Tensor) -> Tensor:
-    """uint8 ``(N, C, H, W)`` -> float ``(N, 32, 32)`` gray 0..255 (antialiased when shrinking)."""
-    x = images.float()
+    """uint8 ``(N, C, H, W)`` -> float ``(N, 32, 32)`` gray 0..255: resized as uint8 first
+    (torchvision's vectorized antialiased kernel), then weighted to gray."""
+    x = TF.resize(images, [SIDE, SIDE], antialias=True).float()
     if x.shape[1] == 3:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    elif x.shape[1] != 1:
-        x = x.mean(1, keepdim=True)
-    shrink = max(x.shape[2:]) > SIDE
-    return F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", antialias=shrink)[:, 0]
+        return (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
+    return x.mean(1)
 
 
 def perceptual(gray: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ empty labels, unknown classes) ran before, as for memory."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -117,9 +118,9 @@ def stream_splits(dm: FileImageDataModule, plan: Plan) -> Splits:
 
 def entry_names(dm: FileImageDataModule, split: str) -> list[str]:
     """The checked images' names: their paths relative to the data root."""
-    root = Path(getattr(dm, "root", "/"))
-    return [str(e.path.relative_to(root)) if e.path.is_relative_to(root) else str(e.path)
-            for e in dm.entries[split]]  # fmt: skip
+    root = os.path.join(os.path.abspath(getattr(dm, "root", "/")), "")
+    paths = (os.path.abspath(e.path) for e in dm.entries[split])
+    return [p[len(root) :] if p.startswith(root) else p for p in paths]
 
 
 def hash_streamed(dm: FileImageDataModule) -> dict[str, Hashes]:

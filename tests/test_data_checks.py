@@ -202,3 +202,20 @@ def test_shards_check_the_hashes_written_beside_them(tmp_path: Path) -> None:
     assert dm.check_report.counts["exact_across_splits"] == len(planted["exact"])
     with pytest.raises(DataError, match="leakage"):
         ShardsDataModule(root=str(out), num_workers=0, checks={"leakage": "error"}).setup()
+
+
+@pytest.mark.slow
+def test_the_shipped_mnist_report_is_what_the_checks_compute(tmp_path: Path) -> None:
+    """The bundled MNIST ships its default split's report (the first ``make train`` would spend
+    most of its set-up hashing 70,000 digits): a fresh computation must give the same file."""
+    from imgcls.data.mnist_datamodule import MNISTDataModule
+
+    shipped = MNISTDataModule(data_dir=str(MNIST_DATA)).checks_file()
+    assert shipped.is_file(), "data/MNIST/ must ship the default split's checks report"
+    (tmp_path / "MNIST").mkdir()
+    (tmp_path / "MNIST" / "raw").symlink_to((MNIST_DATA / "MNIST" / "raw").resolve())
+    dm = MNISTDataModule(data_dir=str(tmp_path))
+    assert dm.checks_file().name == shipped.name and not dm.checks_file().exists()
+    dm.prepare_data()
+    dm.setup()
+    assert json.loads(dm.checks_file().read_text()) == json.loads(shipped.read_text())

@@ -40,7 +40,7 @@ class _TorchmetricsWithoutPyplot:
             finally:
                 RequirementCache.__bool__ = check
 
-        spec.loader.exec_module = exec_module
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 

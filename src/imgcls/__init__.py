@@ -21,7 +21,7 @@ class _TorchmetricsWithoutPyplot:
     check says "not installed" while torchmetrics loads. Our figures import matplotlib when they
     draw (``imgcls.runs.figures``)."""
 
-    def find_spec(self, name: str, path=None, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(self, name: str, path=None, target=None):
         if name != "torchmetrics":
             return None
         sys.meta_path.remove(self)
@@ -30,7 +30,7 @@ class _TorchmetricsWithoutPyplot:
             return spec
         run = spec.loader.exec_module
 
-        def exec_module(module):  # type: ignore[no-untyped-def]
+        def exec_module(module):
             from lightning_utilities.core.imports import RequirementCache
 
             check = RequirementCache.__bool__
@@ -38,7 +38,7 @@ class _TorchmetricsWithoutPyplot:
             try:
                 run(module)
             finally:
-                RequirementCache.__bool__ = check  # type: ignore[method-assign]
+                RequirementCache.__bool__ = check
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

@@ -107,6 +107,7 @@ def curves_figure(history: Sequence[Mapping[str, float]]) -> Any:
                 ax.plot(*zip(*points, strict=True), marker="o", label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend()

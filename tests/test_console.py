@@ -52,9 +52,11 @@ def test_first_run_reads_well_at_80_columns(tmp_path) -> None:
     assert not [line for line in out.splitlines() if line.strip().startswith(("val/", "0."))]
     # the last lines: run dir, the test accuracy, the next commands with real paths
     test_acc = json.loads((run_dir / "metrics.json").read_text())["metrics"]["test/acc"]
-    tail = proc.stdout.strip().splitlines()[-6:]
-    assert tail[:3] == [f"run dir: {run_dir}", tail[1], "next:"], tail
+    tail = proc.stdout.strip().splitlines()[-7:]
+    report = f"report: {run_dir / 'report.html'} (opens from disk)"
+    assert tail[:4] == [f"run dir: {run_dir}", tail[1], report, "next:"], tail
     assert tail[1].startswith(f"result: test/acc {test_acc:.4f}")
+    tail = tail[:2] + tail[3:]
     (ckpt,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
     assert tail[3] == f"  python src/eval.py ckpt_path={ckpt}"
     assert tail[4].startswith(f"  python src/predict.py ckpt_path={ckpt} input=")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from imgcls.builder import build_datamodule
+from imgcls.checkpointing import boundary
 from imgcls.checkpointing.boundary import UnsafeCheckpointError
 from imgcls.checkpointing.load import load_classifier
 from imgcls.checkpointing.resume import check_resume_plan
@@ -54,7 +56,8 @@ def _warmup_cosine() -> dict:
 def _lrs(cfg: dict, steps: int, epochs: int = 4) -> list[float]:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     trainer = SimpleNamespace(max_epochs=epochs, estimated_stepping_batches=steps)
-    sched = build_scheduler(cfg, opt, trainer, "step")  # type: ignore[arg-type]
+    make = partial(boundary.factory, kind="scheduler")  # a stored (plain) scheduler config
+    sched = build_scheduler(cfg, opt, trainer, "step", lambda c, p: make(c, path=p))  # type: ignore[arg-type]
     lrs = []
     for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])

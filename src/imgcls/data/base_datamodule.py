@@ -103,7 +103,8 @@ class ImageDataModule(L.LightningDataModule):
     def run_data_checks(self) -> None:
         """Duplicates, leakage and label conflicts (``data.checks``), before any training."""
         t0, opts, saved = time.perf_counter(), self.check_options, self.checks_file()
-        report = load_report(saved, opts) if saved is not None else None
+        sizes = {k: len(v) for k, v in (self.splits or {}).items() if k in SPLITS}
+        report = load_report(saved, opts, sizes) if saved is not None else None
         if report is None:
             self.split_hashes = self.hash_splits()
             if not self.split_hashes:

@@ -206,13 +206,17 @@ def save_report(path: Path, report: CheckReport, opts: CheckOptions) -> None:
         atomic_write_text(path, json.dumps(data))
 
 
-def load_report(path: Path, opts: CheckOptions) -> CheckReport | None:
-    """The saved report if it was made with the same options."""
+def load_report(
+    path: Path, opts: CheckOptions, sizes: dict[str, int] | None = None
+) -> CheckReport | None:
+    """The saved report if it was made with the same options on splits of these ``sizes``."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if data.get("options") != asdict(opts) | {"leakage": None}:
+        return None
+    if sizes is not None and data.get("counts", {}).get("images") != sizes:
         return None
     pairs = [Pair(k, (a, int(i)), (b, int(j))) for k, a, i, b, j in data["pairs"]]
     return CheckReport(counts=data["counts"], pairs=pairs)

@@ -153,9 +153,12 @@ class MNISTDataModule(ImageDataModule):
         return splits
 
     def checks_file(self) -> Path:
-        """The canonical files (md5-verified) and the split settings fix the checks' result."""
-        key = f"{self.val_size}-{self.split_seed}-{self.test_size}"
-        return Path(self.data_dir) / "MNIST" / f".checks-{key}.json"
+        """The canonical files (md5-verified), the split settings and sizes fix the checks' result
+        (a subclass that takes other images keys its own file)."""
+        sizes = "-".join(str(len(s)) for s in (self.splits or {}).values())
+        key = f"{self.val_size}-{self.split_seed}-{self.test_size}-{sizes}"
+        name = "" if type(self) is MNISTDataModule else f"{type(self).__name__}-"
+        return Path(self.data_dir) / "MNIST" / f".checks-{name}{key}.json"
 
     def image_names(self, split: str, n: int) -> list[str]:
         """``MNIST-train/<i>`` / ``MNIST-test/<i>``: positions in the official files."""

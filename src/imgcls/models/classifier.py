@@ -128,12 +128,7 @@ class ImageClassifier(L.LightningModule):
         # which roles come from the user's composed config (built by Hydra as Hydra users expect)
         given = dict(zip(boundary.ROLES, (net, optimizer, scheduler), strict=True))
         self._composed = {k: isinstance(v, DictConfig) for k, v in given.items()}
-        try:
-            boundary.check_classifier(hparams, "model")
-        except boundary.UnsafeCheckpointError as e:
-            if not all(self._composed[k] for k, v in given.items() if v is not None):
-                raise
-            log.warning("eval/predict/export will refuse this model's checkpoints: %s", e)
+        self._check_stored(hparams, given)
         self.save_hyperparameters(hparams)
         self.spec = DataSpec.from_dict(hparams["spec"])
         sizes = {
@@ -151,6 +146,16 @@ class ImageClassifier(L.LightningModule):
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._add_metrics(bool(calibrate))
+
+    def _check_stored(self, hparams: dict[str, Any], given: dict[str, Any]) -> None:
+        """What a checkpoint will hold must pass the trust boundary: a plain (stored) config is
+        refused; the user's composed one only warns (Hydra built it, a file never will)."""
+        try:
+            boundary.check_classifier(hparams, "model")
+        except boundary.UnsafeCheckpointError as e:
+            if not all(self._composed[k] for k, v in given.items() if v is not None):
+                raise
+            log.warning("eval/predict/export will refuse this model's checkpoints: %s", e)
 
     def _add_metrics(self, calibrate: bool) -> None:
         """Epoch metrics; ``calibrate``: the ``temperature`` buffer, fitted on val after training

@@ -112,7 +112,9 @@ def _optional_sections(summary: dict[str, Any]) -> list[str]:
         rows = sorted(ece.items())
         text = "expected calibration error: 0 means the confidence matches the accuracy"
         out.append(
-            html.section("Calibration", html.note(text), html.table(("metric", "value"), rows))
+            html.section(
+                "Calibration", html.note(text), html.table(("calibration metric", "value"), rows)
+            )
         )
     checks = summary.get("data_checks")
     if isinstance(checks, dict):

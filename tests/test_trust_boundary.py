@@ -233,6 +233,14 @@ def test_a_stored_digits_dir_never_builds_a_data_set(craft, tmp_path: Path) -> N
     assert not elsewhere.exists()
 
 
+def test_a_stored_mnist_data_dir_is_not_where_eval_unpacks(craft, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    ckpt = craft(_set("datamodule_hyper_parameters.data_dir", str(elsewhere)))
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *QUICK_EVAL], tmp_path / "eval")
+    assert "test/acc" in evaluate(cfg)
+    assert not elsewhere.exists()
+
+
 def test_a_stored_opt_in_never_reads_outside_the_data_root(craft, tmp_path: Path) -> None:
     _tiny_folder(tmp_path / "images")
     outside = tmp_path / "outside.png"

@@ -280,6 +280,8 @@ def datamodule_config(stored: Any, path: str, cfg: Mapping[str, Any]) -> dict[st
         data["cache_dir"] = str(Path(str(paths["cache_dir"])) / "decoded")
     if data.get("digits_dir") is not None:
         data["digits_dir"] = str(paths["data_dir"])
+    if "data_dir" in data:  # MNIST unpacks its archives there
+        data["data_dir"] = str(paths["data_dir"])
     if "download" in data:
         data["download"] = False
     if "allow_outside_root" in data:  # an opt-in is the command's (data.allow_outside_root=true)

@@ -21,21 +21,8 @@ from imgcls.errors import UserError
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.train import train
 from tests.conftest import compose_config, run_entry
+from tests.test_safe_checkpoints import TINY  # the same two-step LeNet run
 
-TINY = [
-    "model=lenet",
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "trainer.accelerator=cpu",
-    "data.val_size=200",
-    "test=false",
-    "logger=none",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "~callbacks.diagnostics",
-    "+trainer.enable_progress_bar=false",
-]
 QUICK_EVAL = ["logger=none", "~callbacks.diagnostics", "data.test_size=100"]
 PRECIOUS = "precious data\n"
 

@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 import imgcls  # noqa: F401  (registers the ${project_root:} resolver)
 from imgcls.data.file_source import FileImageDataModule, Problems
 from imgcls.data.images import decode_image
-from imgcls.data.shards import HASHES, write_meta, write_split
+from imgcls.engine.streaming.shards import HASHES, write_meta, write_split
 from imgcls.errors import DataError, UserError
 from imgcls.utils.config import project_root
 

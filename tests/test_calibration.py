@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from imgcls.checkpointing.load import load_classifier
 from imgcls.models.calibration import fit_temperature
-from imgcls.models.classifier import ImageClassifier, eval_metrics
+from imgcls.models.classifier import ImageClassifier
+from imgcls.models.load import load_classifier
+from imgcls.models.metrics import stage_metrics
 from tests.conftest import run_entry
 
 
@@ -34,13 +35,13 @@ def test_ece_equals_hand_computation() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(200, 4, generator=g) * 2
     targets = torch.randint(0, 4, (200,), generator=g)
-    metrics = eval_metrics(4, "test/")
+    metrics = stage_metrics(4, "test")
     metrics.update(logits, targets)
     got = float(metrics.compute()["test/ece"])
     assert got == pytest.approx(hand_ece(logits.softmax(1), targets), abs=1e-6)
     # a small case worked by hand: confidences 0.9 (right), 0.6 (wrong) in two bins
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4]])
-    m2 = eval_metrics(2, "val/")
+    m2 = stage_metrics(2, "val")
     m2.update(probs.log(), torch.tensor([0, 1]))
     assert float(m2.compute()["val/ece"]) == pytest.approx(0.5 * 0.1 + 0.5 * 0.6, abs=1e-6)
 
@@ -150,7 +151,7 @@ def test_reliability_diagram_in_tensorboard(tmp_path: Path) -> None:
 
 
 def test_sweep_summary_shows_ece(tmp_path: Path) -> None:
-    from imgcls.sweeps.summary import write_summary
+    from imgcls.engine.sweeps.callback import write_summary
 
     for num, (acc, ece) in enumerate([(0.98, 0.012), (0.99, 0.008)]):
         d = tmp_path / str(num)

@@ -84,7 +84,7 @@ def test_missing_predict_input_names_it(tmp_path) -> None:
 
 def test_optuna_sqlite_storage_folder_is_created(tmp_path) -> None:
     optuna = pytest.importorskip("optuna")
-    from imgcls.sweeps.optuna_study import open_storage
+    from imgcls.engine.sweeps.optuna_study import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'study.db'}")
     study = optuna.create_study(study_name="s", storage=storage)

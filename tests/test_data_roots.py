@@ -223,8 +223,8 @@ def test_csv_path_escaping_the_root_is_refused_by_train(tmp_path: Path) -> None:
 
 
 def test_shard_root_files_outside_it_are_refused(tmp_path: Path) -> None:
-    from imgcls.data.shards import write_meta
     from imgcls.data.shards_datamodule import ShardsDataModule
+    from imgcls.engine.streaming.shards import write_meta
 
     secret = outside_image(tmp_path)
     root = tmp_path / "shards"

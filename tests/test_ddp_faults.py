@@ -225,7 +225,7 @@ def test_sigterm_to_a_ddp_fit_saves_one_checkpoint_and_resume_finishes(tmp_path:
     ],
 )
 def test_which_trainers_start_rank_processes(make_cfg, monkeypatch, overrides, env, expected):
-    from imgcls.sweeps.job_process import launches_rank_processes
+    from imgcls.engine.sweeps.job_process import launches_rank_processes
 
     for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
@@ -237,7 +237,12 @@ def test_which_trainers_start_rank_processes(make_cfg, monkeypatch, overrides, e
 def test_the_first_rank_error_is_the_one_reported(tmp_path: Path, monkeypatch) -> None:
     import pickle
 
-    from imgcls.sweeps.job_process import ERROR_FILE, ERROR_FILE_ENV, _failure, record_job_error
+    from imgcls.engine.sweeps.job_process import (
+        ERROR_FILE,
+        ERROR_FILE_ENV,
+        _failure,
+        record_job_error,
+    )
 
     monkeypatch.setenv(ERROR_FILE_ENV, str(tmp_path / ERROR_FILE))
     record_job_error(ValueError("Invalid learning rate: -1.0"))

@@ -8,7 +8,7 @@ import pytest
 
 from imgcls.errors import ConfigError, find_user_error
 from imgcls.models.nets.lenet import LeNet
-from imgcls.tasks.run_data import data_hint
+from imgcls.tasks.checkpoint_data import data_hint
 from tests.conftest import ROOT, run_entry
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from imgcls.checkpointing.load import load_classifier
 from imgcls.data.images import load_image
 from imgcls.data.transforms import normalize
 from imgcls.errors import ExportError
+from imgcls.models.load import load_classifier
 from imgcls.tasks.export import export
 from tests.conftest import run_entry
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from imgcls.checkpointing.atomic_io import atomic_torch_save
-from imgcls.checkpointing.load import load_classifier
-from imgcls.checkpointing.resume import find_resume_checkpoint
+from imgcls.engine.checkpoints.atomic_io import atomic_torch_save
+from imgcls.engine.checkpoints.resume import find_resume_checkpoint
 from imgcls.errors import CheckpointError, ConfigError, TrainingError
+from imgcls.models.load import load_classifier
 from imgcls.tasks.train import train
 from tests.conftest import ROOT, compose_config, run_entry
 
@@ -211,7 +211,7 @@ def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path: Path, monkey
         f.write(b"PK\x03\x04 partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("imgcls.checkpointing.atomic_io.torch.save", dies_mid_write)
+    monkeypatch.setattr("imgcls.engine.checkpoints.atomic_io.torch.save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
         atomic_torch_save({"state_dict": {"w": torch.zeros(3)}}, target)
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
@@ -220,7 +220,7 @@ def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path: Path, monkey
     def disk_full(obj, f):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("imgcls.checkpointing.atomic_io.torch.save", disk_full)
+    monkeypatch.setattr("imgcls.engine.checkpoints.atomic_io.torch.save", disk_full)
     with pytest.raises(
         CheckpointError,
         match=rf"cannot write checkpoint {target}: .*No space left on device; the previous last.ckpt is intact",
@@ -335,7 +335,7 @@ def test_unwritable_run_dir_fails_before_loading_data(tmp_path: Path) -> None:
 def test_full_disk_fails_before_the_first_epoch(tmp_path: Path, monkeypatch) -> None:
     real = shutil.disk_usage
     monkeypatch.setattr(
-        "imgcls.checkpointing.atomic_io.shutil.disk_usage",
+        "imgcls.engine.checkpoints.atomic_io.shutil.disk_usage",
         lambda p: real(p)._replace(free=20 * 1024 * 1024),
     )
     with pytest.raises(
@@ -349,7 +349,7 @@ def test_full_disk_fails_before_the_first_epoch(tmp_path: Path, monkeypatch) -> 
 def test_csv_log_keeps_the_rows_before_the_resume_step(tmp_path: Path) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
-    from imgcls.checkpointing.resume import continue_loggers
+    from imgcls.engine.checkpoints.resume import continue_loggers
 
     first = CSVLogger(tmp_path, name="csv/", version="")
     for step in range(0, 40, 5):

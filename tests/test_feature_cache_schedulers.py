@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imgcls.builder import build
-from imgcls.models.feature_cache import FeatureCache
+from imgcls.engine.feature_cache import FeatureCache
 
 SCHEDULERS = {
     "none": ["model.scheduler=null"],

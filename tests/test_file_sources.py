@@ -15,11 +15,11 @@ from PIL import Image
 from imgcls.builder import build_datamodule
 from imgcls.data.csv_datamodule import CSVDataModule, read_image_csv
 from imgcls.data.decode import decode_images
+from imgcls.data.file_checks import sort_class_names
 from imgcls.data.folder_datamodule import FolderDataModule
 from imgcls.data.images import load_image, resolve_under
 from imgcls.data.splits import stratified_split
 from imgcls.data.transforms import BatchRandomAffine
-from imgcls.data.validation import sort_class_names
 from imgcls.errors import DataError
 from tests.conftest import run_entry
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from imgcls.builder import build_datamodule, build_model
-from imgcls.models.classifier import count_parameters
+from imgcls.builder import build_datamodule, build_model, count_parameters
 
 TINY = [
     "model=resnet18",

@@ -36,44 +36,33 @@ def test_no_function_is_longer_than_the_limit() -> None:
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
-def _readme_map() -> dict[str, set[str]]:
-    """Folder -> module names in the README's package map: a line starts with its folder
-    (``.`` for the package root) and names its modules as ``name.py``; indented lines continue."""
+def _readme_folders() -> set[str]:
+    """Folders in the README's package map: each line that starts unindented names one."""
     text = (ROOT / "README.md").read_text()
     block = re.search(r"## Package map\n.*?```text\n(.*?)```", text, re.S)
     assert block, "README has no '## Package map' text block"
-    named: dict[str, set[str]] = {}
-    folder = ""
-    for line in block.group(1).splitlines():
-        if line and not line[0].isspace():
-            folder = line.split()[0].rstrip("/")
-        named.setdefault(folder, set()).update(re.findall(r"(?<![\w/.])(\w+)\.py\b", line))
-    return named
+    return {ln.split()[0].rstrip("/") for ln in block.group(1).splitlines() if ln[:1].strip()}
 
 
-def test_readme_package_map_matches_the_tree() -> None:
-    named = _readme_map()
-    modules: dict[str, set[str]] = {}
-    for p in PACKAGE.rglob("*.py"):
-        if p.name == "__init__.py":
-            continue
-        folder = str(p.parent.relative_to(PACKAGE))
-        modules.setdefault(folder, set()).add(p.stem)
-    missing = {f: sorted(s - named.get(f, set())) for f, s in modules.items()}
-    extra = {f: sorted(s - modules.get(f, set())) for f, s in named.items()}
-    assert not {f: s for f, s in missing.items() if s}, f"modules not in the README map: {missing}"
-    assert not {f: s for f, s in extra.items() if s}, f"README map names missing modules: {extra}"
+def test_readme_package_map_names_every_folder() -> None:
+    """Folders and their roles, not modules: a fork that adds a net file keeps passing."""
+    folders = {str(p.parent.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")}
+    named = _readme_folders()
+    assert folders - named == set(), "folders not in the README map"
+    assert named - folders == set(), "README map names folders that do not exist"
 
 
 def test_readme_group_table_lists_every_option() -> None:
-    """The README's table of config groups offers exactly what configs/ has."""
+    """Every choice the README's table of config groups offers exists in configs/ (a fork's
+    added YAML need not be listed there)."""
     text = (ROOT / "README.md").read_text()
     for group in ("data", "model", "trainer", "logger", "callbacks", "debug", "experiment"):
         row = re.search(rf"^\| `{group}` \|(.*)\|$", text, re.M)
         assert row, f"README table has no row for {group}"
         listed = set(re.findall(r"`(\w+)`", row.group(1)))
-        options = {p.stem for p in (ROOT / "configs" / group).glob("*.yaml")}
-        assert options <= listed, f"{group}: not in the README table: {sorted(options - listed)}"
+        options = {p.stem for p in (ROOT / "configs" / group).rglob("*.yaml")}
+        assert listed <= options, f"{group}: the README table offers {sorted(listed - options)}"
+        assert len(listed) >= 3, f"{group}: the README table row lists no choices"
 
 
 def test_entry_points_import_no_optional_heavy_library() -> None:

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from imgcls.data.streaming import StreamOptions, train_decoder
 from imgcls.data.tensor_dataset import batch_loader
+from imgcls.engine.streaming.loader import StreamOptions, train_decoder
 
 
 class _MallInfo2(ctypes.Structure):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcls.checkpointing.load import load_checkpoint_dict
 from imgcls.data.mnist_datamodule import ensure_mnist_raw
+from imgcls.engine.checkpoints.load import load_checkpoint_dict
 from tests.conftest import MNIST_DATA, run_entry
 
 

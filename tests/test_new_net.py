@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgcls.checkpointing.boundary import UnsafeCheckpointError, allow_from_config
-from imgcls.checkpointing.load import load_classifier
+from imgcls.engine.boundary import UnsafeCheckpointError, allow_from_config
 from imgcls.errors import ConfigError
+from imgcls.models.load import load_classifier
 from imgcls.tasks.train import train
 from tests.conftest import MNIST_DATA, ROOT, compose_config
 from tests.test_trust_boundary import TINY

@@ -188,7 +188,7 @@ def test_other_samplers_run(app, tmp_path: Path, sampler: str) -> None:
 
 
 def test_search_space_syntax() -> None:
-    from imgcls.sweeps.optuna_space import parse_search_space
+    from imgcls.engine.sweeps.optuna_space import parse_search_space
 
     space = parse_search_space(
         [

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop, v2
 
 from imgcls.data.images import decode_image, draft_scale
-from imgcls.data.streaming import StreamOptions, TrainView, train_decoder
+from imgcls.engine.streaming.loader import StreamOptions, TrainView, train_decoder
 
 OUT = (224, 224)
 

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from imgcls.builder import build_datamodule, build_model
+from imgcls.data.augment import BatchMix, PerSample
 from imgcls.data.base_datamodule import ImageDataModule, Splits
-from imgcls.data.recipes import BatchMix, PerSample
 from imgcls.data.tensor_dataset import TensorImageDataset
 from imgcls.data.transforms import normalize
 
@@ -214,17 +214,17 @@ def test_training_step_scores_soft_targets_by_their_dominant_class(make_cfg) -> 
     other = (pred + 1) % 10
     soft = 0.6 * nn.functional.one_hot(pred, 10) + 0.4 * nn.functional.one_hot(other, 10)
     model.trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    model.on_train_epoch_start()
     loss = model.training_step((x, soft.float()), 0)
     smoothing = cfg.model.label_smoothing  # the recipe's own smoothing applies to soft targets too
     expected = nn.functional.cross_entropy(model(x), soft.float(), label_smoothing=smoothing)
     assert torch.allclose(loss, expected, atol=1e-5)
-    assert model._train_sums[0].item() == 8  # every dominant class predicted: accuracy 1
+    acc = model.train_metrics.compute()["train/acc"]
+    assert acc.item() == 1.0  # every dominant class predicted
 
 
 def test_feature_cache_auto_stays_off_with_batch_mix(tmp_path) -> None:
     """Cached features would skip MixUp/CutMix silently: ``auto`` keeps the images instead."""
-    from imgcls.models.feature_cache import FeatureCache
+    from imgcls.engine.feature_cache import FeatureCache
 
     plain, _, _ = make_dm()
     mixed, _, _ = make_dm(batch_mix=BatchMix(mixup_alpha=0.2))

@@ -18,12 +18,12 @@ import torch
 from omegaconf import OmegaConf
 
 from imgcls.builder import build_datamodule
-from imgcls.checkpointing import boundary
-from imgcls.checkpointing.boundary import UnsafeCheckpointError
-from imgcls.checkpointing.load import load_classifier
-from imgcls.checkpointing.resume import check_resume_plan
+from imgcls.engine import boundary
+from imgcls.engine.boundary import UnsafeCheckpointError
+from imgcls.engine.checkpoints.resume import check_resume_plan
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.models.classifier import ImageClassifier
+from imgcls.models.load import load_classifier
 from imgcls.models.schedules import build_scheduler
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.train import train

@@ -18,9 +18,9 @@ import torchvision
 from hydra.utils import instantiate
 
 from imgcls.builder import build, build_datamodule, build_model
+from imgcls.engine.feature_cache import FeatureCache
 from imgcls.errors import WeightsError, find_user_error
 from imgcls.models.classifier import ImageClassifier
-from imgcls.models.feature_cache import FeatureCache
 from imgcls.models.nets.resnet import FrozenResNet
 from imgcls.tasks.evaluate import evaluate
 from tests.conftest import run_entry

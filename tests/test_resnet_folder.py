@@ -14,8 +14,8 @@ import torchvision
 from PIL import Image
 
 from imgcls.builder import build
-from imgcls.checkpointing.load import load_classifier
 from imgcls.models.classifier import ImageClassifier
+from imgcls.models.load import load_classifier
 from imgcls.tasks.train import train
 from tests.conftest import compose_config, make_digits, run_entry
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgcls.checkpointing.resume import find_resume_checkpoint
+from imgcls.engine.checkpoints.resume import find_resume_checkpoint
 from imgcls.errors import CheckpointError
 from imgcls.tasks.train import train
 from tests.conftest import compose_config, run_entry
@@ -173,8 +173,8 @@ def test_compiled_checkpoint_loads_evaluates_and_resumes_uncompiled(tmp_path: Pa
 
 def test_old_checkpoints_with_orig_mod_keys_load_and_resume(two_epoch_run: Path, tmp_path: Path):
     """Checkpoints of versions that wrapped the net in torch.compile: ``net._orig_mod.*``."""
-    from imgcls.checkpointing.load import load_classifier
     from imgcls.models.classifier import ImageClassifier
+    from imgcls.models.load import load_classifier
 
     ckpt = torch.load(two_epoch_run / "checkpoints" / "last.ckpt", weights_only=True)
     plain = dict(ckpt["state_dict"])

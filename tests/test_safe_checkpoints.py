@@ -18,10 +18,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from imgcls.checkpointing.boundary import UnsafeCheckpointError, allow_from_config, check_classifier
-from imgcls.checkpointing.load import load_classifier
+from imgcls.engine.boundary import UnsafeCheckpointError, allow_from_config, check_classifier
 from imgcls.errors import ConfigError
 from imgcls.models.classifier import ImageClassifier
+from imgcls.models.load import load_classifier
 from imgcls.models.nets.lenet import LeNet
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.export import export

@@ -17,7 +17,7 @@ from PIL import Image
 
 from imgcls.data.images import decode_steps
 from imgcls.data.spec import DataSpec
-from imgcls.data.streaming import StreamImageDataset, StreamItem, eval_decoder
+from imgcls.engine.streaming.loader import StreamImageDataset, StreamItem, eval_decoder
 from imgcls.tasks.export import export
 from imgcls.tasks.predict import predict
 from imgcls.tasks.predict_inputs import ImageFiles, InputItem

@@ -10,9 +10,9 @@ from pathlib import Path
 import make_digit_datasets
 import pytest
 
-from imgcls.runs.sweep_report import t975
-from imgcls.sweeps.jobs import STATUS_FILE
-from imgcls.sweeps.summary import write_summary
+from imgcls.engine.sweeps.callback import write_summary
+from imgcls.engine.sweeps.jobs import STATUS_FILE
+from imgcls.engine.sweeps.report import t975
 from tests.conftest import run_entry
 from tests.test_run_record import parse_report
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.sweeps.jobs import STATUS_FILE, TRIALS_FILE
-from imgcls.sweeps.multirun_ddp import rank_command
-from imgcls.sweeps.summary import summarize, write_summary
+from imgcls.engine.sweeps.callback import write_summary
+from imgcls.engine.sweeps.jobs import STATUS_FILE, TRIALS_FILE
+from imgcls.engine.sweeps.multirun_ddp import rank_command
+from imgcls.engine.sweeps.summary import summarize
 
 
 def _job(sweep: Path, num: int, overrides: list[str], value: float | None, error: str = "") -> None:
@@ -142,7 +143,7 @@ def test_jobs_without_a_labeled_test_split_say_so(tmp_path: Path) -> None:
 def test_optuna_trials_table_is_the_studys(tmp_path: Path) -> None:
     """optuna_trials.csv holds the study's values and params exactly."""
     optuna = pytest.importorskip("optuna")
-    from imgcls.sweeps.optuna_study import trials_table
+    from imgcls.engine.sweeps.optuna_study import trials_table
 
     def objective(trial) -> float:
         x = trial.suggest_float("x", 0, 1)

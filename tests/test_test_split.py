@@ -16,9 +16,9 @@ import torch
 from omegaconf import OmegaConf
 
 from imgcls.builder import build_datamodule
-from imgcls.checkpointing.load import load_classifier
 from imgcls.data.images import load_image
 from imgcls.data.transforms import normalize
+from imgcls.models.load import load_classifier
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.train import train
 from tests.conftest import compose_config, make_digits, run_entry

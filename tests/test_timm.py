@@ -16,8 +16,8 @@ import torch
 timm = pytest.importorskip("timm")
 
 from imgcls.builder import build  # noqa: E402
-from imgcls.checkpointing.load import load_classifier  # noqa: E402
 from imgcls.models.classifier import ImageClassifier  # noqa: E402
+from imgcls.models.load import load_classifier  # noqa: E402
 from imgcls.models.nets.timm_net import TimmNet  # noqa: E402
 from imgcls.tasks.train import train  # noqa: E402
 from tests.conftest import compose_config, make_digits, run_entry  # noqa: E402

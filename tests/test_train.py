@@ -9,8 +9,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from imgcls.checkpointing.load import load_classifier
 from imgcls.models.classifier import ImageClassifier
+from imgcls.models.load import load_classifier
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.train import train
 from tests.conftest import compose_config, run_entry

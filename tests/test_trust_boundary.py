@@ -314,3 +314,34 @@ def test_a_checkpoint_never_chooses_where_the_model_reads_or_writes(craft, tmp_p
 
     model = ImageClassifier.load_from_checkpoint(craft(change))
     assert model.cache_dir is None
+
+
+def test_the_projects_own_modules_pass_without_a_list(tmp_path: Path, monkeypatch) -> None:
+    """A user's net/datamodule module in ``src/`` (outside ``imgcls``) is theirs; an installed
+    library's, a module found elsewhere on ``sys.path`` (never imported to decide) and the entry
+    scripts are not."""
+    import sys
+
+    from imgcls.engine.boundary import UnsafeCheckpointError, project_module, resolve
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "my_nets.py").write_text(
+        "import torch\n\nclass Net(torch.nn.Module):\n    pass\n"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "planted_nets.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.setenv("PROJECT_ROOT", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    assert project_module("my_nets") and "my_nets" not in sys.modules
+    assert resolve("net", "my_nets.Net", "hyper_parameters.net._target_").__name__ == "Net"
+    assert not project_module("planted_nets") and "planted_nets" not in sys.modules
+    assert not project_module("torchvision.models") and not project_module("os")
+    assert not project_module("imgcls.engine.boundary")  # the package's own rules apply
+    assert not project_module("hydra_plugins")  # a namespace shared with installed plugins
+    for target in ("planted_nets.Net", "torchvision.models.resnet.ResNet"):
+        with pytest.raises(UnsafeCheckpointError, match="or in the project's src/"):
+            resolve("net", target, "hyper_parameters.net._target_")
+    with pytest.raises(UnsafeCheckpointError, match="not a subclass of LightningDataModule"):
+        resolve("datamodule", "my_nets.Net", "datamodule_hyper_parameters._target_")
+    sys.modules.pop("my_nets", None)

@@ -19,7 +19,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from benchmarks._common import EpochTimer, compose_cfg, rate
 from imgcls.builder import build_datamodule, build_model, build_trainer
-from imgcls.checkpointing.atomic_io import AtomicCheckpointIO
+from imgcls.engine.checkpoints.atomic_io import AtomicCheckpointIO
 from imgcls.utils.config import project_root
 
 

@@ -42,7 +42,7 @@ from benchmarks.streaming import tree_pss_kb
 from imgcls.data.decode import decode_images
 from imgcls.data.folder_datamodule import FolderDataModule
 from imgcls.data.images import decode_image
-from imgcls.data.streaming import StreamOptions, train_decoder
+from imgcls.engine.streaming.loader import StreamOptions, train_decoder
 from imgcls.utils.config import project_root
 
 SIZE, BATCH, WORKERS = 224, 32, 2
@@ -232,7 +232,7 @@ class FullDecoder:
 
 def accuracy(root: Path, epochs: int, seeds: list[int], tmp: Path) -> list[str]:
     """val/acc of the stream path, crop-first decode vs the full decode, same seeds."""
-    from imgcls.data import stream_splits
+    from imgcls.engine.streaming import splits as stream_splits
     from imgcls.tasks.train import train
 
     new_train, new_eval = stream_splits.train_decoder, stream_splits.eval_decoder

@@ -30,7 +30,7 @@ def write_pngs(dm, folder: Path, n: int) -> None:
 
 
 def bare_loop(ckpt: Path, folder: Path, batch: int) -> tuple[int, float]:
-    from imgcls.checkpointing.load import load_classifier
+    from imgcls.models.load import load_classifier
 
     t0 = time.perf_counter()
     model = load_classifier(ckpt)

@@ -11,11 +11,18 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
+from torch import nn
 
-from imgcls.checkpointing.preemption import SigtermAgreement
 from imgcls.data.base_datamodule import ImageDataModule
+from imgcls.engine import boundary
+from imgcls.engine.checkpoints.resume import ReplanSchedulerOnResume
 from imgcls.models.classifier import ImageClassifier
-from imgcls.models.transfer import check_weights, resolve_freeze, use_weights_normalization
+from imgcls.models.transfer import (
+    check_weights,
+    resolve_freeze,
+    transfer_callbacks,
+    use_weights_normalization,
+)
 from imgcls.utils.cuda_probe import skip_failing_nvml_probe
 from imgcls.utils.ranks import local_rank
 
@@ -49,7 +56,7 @@ def build_datamodule(cfg: DictConfig, dm: ImageDataModule | None = None) -> Imag
 def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
     """The resolved data config goes into every checkpoint (``datamodule_hyper_parameters``), so
     eval finds the run's data without its run dir."""
-    from imgcls.tasks.run_data import data_hparams
+    from imgcls.tasks.checkpoint_data import data_hparams
 
     dm.save_hyperparameters(data_hparams(cfg), logger=False)
 
@@ -65,7 +72,29 @@ def build_model(cfg: DictConfig, dm: ImageDataModule) -> ImageClassifier:
     log.info("model: %s (net %s)", _name(cfg.model), _name(cfg.model.net))
     use_weights_normalization(cfg.model, dm)
     resolve_freeze(cfg.model)
-    return instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
+    model: ImageClassifier = instantiate(cfg.model, spec=dm.spec.to_dict(), _recursive_=False)
+    try:  # what its checkpoints will hold must pass the trust boundary
+        boundary.check_classifier(dict(model.hparams), "model")
+    except boundary.UnsafeCheckpointError as e:
+        log.warning("eval/predict/export will refuse this model's checkpoints: %s", e)
+    log.info("parameters: {:,} trainable / {:,} total".format(*count_parameters(model)))
+    if model.hparams["compile"]:
+        model.net.compile()  # in place: checkpoints keep the plain net's keys
+    return model
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total)"""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _before_checkpoints(trainer: L.Trainer, callbacks: list[L.Callback]) -> None:
+    """Insert ``callbacks`` ahead of the checkpoint callbacks, as Lightning orders a model's own
+    (the checkpoint then saves what they changed in the same hook)."""
+    cbs = trainer.callbacks  # type: ignore[attr-defined]
+    first = next((i for i, c in enumerate(cbs) if isinstance(c, Checkpoint)), len(cbs))
+    cbs[first:first] = callbacks
 
 
 def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
@@ -89,11 +118,10 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Lo
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.world_size > 1:  # ranks stop on SIGTERM together (nothing to agree on alone)
+        from imgcls.engine.checkpoints.preemption import SigtermAgreement
+
         agreement = SigtermAgreement()
-        # before the checkpoint callbacks, which act on the agreed flag in the same hook
-        cbs = trainer.callbacks  # type: ignore[attr-defined]
-        first = next((i for i, c in enumerate(cbs) if isinstance(c, Checkpoint)), len(cbs))
-        cbs.insert(first, agreement)
+        _before_checkpoints(trainer, [agreement])  # they act on the agreed flag
         callbacks.append(agreement)
     return trainer, callbacks, loggers
 
@@ -105,4 +133,6 @@ def build(cfg: DictConfig, with_model: bool = True) -> Built:
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm) if with_model else None
     trainer, callbacks, loggers = build_trainer(cfg)
+    if model is not None:  # what the model's options ask for, and re-planning a resume
+        _before_checkpoints(trainer, [*transfer_callbacks(model), ReplanSchedulerOnResume()])
     return Built(dm, model, trainer, callbacks, loggers)

@@ -1,6 +1,6 @@
 """``hydra/sweeper=optuna``: Hydra's sweeper interface on current Optuna (ask-and-tell), in
 place of ``hydra-optuna-sweeper`` (stuck on optuna<3). The search lives in
-``imgcls.sweeps.optuna_study``; this module stays import-light because Hydra imports every
+``imgcls.engine.sweeps.optuna_study``; this module stays import-light because Hydra imports every
 plugin module at start-up, sweep or not."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class OptunaSweeper(Sweeper):
         from imgcls.errors import missing_extra
 
         try:
-            from imgcls.sweeps.optuna_study import OptunaSearch
+            from imgcls.engine.sweeps.optuna_study import OptunaSearch
         except ModuleNotFoundError as e:
             if (error := missing_extra(e)) is None:
                 raise

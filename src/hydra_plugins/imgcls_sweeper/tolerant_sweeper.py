@@ -14,8 +14,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from imgcls.sweeps.jobs import describe_error
-
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +38,8 @@ class TolerantSweeper(BasicSweeper):
             for i, r in enumerate(results):
                 if r.status != JobStatus.COMPLETED:
                     # the job's own log holds the details
+                    from imgcls.engine.sweeps.jobs import describe_error
+
                     first_line = (describe_error(r._return_value).strip().splitlines() or [""])[0]
                     log.error("job #%d failed: %s", initial_job_idx + i, first_line)
             initial_job_idx += len(batch)

@@ -16,8 +16,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from imgcls.data.decode_cache import CacheUnwritable, DecodedCache, fmt_bytes
+from imgcls.data.file_checks import channels_of, common_size, first_size, probe_files, report_each
 from imgcls.data.images import decode_image
-from imgcls.data.validation import channels_of, common_size, first_size, probe_files, report_each
 from imgcls.errors import DataError
 
 if TYPE_CHECKING:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from imgcls.data.decode_cache import DecodedCache
 from imgcls.errors import DataError
+from imgcls.utils.files import project_root
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,12 @@ def digits_form(root: str | os.PathLike, digits_dir: str | os.PathLike | None) -
 
 def _mnist_dir(digits_dir: Path) -> Path:
     """``digits_dir`` when it holds ``MNIST/raw``, else the bundled copy under the project."""
-    from imgcls.utils.config import project_root
-
     if (digits_dir / "MNIST" / "raw").is_dir():
         return digits_dir
     return project_root() / "data"
 
 
 def _script_main() -> Callable[[list[str]], int] | None:
-    from imgcls.utils.config import project_root
-
     path = project_root() / "scripts" / "make_digit_datasets.py"
     return runpy.run_path(str(path))["main"] if path.is_file() else None
 

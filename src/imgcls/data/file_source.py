@@ -23,18 +23,23 @@ from imgcls.data.base_datamodule import NO_TEST_SPLIT, ImageDataModule, Splits
 from imgcls.data.decode import decode_images, decode_source, rank_name
 from imgcls.data.decode_cache import DecodedCache, cache_key, fingerprint
 from imgcls.data.dup_hash import Hashes
-from imgcls.data.images import check_size_options
-from imgcls.data.splits import check_folds, fold_split, hold_out_test, hold_out_val
-from imgcls.data.stats import log_mean_std, measure_mean_std
-from imgcls.data.stream_splits import entry_names, hash_streamed, resolve_loading, stream_splits
-from imgcls.data.streaming import DecodeErrors, StreamOptions, check_loading, stream_loader
-from imgcls.data.tensor_dataset import TensorImageDataset
-from imgcls.data.validation import (
+from imgcls.data.file_checks import (
     ImageEntry,
     Problems,
     drop_unknown_labels,
     sort_class_names,
     stat_files,
+)
+from imgcls.data.images import check_size_options
+from imgcls.data.splits import check_folds, fold_split, hold_out_test, hold_out_val
+from imgcls.data.stats import log_mean_std, measure_mean_std
+from imgcls.data.tensor_dataset import TensorImageDataset
+from imgcls.engine.streaming.loader import DecodeErrors, StreamOptions, check_loading, stream_loader
+from imgcls.engine.streaming.splits import (
+    entry_names,
+    hash_streamed,
+    resolve_loading,
+    stream_splits,
 )
 from imgcls.errors import ConfigError, DataError
 from imgcls.utils.ranks import local_rank

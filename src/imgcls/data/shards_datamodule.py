@@ -1,6 +1,6 @@
 """``data=shards``: train from LitData shards written by ``scripts/make_shards.py``.
 
-Samples go through the stream path's transforms (``imgcls.data.streaming``), so the model gets the
+Samples go through the stream path's transforms (``imgcls.engine.streaming.loader``), so the model gets the
 same ``DataSpec``, checkpoints, predict and export as one trained with ``data.loading=stream``."""
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader
 from imgcls.data.base_datamodule import ImageDataModule, Splits
 from imgcls.data.dup_hash import Hashes
 from imgcls.data.roots import DataRoot
-from imgcls.data.shards import HASHES, META, ShardSample, read_meta, shard_loader
-from imgcls.data.streaming import (
+from imgcls.engine.streaming.loader import (
     DecodeErrors,
     StreamOptions,
     check_loading,
@@ -26,6 +25,7 @@ from imgcls.data.streaming import (
     eval_transform_dict,
     train_decoder,
 )
+from imgcls.engine.streaming.shards import HASHES, META, ShardSample, read_meta, shard_loader
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,11 @@ class DataSpec:
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise ValueError(f"mean/std need {self.in_channels} values, got {self.mean}/{self.std}")
 
+    def net_sizes(self) -> dict[str, Any]:
+        """What every net is built with (``imgcls.models.nets``)."""
+        sizes = (self.in_channels, self.num_classes, list(self.image_size))
+        return dict(zip(("in_channels", "num_classes", "image_size"), sizes, strict=True))
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 

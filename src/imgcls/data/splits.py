@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from imgcls.data.validation import ImageEntry
+from imgcls.data.file_checks import ImageEntry
 from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

@@ -61,8 +61,8 @@ def calibrate_checkpoint(
     trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt_path: str
 ) -> float:
     """Fit ``T`` on the validation split for ``ckpt_path`` and store it in that file."""
-    from imgcls.checkpointing.atomic_io import atomic_torch_save
-    from imgcls.checkpointing.load import load_checkpoint_dict
+    from imgcls.engine.checkpoints.atomic_io import atomic_torch_save
+    from imgcls.engine.checkpoints.load import load_checkpoint_dict
 
     collector = _Logits()
     trainer.callbacks.append(collector)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import lightning as L
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from imgcls.checkpointing.boundary import COMPOSITE, PLAN_KEYS
+from imgcls.engine.boundary import COMPOSITE, PLAN_KEYS
 from imgcls.errors import ConfigError
 
 Make = Callable[[Mapping[str, Any], str], Any]  # (config, key path) -> partial of its class

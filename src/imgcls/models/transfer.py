@@ -13,13 +13,11 @@ from typing import Any
 import lightning as L
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import BackboneFinetuning
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import Optimizer
 
 from imgcls.errors import ConfigError
 from imgcls.models.compiled import unwrap
-from imgcls.models.feature_cache import FeatureCache, parse_mode
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +106,20 @@ class BackboneUnfreezing(BackboneFinetuning):
             )
 
 
+def parse_mode(value: Any) -> bool | str:
+    """``true`` / ``false`` / ``auto`` (as YAML or a command line gives them)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "none", "null"):
+        return False
+    if text == "auto":
+        return "auto"
+    raise ConfigError(f"model.cache_features={value!r}: use true, false or auto")
+
+
 def has_backbone(net: nn.Module) -> bool:
     net = unwrap(net)
     return isinstance(getattr(net, "backbone", None), nn.Module) and hasattr(net, "freeze_backbone")
@@ -141,11 +153,7 @@ def transfer_plan(net: nn.Module, hparams: Mapping[str, Any]) -> tuple[int | Non
 
 
 def transfer_callbacks(module: Any) -> list[L.Callback]:
-    """The callbacks the transfer options ask for; only for ``fit`` (a test after a fit would
-    otherwise replace, and announce replacing, the fit's instances)."""
-    trainer = getattr(module, "_trainer", None)
-    if trainer is not None and trainer.state.fn != TrainerFn.FITTING:
-        return []
+    """The callbacks the transfer options ask for (the builder attaches them)."""
     unfreeze, cache = transfer_plan(module.net, module.hparams)
     if unfreeze is not None:
         return [
@@ -156,5 +164,7 @@ def transfer_callbacks(module: Any) -> list[L.Callback]:
             )
         ]
     if cache is not False:
+        from imgcls.engine.feature_cache import FeatureCache
+
         return [FeatureCache(cache_dir=getattr(module, "cache_dir", None), mode=cache)]
     return []

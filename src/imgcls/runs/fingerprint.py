@@ -89,7 +89,7 @@ def _valid(value: Any) -> bool:
 
 def checkpoint_fingerprint(ckpt_path: str | Path) -> dict[str, Any] | None:
     """The checkpoint's stored fingerprint, or ``None`` if absent or malformed."""
-    from imgcls.checkpointing.load import load_checkpoint_dict
+    from imgcls.engine.checkpoints.load import load_checkpoint_dict
 
     value = load_checkpoint_dict(ckpt_path, mmap=True).get(CHECKPOINT_KEY)
     return value if _valid(value) else None

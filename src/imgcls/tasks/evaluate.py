@@ -7,15 +7,15 @@ import logging
 from omegaconf import DictConfig
 
 from imgcls.builder import build_datamodule, build_trainer
-from imgcls.checkpointing.load import load_classifier, use_tta
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.errors import ConfigError
+from imgcls.models.load import load_classifier, use_tta
 from imgcls.runs.fingerprint import checkpoint_fingerprint, compare_line
 from imgcls.runs.history import watch_run
 from imgcls.runs.record import RunRecord, recorded
+from imgcls.tasks.checkpoint_data import data_hint, use_run_data
 from imgcls.tasks.report import floats, hparam_metrics, log_hyperparameters, report_run, test_note
 from imgcls.tasks.run import apply_extras
-from imgcls.tasks.run_data import data_hint, use_run_data
 from imgcls.utils.trackers import finish_trackers
 
 log = logging.getLogger(__name__)

@@ -19,15 +19,15 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from imgcls.builder import build_datamodule
-from imgcls.checkpointing.load import load_classifier
 from imgcls.data.images import decode_steps, load_image
 from imgcls.data.spec import DataSpec
-from imgcls.data.streaming import load_for_eval
 from imgcls.data.transforms import normalize
+from imgcls.engine.streaming.loader import load_for_eval
 from imgcls.errors import ConfigError, DataError, ExportError, UserError
+from imgcls.models.load import load_classifier
+from imgcls.tasks.checkpoint_data import stored_datamodule
 from imgcls.tasks.predict_inputs import list_inputs
 from imgcls.tasks.run import apply_extras
-from imgcls.tasks.run_data import stored_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def preprocessing(spec: DataSpec) -> dict[str, Any]:
     if spec.eval_transform:  # a streamed checkpoint: resize + center crop, recorded exactly
         out["eval_transform"] = dict(spec.eval_transform)
         out["reference_implementation"] = (
-            "imgcls.data.streaming.load_for_eval + imgcls.data.transforms.normalize"
+            "imgcls.engine.streaming.loader.load_for_eval + imgcls.data.transforms.normalize"
         )
     return out
 
@@ -294,7 +294,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
     # The net alone with plain contiguous weights (no layout assumption in the file); batch 2
     # as the example keeps the exported batch dimension symbolic.
     net = copy.deepcopy(model.net).to(memory_format=torch.contiguous_format).eval()
-    temperature = float(model.temperature) if model.calibrated else None
+    temperature = float(model.get_buffer("temperature")) if model.calibrated else None
     if temperature is not None:
         net = Calibrated(net, temperature).eval()
     example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)

@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from imgcls.builder import build_trainer
-from imgcls.checkpointing.load import load_classifier, use_tta
 from imgcls.errors import ConfigError, DataError
+from imgcls.models.load import load_classifier, use_tta
 from imgcls.runs.fingerprint import checkpoint_fingerprint, inputs_fingerprint, predict_line
 from imgcls.runs.record import RunRecord, recorded
 from imgcls.tasks.predict_inputs import InputList, PredictInputs, list_inputs

@@ -20,9 +20,9 @@ from imgcls.data.csv_table import DirectoryIndex, read_image_rows
 from imgcls.data.images import IMAGE_EXTENSIONS, load_image
 from imgcls.data.roots import DataRoot
 from imgcls.data.spec import DataSpec
-from imgcls.data.streaming import load_for_eval
 from imgcls.data.tensor_dataset import batch_loader
 from imgcls.data.transforms import normalize
+from imgcls.engine.streaming.loader import load_for_eval
 from imgcls.errors import DataError
 
 

@@ -13,8 +13,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from imgcls.builder import count_parameters
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
-from imgcls.models.classifier import count_parameters
 from imgcls.utils.config import flatten, to_plain
 from imgcls.utils.console import log_to_files
 from imgcls.utils.ranks import is_rank_zero

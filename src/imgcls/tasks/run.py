@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from imgcls.checkpointing.boundary import allow_from_config
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
+from imgcls.engine.boundary import allow_from_config
 from imgcls.errors import ConfigError, find_user_error
-from imgcls.sweeps.job_process import record_job_error, run_job_process, should_isolate
 from imgcls.utils.config import print_config_tree
 from imgcls.utils.console import check_required, log_run_header, log_to_files, quiet_lightning
 from imgcls.utils.ranks import is_rank_zero
@@ -46,15 +48,18 @@ def run_task(
 ) -> float | list[float] | None:
     """Run an entry point's task (user errors: one message, no traceback); returns the
     ``optimized_metric`` for sweepers. A multirun job starting DDP ranks runs as its own process
-    group (``imgcls.sweeps.job_process``)."""
-    if in_multirun() and should_isolate(cfg):
-        return _optimized_value(cfg, run_job_process(cfg))
+    group (``imgcls.engine.sweeps.job_process``)."""
+    if in_multirun():
+        from imgcls.engine.sweeps.job_process import run_job_process, should_isolate
+
+        if should_isolate(cfg):
+            return _optimized_value(cfg, run_job_process(cfg))
     try:
         check_required(cfg)
         return _optimized_value(cfg, task(cfg))
     except Exception as exc:
         e = find_user_error(exc)
-        record_job_error(e or exc)  # for the sweep, when this is a job's own process
+        record_for_job_process(e or exc)
         if e is None:
             raise
         if in_multirun():
@@ -92,3 +97,30 @@ def in_multirun() -> bool:
         return HydraConfig.get().mode == RunMode.MULTIRUN
     except ValueError:  # no Hydra context (tests calling tasks directly)
         return False
+
+
+def record_for_job_process(exc: BaseException) -> None:
+    """In a sweep's DDP job run as its own process (``imgcls.engine.sweeps.job_process``): keep
+    the first error for the sweep to report. A single run imports nothing of the sweeps."""
+    if os.environ.get("IMGCLS_JOB_ERROR_FILE"):  # job_process.ERROR_FILE_ENV
+        from imgcls.engine.sweeps.job_process import record_job_error
+
+        record_job_error(find_user_error(exc) or exc)
+
+
+@contextlib.contextmanager
+def stop_ranks_on_error(trainer: Any) -> Iterator[None]:
+    """When rank 0 fails, end the rank processes it started (they would wait for it forever):
+    Lightning does so for Ctrl+C only (SIGTERM stops every rank by itself)."""
+    try:
+        yield
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        # recorded first: the observer may SIGKILL this process once a rank it watches died
+        record_for_job_process(exc)
+        for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
+            if proc.poll() is None:
+                log.warning("stopping DDP rank process %d (rank 0 failed)", proc.pid)
+                proc.kill()
+        raise

@@ -8,11 +8,10 @@ import lightning as L
 from omegaconf import DictConfig
 
 from imgcls.builder import Built, build
-from imgcls.checkpointing.fit_guard import check_before_build, guarded_fit, prepare_checkpoint
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
+from imgcls.engine.checkpoints.fit_guard import check_before_build, guarded_fit, prepare_checkpoint
 from imgcls.runs.history import watch_run
 from imgcls.runs.record import recorded
-from imgcls.sweeps.job_process import stop_ranks_on_error
 from imgcls.tasks.report import (
     floats,
     hparam_metrics,
@@ -22,7 +21,7 @@ from imgcls.tasks.report import (
     report_run,
     test_note,
 )
-from imgcls.tasks.run import apply_extras, in_multirun
+from imgcls.tasks.run import apply_extras, in_multirun, stop_ranks_on_error
 from imgcls.utils.console import final_lines, show_final
 from imgcls.utils.ranks import is_rank_zero
 from imgcls.utils.trackers import finish_trackers

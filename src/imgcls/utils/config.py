@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-
-def project_root() -> Path:
-    """The repository root (holds ``configs/``): ``$PROJECT_ROOT``, else found from this file or cwd."""
-    if os.environ.get("PROJECT_ROOT"):
-        return Path(os.environ["PROJECT_ROOT"]).resolve()
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for parent in (start, *start.parents):
-            if (parent / "configs" / "train.yaml").is_file():
-                return parent
-    return Path.cwd().resolve()
+from imgcls.utils.files import project_root
 
 
 def first_set(*values: Any) -> Any:
@@ -72,6 +63,8 @@ def to_plain(value: Any) -> Any:
         return [to_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_plain(dataclasses.asdict(value))
     return value
 
 

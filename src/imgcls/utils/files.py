@@ -60,3 +60,14 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_file(path, "w") as f:
         f.write(text)
+
+
+def project_root() -> Path:
+    """The repository root (holds ``configs/``): ``$PROJECT_ROOT``, else found from this file or cwd."""
+    if os.environ.get("PROJECT_ROOT"):
+        return Path(os.environ["PROJECT_ROOT"]).resolve()
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (start, *start.parents):
+            if (parent / "configs" / "train.yaml").is_file():
+                return parent
+    return Path.cwd().resolve()

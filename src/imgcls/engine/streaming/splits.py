@@ -19,9 +19,10 @@ import torch
 from imgcls.data.base_datamodule import Splits
 from imgcls.data.checks import SPLITS
 from imgcls.data.dup_hash import Hashes, hash_files
+from imgcls.data.file_checks import channels_of, first_size, probe_files
 from imgcls.data.images import target_size
 from imgcls.data.stats import log_mean_std, measure_mean_std
-from imgcls.data.streaming import (
+from imgcls.engine.streaming.loader import (
     SampleDecoder,
     StreamImageDataset,
     StreamItem,
@@ -29,7 +30,6 @@ from imgcls.data.streaming import (
     eval_transform_dict,
     train_decoder,
 )
-from imgcls.data.validation import channels_of, first_size, probe_files
 from imgcls.errors import DataError
 
 if TYPE_CHECKING:

@@ -18,10 +18,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import ListConfig, OmegaConf
 
+from imgcls.engine.sweeps import pruning
+from imgcls.engine.sweeps.jobs import TRIALS_FILE
+from imgcls.engine.sweeps.optuna_space import SearchSpace, parse_search_space, suggest
 from imgcls.errors import ConfigError
-from imgcls.sweeps import pruning
-from imgcls.sweeps.jobs import TRIALS_FILE
-from imgcls.sweeps.optuna_space import SearchSpace, parse_search_space, suggest
 from imgcls.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)

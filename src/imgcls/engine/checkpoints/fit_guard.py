@@ -17,27 +17,27 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from imgcls.builder import Built
-from imgcls.checkpointing import boundary, preemption
-from imgcls.checkpointing.atomic_io import (
+from imgcls.data.spec import DataSpec
+from imgcls.engine import boundary
+from imgcls.engine.checkpoints.atomic_io import (
     check_free_space,
     check_writable,
     checkpoint_size_estimate,
     use_atomic_checkpoint_io,
 )
-from imgcls.checkpointing.last_checkpoint import LastCheckpoint
-from imgcls.checkpointing.load import (
+from imgcls.engine.checkpoints.last_checkpoint import LastCheckpoint
+from imgcls.engine.checkpoints.load import (
     check_checkpoint_fits,
     produced_by,
     read_safe_checkpoint,
     validate_checkpoint,
 )
-from imgcls.checkpointing.resume import (
+from imgcls.engine.checkpoints.resume import (
     ResumePoint,
     check_resume_plan,
     continue_loggers,
     find_resume_checkpoint,
 )
-from imgcls.data.spec import DataSpec
 from imgcls.errors import CheckpointError, TrainingError
 from imgcls.utils.console import command_line_overrides
 
@@ -176,7 +176,10 @@ def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
         )
         log.warning(msg)
         print(msg, file=sys.stderr)
-        agreement = preemption.find(built.callbacks)
-        if sigterm and agreement is not None:
-            agreement.wait_for_launcher()  # rank 0 exits first (its observer watches us)
+        if sigterm and trainer.world_size > 1:
+            from imgcls.engine.checkpoints.preemption import find
+
+            agreement = find(built.callbacks)
+            if agreement is not None:  # rank 0 exits first (its observer watches us)
+                agreement.wait_for_launcher()
         raise SystemExit(SIGTERM_EXIT_CODE if sigterm else SIGINT_EXIT_CODE) from None

@@ -24,8 +24,8 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from imgcls.checkpointing.atomic_io import remove_stale_temp_files
-from imgcls.checkpointing.load import load_checkpoint_dict
+from imgcls.engine.checkpoints.atomic_io import remove_stale_temp_files
+from imgcls.engine.checkpoints.load import load_checkpoint_dict
 from imgcls.errors import CheckpointError
 
 log = logging.getLogger(__name__)

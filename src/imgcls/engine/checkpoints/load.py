@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from imgcls.checkpointing import boundary
-from imgcls.checkpointing.boundary import UnsafeCheckpointError
+from imgcls.engine import boundary
+from imgcls.engine.boundary import UnsafeCheckpointError
 from imgcls.errors import CheckpointError
 from imgcls.models.compiled import plain_key, plain_state_dict
 
@@ -157,34 +157,17 @@ def check_checkpoint_fits(
         )
 
 
-def check_loaded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
-    """``on_load_checkpoint`` of a model a Trainer restores: refuse an unsafe stored config and
-    a resume that cannot continue, drop callback states naming files elsewhere; strip
-    ``_orig_mod.``."""
-    from imgcls.checkpointing.resume import check_resume_plan
-
-    trainer = getattr(module, "_trainer", None)
-    path = getattr(trainer, "ckpt_path", None)
-    check_layout(checkpoint, path)
-    validate_checkpoint(checkpoint, path)
-    if trainer is not None:
-        boundary.check_callback_states(checkpoint, trainer, f"checkpoint {path}")
-    if trainer is not None and trainer.state.fn == "fit":
-        check_resume_plan(checkpoint, module.hparams, trainer.max_epochs, trainer.max_steps, path)
-    checkpoint["state_dict"] = plain_state_dict(checkpoint["state_dict"])
-
-
 def load_safe_classifier(
     cls: type,
     path: str | Path,
     map_location: Any = None,
+    hparams_file: Any = None,
     strict: bool | None = None,
     weights_only: bool | None = None,
-    hparams_file: Any = None,
     **overrides: Any,
 ) -> Any:
-    """``ImageClassifier.load_from_checkpoint`` with the stored config as data; ``overrides``
-    replace stored hyper-parameters and are validated the same way."""
+    """``ImageClassifier.load_from_checkpoint`` (Lightning's signature) with the stored config as
+    data; ``overrides`` replace stored hyper-parameters and are validated the same way."""
     if weights_only is False:
         raise CheckpointError(
             f"{path}: weights_only=False is not supported; ImageClassifier checkpoints are "
@@ -211,21 +194,4 @@ def load_safe_classifier(
     model.load_state_dict(plain_state_dict(ckpt["state_dict"]), strict=strict is not False)
     if isinstance(map_location, str | torch.device):
         model = model.to(map_location)
-    return model
-
-
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """An ``ImageClassifier`` in eval mode from a checkpoint alone (net and data spec from it)."""
-    from imgcls.models.classifier import ImageClassifier
-
-    return load_safe_classifier(ImageClassifier, path).eval().to(map_location)
-
-
-def use_tta(model: Any, cfg: Mapping[str, Any]) -> Any:
-    """``cfg.tta`` (eval/predict) over the checkpoint's ``model.tta``; logs the one in use."""
-    if cfg.get("tta") is not None:
-        from imgcls.models.classifier import check_tta
-
-        model.tta = check_tta(cfg.tta)
-    log.info("test-time augmentation: %s", model.tta or "none")
     return model

@@ -32,20 +32,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-def parse_mode(value: Any) -> bool | str:
-    """``true`` / ``false`` / ``auto`` (as YAML or a command line gives them)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", "none", "null"):
-        return False
-    if text == "auto":
-        return "auto"
-    raise ConfigError(f"model.cache_features={value!r}: use true, false or auto")
-
-
 def _drop_built_train_loader(trainer: L.Trainer) -> None:
     """``estimated_stepping_batches`` (OneCycle's step count) builds the image loader before
     ``on_fit_start``; the fit loop would keep it and run the backbone every epoch. (The step
@@ -62,11 +48,11 @@ class FeatureCache(L.Callback):
     def __init__(
         self,
         cache_dir: str | os.PathLike | None = None,
-        mode: bool | str = "auto",
+        mode: bool | str = "auto",  # as models.transfer.parse_mode returns it
         splits: Sequence[str] = ("train", "val"),
     ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else project_root() / ".cache" / "features"
-        self.mode = parse_mode(mode)
+        self.mode = mode
         self.splits = tuple(splits)
         self.hits: list[str] = []  # splits served from an existing file (logs and tests)
         self.misses: list[str] = []

@@ -13,9 +13,9 @@ import math
 import statistics
 from pathlib import Path
 
+from imgcls.engine.sweeps.jobs import read_json
+from imgcls.engine.sweeps.summary import Summary, common_overrides
 from imgcls.runs import html
-from imgcls.sweeps.jobs import read_json
-from imgcls.sweeps.summary import Summary, _common_overrides
 from imgcls.utils.files import atomic_write_text
 
 REPORT_FILE = "report.html"
@@ -103,7 +103,7 @@ def _job_metrics(summary: Summary) -> list[dict[str, float]]:
 def _groups(summary: Summary, per_job: list[dict[str, float]], names: list[str]) -> list[dict]:
     """Per configuration: its jobs and, per metric, the finite values and (mean, half)."""
     by_num = {str(j.num): i for i, j in enumerate(summary.jobs)}
-    common = _common_overrides(summary.jobs, summary.searched)
+    common = common_overrides(summary.jobs, summary.searched)
     groups = []
     for g in summary.groups.itertuples(index=False):
         idx = [by_num[n] for n in g.jobs.split() if n in by_num]
@@ -133,7 +133,7 @@ def _ci_cell(values: list[float], ci: tuple[float | None, float | None]) -> str:
 
 
 def _sections(summary: Summary, per_job: list[dict[str, float]], names: list[str]) -> list[str]:
-    common = _common_overrides(summary.jobs, summary.searched)
+    common = common_overrides(summary.jobs, summary.searched)
     rows, classes = [], []
     for j, m in zip(summary.jobs, per_job, strict=True):
         varying = " ".join(o for o in j.overrides if o not in common)

@@ -8,8 +8,9 @@ states. Nothing read from them reaches Hydra's ``instantiate`` or OmegaConf reso
   class is expected (``_partial_: true`` too, for optimizers and schedulers);
 - a class is found by importing its module and taking exactly one attribute, which must be a
   class defined in that module and of an allowed kind: an ``nn.Module`` under
-  ``imgcls.models.nets``, a datamodule under ``imgcls.data``, the exact optimizer and scheduler
-  lists, or what the current command's ``extras.allowed_*`` lists (a file never extends them);
+  ``imgcls.models.nets``, a datamodule under ``imgcls.data`` (either also in a module of the
+  user's own under the project's ``src/``), the exact optimizer and scheduler lists, or what the
+  current command's ``extras.allowed_*`` lists (a file never extends them);
 - it is called with plain keyword values, and where it writes comes from the current config;
 - anything malformed is one ``UnsafeCheckpointError`` naming the key path (callers add the file).
 """
@@ -17,6 +18,7 @@ states. Nothing read from them reaches Hydra's ``instantiate`` or OmegaConf reso
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 from collections.abc import Mapping
@@ -30,6 +32,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from imgcls.errors import CheckpointError, ConfigError, UserError
+from imgcls.utils.files import project_root
 
 OPTIMIZERS = frozenset(
     f"torch.optim.{n}"
@@ -90,8 +93,27 @@ def allow_from_config(cfg: Mapping[str, Any]) -> None:
 def _hint(kind: str) -> str:
     names = ", ".join(sorted(n.rsplit(".", 1)[1] for n in EXACT.get(kind, ())))
     if kind in PACKAGES:
-        names = f"{BASES[kind][0].__name__} classes defined under {PACKAGES[kind]}*"
+        names = f"{BASES[kind][0].__name__} classes defined under {PACKAGES[kind]}* or in the project's src/"
     return f"allowed {kind}s are {names}; add your own with extras.allowed_{kind}s"
+
+
+ENTRY_POINTS = frozenset({"train", "eval", "predict", "export"})  # src/<name>.py scripts
+
+
+def project_module(module: str) -> bool:
+    """A module of the user's own code in the project's ``src/`` (a new net or datamodule next
+    to ``imgcls``), not an installed library's: its top-level package is found there without
+    importing anything first."""
+    top = module.partition(".")[0]
+    if not top or top == "imgcls" or top in ENTRY_POINTS:
+        return False
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    places = [] if spec is None else list(spec.submodule_search_locations or [spec.origin or ""])
+    src = (project_root() / "src").resolve()
+    return bool(places) and all(p and Path(p).resolve().is_relative_to(src) for p in places)
 
 
 def resolve(kind: str, target: Any, path: str) -> type:
@@ -100,7 +122,8 @@ def resolve(kind: str, target: Any, path: str) -> type:
     if not isinstance(target, str):
         raise refusal(path, target, f"a {kind} is named by a 'module.Class' string")
     own = target in _allowed[kind] or target in EXACT.get(kind, ())
-    if not own and not target.startswith(PACKAGES.get(kind, "\0")):
+    ours = target.startswith(PACKAGES.get(kind, "\0"))
+    if not own and not ours and not (kind in PACKAGES and project_module(target)):
         raise refusal(path, target, _hint(kind))
     module, _, name = target.rpartition(".")
     try:
@@ -191,9 +214,15 @@ class Checked(partial):
             ) from None
 
 
-def factory(node: Mapping[str, Any], kind: str, path: str) -> Checked:
+def factory(node: Mapping[str, Any], kind: str, path: str, composed: bool = False) -> Any:
     """``Class(**stored values)`` waiting for the caller's arguments (a net's sizes, an
-    optimizer's parameters); a composite scheduler's ``schedulers`` stay configs."""
+    optimizer's parameters); a composite scheduler's ``schedulers`` stay configs. ``composed``:
+    the user's own config, which Hydra builds as Hydra users expect (``_partial_``, nested
+    targets); a file's never is."""
+    if composed:
+        from hydra.utils import instantiate
+
+        return instantiate(node, _partial_=True, _convert_="all")
     cls = check_node(node, kind, path)
     skip = {"_target_", "_partial_"}
     if node["_target_"] == COMPOSITE:
@@ -287,40 +316,3 @@ def datamodule_config(stored: Any, path: str, cfg: Mapping[str, Any]) -> dict[st
     if "allow_outside_root" in data:  # an opt-in is the command's (data.allow_outside_root=true)
         data["allow_outside_root"] = False
     return data
-
-
-# ModelCheckpoint state entries that name files (Lightning deletes "old" best files by them)
-STATE_PATHS = ("dirpath", "best_model_path", "last_model_path", "kth_best_model_path")
-
-
-def check_callback_states(checkpoint: dict[str, Any], trainer: Any, where: str) -> None:
-    """Before Lightning restores them: drop, with one warning line, every ``ModelCheckpoint``
-    state naming a file that does not resolve (``..``, symlinks) inside the live callback's
-    checkpoint directory, or that misses what Lightning reads."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    states = checkpoint.get("callbacks")
-    if not isinstance(states, dict):
-        return
-    for cb in trainer.callbacks:
-        if not isinstance(cb, ModelCheckpoint) or cb.state_key not in states:
-            continue
-        why = _state_problem(states[cb.state_key], cb.dirpath)
-        if why:
-            del states[cb.state_key]
-            log.warning("%s: ModelCheckpoint state not restored: %s", where, why)
-
-
-def _state_problem(state: Any, dirpath: Any) -> str | None:
-    if not isinstance(state, Mapping) or not isinstance(state.get("best_k_models", {}), Mapping):
-        return "not a mapping of plain values"
-    missing = [k for k in ("best_model_path", "best_model_score") if k not in state]
-    if missing or not dirpath:
-        return f"no {', '.join(missing) or 'checkpoint directory'}"
-    root = Path(str(dirpath)).resolve()
-    for value in [*(state.get(k) for k in STATE_PATHS), *state.get("best_k_models", {})]:
-        if value in (None, ""):
-            continue
-        if not isinstance(value, str) or not Path(value).resolve().is_relative_to(root):
-            return f"{short(value)} is not inside {root}"
-    return None

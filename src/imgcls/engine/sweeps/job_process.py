@@ -21,10 +21,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from imgcls.checkpointing.fit_guard import SIGTERM_EXIT_CODE
-from imgcls.errors import ConfigError, UserError, find_user_error
-from imgcls.sweeps.jobs import read_json
-from imgcls.sweeps.multirun_ddp import JobCommand, current_job
+from imgcls.engine.checkpoints.fit_guard import SIGTERM_EXIT_CODE
+from imgcls.engine.sweeps.jobs import read_json
+from imgcls.engine.sweeps.multirun_ddp import JobCommand, current_job
+from imgcls.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -189,21 +189,3 @@ def run_job_process(cfg: DictConfig) -> dict[str, float]:
     if summary is None:
         raise JobProcessError("DDP job wrote no metrics.json", f"see {job_dir / 'train.log'}")
     return {k: float(v) for k, v in summary.get("metrics", {}).items()}
-
-
-@contextlib.contextmanager
-def stop_ranks_on_error(trainer: Any) -> Iterator[None]:
-    """When rank 0 fails, end the rank processes it started (they would wait for it forever):
-    Lightning does so for Ctrl+C only (SIGTERM stops every rank by itself)."""
-    try:
-        yield
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        # recorded first: the observer may SIGKILL this process once a rank it watches died
-        record_job_error(find_user_error(exc) or exc)
-        for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
-            if proc.poll() is None:
-                log.warning("stopping DDP rank process %d (rank 0 failed)", proc.pid)
-                proc.kill()
-        raise

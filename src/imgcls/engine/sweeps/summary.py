@@ -8,28 +8,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from imgcls.errors import UserError
-from imgcls.sweeps.jobs import (
+from imgcls.engine.sweeps.jobs import (
     SHOWN_METRICS,
     TRIALS_FILE,
     JobRecord,
     collect_jobs,
-    is_pruned,
-    write_job_status,
 )
-from imgcls.utils.files import atomic_write_text
-from imgcls.utils.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +152,7 @@ def _value_cell(job: JobRecord, metric: str | None, fmt: Any) -> str:
     return fmt(job.value)
 
 
-def _common_overrides(jobs: list[JobRecord], searched: set[str]) -> list[str]:
+def common_overrides(jobs: list[JobRecord], searched: set[str]) -> list[str]:
     """Overrides every job shares (shown once); a searched key stays per row."""
     first, others = (jobs[0].overrides, jobs[1:]) if jobs else ([], [])
     return [o for o in first if all(o in j.overrides for j in others) and _key(o) not in searched]
@@ -275,7 +266,7 @@ def _groups_table(s: Summary, common: list[str]) -> pd.DataFrame:
 
 
 def to_markdown(s: Summary) -> str:
-    common = _common_overrides(s.jobs, s.searched)
+    common = common_overrides(s.jobs, s.searched)
     lines = _bullets(s, common) + _md_table(_jobs_table(s, common))
     if s.trials is not None and len(s.trials):
         title = f"## Every trial of the study ({len(s.trials)}, all runs on its storage)"
@@ -284,60 +275,3 @@ def to_markdown(s: Summary) -> str:
         title = f"## Per configuration ({s.repeat_label}: mean ± std)"
         lines += ["", title] + _md_table(_groups_table(s, common))
     return "\n".join(lines) + "\n"
-
-
-def write_summary(sweep_dir: Path, metric: str | None, mode: str) -> Summary:
-    """``summary.csv``, ``summary.md`` (and ``summary_seeds.csv``), ``report.html`` at the sweep
-    root; jobs on other machines refresh the same files, hence atomic writes."""
-    summary = summarize(Path(sweep_dir), metric, mode)
-    atomic_write_text(summary.sweep_dir / "summary.csv", to_csv(summary))
-    atomic_write_text(summary.sweep_dir / "summary.md", to_markdown(summary))
-    if summary.has_seed_repeats:
-        atomic_write_text(summary.sweep_dir / "summary_seeds.csv", seeds_to_csv(summary))
-    try:
-        from imgcls.runs.sweep_report import write_sweep_report  # plots: imported when used
-
-        write_sweep_report(summary)
-    except Exception as e:  # the tables above stand without the page
-        log.warning("sweep report.html not written (%s: %s)", type(e).__name__, e)
-    return summary
-
-
-class SweepSummary(Callback):
-    """Hydra callback: job status files, the table refreshed after each job (``refresh_each_job``),
-    exit 1 at the end of a sweep in which a job failed (``fail_on_job_failure``)."""
-
-    def __init__(self, refresh_each_job: bool = True, fail_on_job_failure: bool = True) -> None:
-        self.refresh_each_job = refresh_each_job
-        self.fail_on_job_failure = fail_on_job_failure
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
-            return
-        error = job_return._return_value if job_return.status != JobStatus.COMPLETED else None
-        if error is not None and not isinstance(error, UserError) and not is_pruned(error):
-            # Hydra keeps the exception but prints nothing: put the traceback in the job's log.
-            trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            log.error("job %s failed:\n%s", config.hydra.job.num, trace)
-        write_job_status(config, job_return)
-        if self.refresh_each_job:
-            try:
-                metric = first_metric(config)
-                write_summary(Path(config.hydra.sweep.dir), metric, metric_mode(config, metric))
-            except Exception as e:  # the table is a convenience; never fail a job for it
-                log.warning("could not refresh the sweep summary: %s", e)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        metric = first_metric(config)
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        if not sweep_dir.is_dir():
-            return
-        summary = write_summary(sweep_dir, metric, metric_mode(config, metric))
-        log.info("sweep summary: %s (and summary.csv)", sweep_dir / "summary.md")
-        for line in to_markdown(summary).splitlines():
-            if line.startswith(("- ", "|")):
-                log.info("%s", line)
-        if summary.failed and self.fail_on_job_failure:
-            nums = ", ".join(str(j.num) for j in summary.failed)
-            failed = f"{len(summary.failed)} of {len(summary.jobs)} jobs failed (job {nums})"
-            raise SystemExit(f"error: {failed}; see {sweep_dir / 'summary.md'}")

@@ -13,8 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from imgcls.checkpointing import boundary
-from imgcls.checkpointing.load import load_checkpoint_dict, naming_file
+from imgcls.engine import boundary
+from imgcls.engine.checkpoints.load import load_checkpoint_dict, naming_file
 
 
 def _data_overrides() -> tuple[bool, list[str]]:

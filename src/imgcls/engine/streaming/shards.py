@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imgcls.data.streaming import SampleDecoder
 from imgcls.data.workers import worker_init
+from imgcls.engine.streaming.loader import SampleDecoder
 from imgcls.errors import ConfigError, DataError
 from imgcls.utils.files import atomic_write_text
 

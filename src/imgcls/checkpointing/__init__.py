@@ -1,1 +1,0 @@
-"""Checkpoints: safe loading of stored configs, resume planning."""

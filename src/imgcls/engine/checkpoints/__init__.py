@@ -1,0 +1,1 @@
+"""Checkpoint files: atomic writes, the last checkpoint, resume planning, loading, preemption."""

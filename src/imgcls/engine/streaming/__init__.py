@@ -1,0 +1,1 @@
+"""The stream path: per-sample decode in loader workers, shards, the split listing it reads."""

@@ -1,53 +1,59 @@
 """Lightning's ``RichProgressBar``, updated every N training batches instead of every batch,
-narrow enough for 80 columns; Lightning's model summary of the net's layers only.
+redrawn at most ``refresh_rate`` times a second, narrow enough for 80 columns; Lightning's model
+summary of the net's layers only.
 
 Lightning's bar syncs ``progress_bar_metrics`` to numbers on every batch and redraws from a
 thread competing for the GIL; on a ~5 ms step both cost throughput, and a bar moving every few
-dozen batches, redrawn twice a second, looks the same to a person. Lightning's redraw thread
-sleeps between redraws, so stopping the bar (end of fit, of test) waited up to one redraw
-interval (0.45 s of a default run's fit); ours waits on its stop event instead."""
+dozen batches, redrawn twice a second, looks the same to a person. Lightning always starts that
+thread (no option turns it off), ``time.sleep``s it ``1/refresh_rate`` s between polls and joins
+it at each stop (end of fit, of test): up to 0.5 s at 2 redraws a second. So Lightning is given
+``refresh_rate=20`` (a stop waits at most 0.05 s), and the public ``refresh()`` it calls after
+every change draws on the calling thread at most ``refresh_rate`` times a second: Lightning's
+thread is never asked to draw."""
 
 from __future__ import annotations
 
 import shutil
+from time import monotonic
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.callbacks import RichProgressBar as _LightningRichProgressBar
-from lightning.pytorch.callbacks.progress import rich_progress
 from rich.progress import TimeRemainingColumn
 
-
-class _StoppableRefreshThread(rich_progress._RefreshThread):
-    """Lightning's redraw thread (redraws only when asked), woken at once by ``stop()``."""
-
-    def run(self) -> None:
-        while not self.done.wait(1 / self.refresh_per_second):
-            if self.refresh_cond:
-                with self.live._lock:
-                    self.live.refresh()
-                self.refresh_cond = False
+_TICKS_PER_SECOND = 20  # Lightning's redraw thread: it polls, ``refresh`` draws
 
 
 class RichProgressBar(_LightningRichProgressBar):
-    """``refresh_rate``: redraws per second (Lightning's meaning); the bar and its metrics move
+    """``refresh_rate``: redraws per second at most (0: no bar); the bar and its metrics move
     every ``every_n_batches`` and on the epoch's last batch. ``metrics``: the ones the bar shows
     (null: all); with the speed column left out below 100 columns, a row fits 80 (Lightning's
     bar and every metric wrap into a column of their own there)."""
 
     def __init__(
         self,
-        refresh_rate: int = 2,
+        refresh_rate: float = 2,
         every_n_batches: int = 25,
         metrics: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(refresh_rate=refresh_rate, **kwargs)
+        super().__init__(refresh_rate=_TICKS_PER_SECOND if refresh_rate > 0 else 0, **kwargs)
         if every_n_batches < 1:
             raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
+        self.redraw_interval = 1 / refresh_rate if refresh_rate > 0 else 0.0
         self.every_n_batches = int(every_n_batches)
         self.shown = None if metrics is None else list(metrics)
+        self._next_redraw = 0.0
+
+    def refresh(self, hard: bool = False) -> None:
+        """Lightning's hooks call this after every change: draw now, on this thread, when the
+        last draw is ``1/refresh_rate`` s old (or ``hard``), else skip (the next call past that,
+        or the stop, draws the newer state)."""
+        now = monotonic()
+        if hard or now >= self._next_redraw:
+            self._next_redraw = now + self.redraw_interval
+            super().refresh(hard=True)
 
     def configure_columns(self, trainer: L.Trainer) -> list:
         columns = super().configure_columns(trainer)
@@ -62,17 +68,10 @@ class RichProgressBar(_LightningRichProgressBar):
         items = super().get_metrics(trainer, pl_module)
         return items if self.shown is None else {k: items[k] for k in self.shown if k in items}
 
-    def _init_progress(self, trainer: L.Trainer) -> None:
-        # Lightning's CustomProgress.start builds the module's _RefreshThread: ours, for this call
-        lightning_thread = rich_progress._RefreshThread
-        rich_progress._RefreshThread = _StoppableRefreshThread  # type: ignore[misc]
-        try:
-            super()._init_progress(trainer)
-        finally:
-            rich_progress._RefreshThread = lightning_thread  # type: ignore[misc]
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         done = batch_idx + 1
+        if done == self.total_train_batches:
+            self._next_redraw = 0.0  # the epoch's last position is always drawn
         if done % self.every_n_batches == 0 or done == self.total_train_batches:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 

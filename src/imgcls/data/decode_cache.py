@@ -6,7 +6,6 @@ Keyed by the ordered file list with sizes and mtimes plus the decode settings an
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import PIL
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from imgcls.errors import DataError
@@ -74,25 +74,26 @@ class DecodedCache:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """One process decodes, the others wait, then load. A file lock, not a collective: set-up
-        runs before the trainer, with no process group yet; a dead holder's lock is dropped."""
+        runs before the trainer, with no process group yet; ``filelock``'s OS lock is dropped when
+        its holder exits or dies. No lock (read-only, no directory, no ``flock``): every process
+        decodes, each into its own temp file (``fallback_to_soft=False``: a soft lock's marker
+        would outlive a crashed holder on another node)."""
         path = self.dir / f"{self.key}.lock"
+        held = FileLock(path, fallback_to_soft=False)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a")  # noqa: SIM115 (closed below)
-        except OSError:  # read-only or no directory: decoding falls back to memory anyway
+            held.acquire()
+        except OSError as e:
+            log.debug("no lock on %s (%s)", path, e)
+        try:
             yield
-            return
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX)
-            except OSError as e:  # a file system without locks: every process decodes
-                log.debug("no lock on %s (%s)", path, e)
-            try:
-                yield
-            finally:
-                # Removed while held: a process that opened the old file still gets its turn
-                # and finds the cache; at worst two decode into their own temp files (safe).
-                path.unlink(missing_ok=True)
+        finally:
+            if held.is_locked:
+                # filelock leaves the file; removed while held, the cache directory keeps only
+                # .u8/.json. A waiter that locked the removed file sees it unlinked, locks anew.
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                held.release()
 
     def load(self) -> Tensor | None:
         """The cached tensor (memory-mapped, read-only use), or ``None`` when absent/invalid."""

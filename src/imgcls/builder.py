@@ -10,7 +10,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from imgcls.data.base_datamodule import ImageDataModule
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Built:
+class RunParts:
     """Everything a run needs, built from one config."""
 
     datamodule: ImageDataModule
@@ -56,9 +56,8 @@ def build_datamodule(cfg: DictConfig, dm: ImageDataModule | None = None) -> Imag
 def store_data_config(dm: ImageDataModule, cfg: DictConfig) -> None:
     """The resolved data config goes into every checkpoint (``datamodule_hyper_parameters``), so
     eval finds the run's data without its run dir."""
-    from imgcls.tasks.checkpoint_data import data_hparams
-
-    dm.save_hyperparameters(data_hparams(cfg), logger=False)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    dm.save_hyperparameters(data if isinstance(data, dict) else {}, logger=False)
 
 
 def _name(conf: DictConfig) -> str:
@@ -126,7 +125,7 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[L.Callback], list[Lo
     return trainer, callbacks, loggers
 
 
-def build(cfg: DictConfig, with_model: bool = True) -> Built:
+def build(cfg: DictConfig, with_model: bool = True) -> RunParts:
     """Datamodule (validated), model sized from it, and the trainer with callbacks and loggers."""
     if with_model:
         check_weights(cfg.model)  # a missing pretrained file stops us before any data is decoded
@@ -135,4 +134,4 @@ def build(cfg: DictConfig, with_model: bool = True) -> Built:
     trainer, callbacks, loggers = build_trainer(cfg)
     if model is not None:  # what the model's options ask for, and re-planning a resume
         _before_checkpoints(trainer, [*transfer_callbacks(model), ReplanSchedulerOnResume()])
-    return Built(dm, model, trainer, callbacks, loggers)
+    return RunParts(dm, model, trainer, callbacks, loggers)

@@ -9,19 +9,22 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from imgcls.data.decode_cache import CacheUnwritable, DecodedCache, fmt_bytes
-from imgcls.data.file_checks import channels_of, common_size, first_size, probe_files, report_each
+from imgcls.data.file_checks import (
+    FileListing,
+    channels_of,
+    common_size,
+    first_size,
+    probe_files,
+    report_each,
+)
 from imgcls.data.images import decode_image
 from imgcls.errors import DataError
-
-if TYPE_CHECKING:
-    from imgcls.data.file_source import FileImageDataModule, Plan
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def decode_images(
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {(n, channels, h, w)}")
     errors: list[str | None] = [None] * n
 
-    def one(i: int) -> None:
+    def decode_one(i: int) -> None:
         try:
             arr = decode_image(paths[i], channels, size, None if size else resize_factor)
         except DataError as e:
@@ -82,47 +85,61 @@ def decode_images(
 
     if n:
         with ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="decode") as pool:
-            for done, _ in enumerate(pool.map(one, range(n)), 1):
+            for done, _ in enumerate(pool.map(decode_one, range(n)), 1):
                 if progress is not None:
                     progress(done, n)
     return out, errors
 
 
-def _settle(dm: FileImageDataModule, plan: Plan) -> tuple[int, tuple[int, int]] | None:
+def _channels_and_size(
+    listing: FileListing,
+    channels: int | None,
+    image_size: tuple[int, int] | None,
+    resize_factor: int | None,
+    threads: int,
+) -> tuple[int, tuple[int, int]] | None:
     """Channels and size; ``None`` when problems are all there is to report.
 
     Headers are probed (a second open per file) only when channels depend on the files or
     problems need a complete report; a size alone needs the first file. With problems, every
     readable file is decoded too, so truncated ones join the same error."""
-    threads, problems = max(1, dm.num_workers), plan.problems
-    present = [p for p in plan.order if p in plan.stats]
-    channels, size = dm.channels, dm.target_image_size
+    threads, problems = max(1, threads), listing.problems
+    present = [p for p in listing.order if p in listing.stats]
+    size = image_size
     if channels is not None and not problems:
-        found = first_size(present[:1], dm.resize_factor) if size is None else (None, size)
+        found = first_size(present[:1], resize_factor) if size is None else (None, size)
         if found is not None:
             return channels, found[1]
-    probed = probe_files(present, plan.where, problems, threads)
+    probed = probe_files(present, listing.where, problems, threads)
     if not probed:
         return None
     if channels is None:
         channels = channels_of(probed)
         why = "every image is grayscale" if channels == 1 else "colour images found"
         log.info("channels: %d (%s; set data.channels to choose)", channels, why)
-    size = common_size(probed, dm.target_image_size, dm.resize_factor, problems)
+    size = common_size(probed, image_size, resize_factor, problems)
     if size is None:
         return None
     if problems:  # decode the readable files only to report every bad one at once
         readable = [p for p in present if p in probed]
         report_each(
-            readable, lambda p: decode_image(p, channels, size), plan.where, problems, threads
+            readable, lambda p: decode_image(p, channels, size), listing.where, problems, threads
         )
         return None
     return channels, size
 
 
-def _fill(dm: FileImageDataModule, plan: Plan, channels: int, out: Tensor) -> bool:
-    """Decode every file into ``out``; ``True`` when no problem was found."""
-    order, problems = plan.order, plan.problems
+def _decode_into(
+    out: Tensor,
+    listing: FileListing,
+    channels: int,
+    image_size: tuple[int, int] | None,
+    resize_factor: int | None,
+    threads: int,
+) -> bool:
+    """Decode every file into ``out``; ``True`` when no problem was found (problems go to
+    ``listing.problems``)."""
+    order, problems = listing.order, listing.problems
     t0 = last = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -131,14 +148,13 @@ def _fill(dm: FileImageDataModule, plan: Plan, channels: int, out: Tensor) -> bo
             last = now
             log.info("decoded %d/%d images (%.0f images/s)", done, total, done / (now - t0))
 
-    size, factor = dm.target_image_size, dm.resize_factor
-    _, errors = decode_images(order, channels, size, factor, dm.num_workers, out, progress)
+    _, errors = decode_images(order, channels, image_size, resize_factor, threads, out, progress)
     mismatched = [p for p, e in zip(order, errors, strict=True) if e and SIZE_MISMATCH in e]
     for p, err in zip(order, errors, strict=True):
         if err is not None and SIZE_MISMATCH not in err:
-            problems.add(plan.where[p], err)
+            problems.add(listing.where[p], err)
     if mismatched:
-        how = "resized by data.resize_factor" if dm.resize_factor else "as stored"
+        how = "resized by data.resize_factor" if resize_factor else "as stored"
         h, w = out.shape[2:]
         problems.add(
             "",
@@ -151,28 +167,38 @@ def _fill(dm: FileImageDataModule, plan: Plan, channels: int, out: Tensor) -> bo
     return not problems
 
 
-def decode_source(dm: FileImageDataModule, plan: Plan, cache: DecodedCache | None) -> Tensor | None:
-    """Settle channels and size, decode every file (into ``cache`` when given); problems are
-    collected in ``plan.problems`` (the tensor is then not to be used)."""
-    settled = _settle(dm, plan)
+def decode_listing(
+    listing: FileListing,
+    cache: DecodedCache | None,
+    *,
+    channels: int | None,
+    image_size: tuple[int, int] | None,
+    resize_factor: int | None,
+    threads: int,
+    source: str,
+) -> Tensor | None:
+    """Settle channels and size, decode every listed file (into ``cache`` when given) with
+    ``threads``; problems are collected in ``listing.problems`` (the tensor is then not to be
+    used). ``source`` names the data in errors."""
+    settled = _channels_and_size(listing, channels, image_size, resize_factor, threads)
     if settled is None:
         return None
-    channels, (h, w) = settled
-    shape = (len(plan.order), channels, h, w)
+    found_channels, (h, w) = settled
+    shape = (len(listing.order), found_channels, h, w)
     nbytes = math.prod(shape)
 
-    how = f"{shape[1:]} uint8, {fmt_bytes(nbytes)}, {max(1, dm.num_workers)} threads"
+    how = f"{shape[1:]} uint8, {fmt_bytes(nbytes)}, {max(1, threads)} threads"
 
-    def fill(out: Tensor, into: str = "memory") -> bool:
+    def decode_logged(out: Tensor, into: str = "memory") -> bool:
         log.info("decoding %d images once into %s: %s, by %s", len(out), into, how, rank_name())
-        return _fill(dm, plan, channels, out)
+        return _decode_into(out, listing, found_channels, image_size, resize_factor, threads)
 
     if cache is not None:
         try:
             into = f"on-disk cache {cache.data} (memory-mapped)"
-            info = {"files": len(plan.order), "channels": channels}
-            images = cache.write(shape, lambda out: fill(out, into), info)
-            if not plan.problems:
+            info = {"files": len(listing.order), "channels": found_channels}
+            images = cache.write(shape, lambda out: decode_logged(out, into), info)
+            if not listing.problems:
                 log.info("cached the decoded images in %s", cache.data)
             return images
         except CacheUnwritable as e:  # read-only mount, no mmap: train without it
@@ -181,10 +207,10 @@ def decode_source(dm: FileImageDataModule, plan: Plan, cache: DecodedCache | Non
     avail = available_memory()
     if avail is not None and nbytes > 0.8 * avail:
         raise DataError(
-            f"{dm.describe()}: the decoded images need {fmt_bytes(nbytes)} but only "
+            f"{source}: the decoded images need {fmt_bytes(nbytes)} but only "
             f"{fmt_bytes(avail)} of memory is available; set data.cache_dir=<dir> to keep them "
             f"in a memory-mapped file, or lower data.image_size"
         )
     out = torch.zeros(shape, dtype=torch.uint8)
-    fill(out)
+    decode_logged(out)
     return out

@@ -176,14 +176,14 @@ def hash_files(
     from imgcls.data.images import decode_image
     from imgcls.errors import DataError
 
-    def one(p: object) -> Tensor | None:
+    def decode_small(p: object) -> Tensor | None:
         try:
             return torch.from_numpy(decode_image(p, channels, (side, side))).permute(2, 0, 1)  # type: ignore[arg-type]
         except DataError:
             return None
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        decoded = list(pool.map(one, paths))
+        decoded = list(pool.map(decode_small, paths))
     ok = [i for i, x in enumerate(decoded) if x is not None]
     images = torch.stack([decoded[i] for i in ok]) if ok else torch.empty(0, channels, side, side)
     return hash_images(images.to(torch.uint8), threads=threads), ok

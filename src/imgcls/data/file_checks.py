@@ -9,9 +9,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgcls.data.images import GRAY_MODES, probe_image, target_size
 from imgcls.errors import DataError
+
+if TYPE_CHECKING:
+    from imgcls.data.base_datamodule import Splits
+    from imgcls.data.decode_cache import DecodedCache
 
 Probed = dict[Path, tuple[tuple[int, int], str]]
 
@@ -45,6 +50,23 @@ class Problems(list[str]):
         shown = "\n".join(f"  - {p}" for p in self[: self.limit])
         tail = f"\n  ... and {len(self) - self.limit} more" if len(self) > self.limit else ""
         raise DataError(f"{len(self)} problems in {context}:\n{shown}{tail}")
+
+
+@dataclass
+class FileListing:
+    """The checked file list, fixed before decoding: one decode order for all splits (each
+    split is then a contiguous slice of one tensor), positions, file stats, the class index,
+    the problems found, the cache."""
+
+    order: list[Path]
+    position: dict[Path, int]
+    where: dict[Path, str]
+    stats: dict[Path, tuple[int, int]]
+    class_index: dict[str, int]
+    problems: Problems
+    t0: float
+    cache: DecodedCache | None = None
+    streamed: Splits | None = None  # data.loading=stream: the per-sample splits, no decode
 
 
 def sort_class_names(labels: Sequence[str] | set[str]) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from imgcls.data.base_datamodule import NO_TEST_SPLIT, ImageDataModule, Splits
-from imgcls.data.decode import decode_images, decode_source, rank_name
+from imgcls.data.decode import decode_images, decode_listing, rank_name
 from imgcls.data.decode_cache import DecodedCache, cache_key, fingerprint
 from imgcls.data.dup_hash import Hashes
 from imgcls.data.file_checks import (
+    FileListing,
     ImageEntry,
     Problems,
     drop_unknown_labels,
@@ -44,27 +44,11 @@ from imgcls.engine.streaming.splits import (
 from imgcls.errors import ConfigError, DataError
 from imgcls.utils.ranks import local_rank
 
-__all__ = ["FileImageDataModule", "ImageEntry", "Plan", "Problems", "decode_images"]
+__all__ = ["FileImageDataModule", "FileListing", "ImageEntry", "Problems", "decode_images"]
 
 log = logging.getLogger(__name__)
 
 SPLIT_ORDER = ("train", "val", "test", "predict")
-
-
-@dataclass
-class Plan:
-    """What set-up decided before decoding: one decode order for all splits (each split is
-    then a contiguous slice of one tensor), file stats, the cache."""
-
-    order: list[Path]
-    position: dict[Path, int]
-    where: dict[Path, str]
-    stats: dict[Path, tuple[int, int]]
-    class_index: dict[str, int]
-    problems: Problems
-    t0: float
-    cache: DecodedCache | None = None
-    streamed: Splits | None = None  # data.loading=stream: the per-sample splits, no decode
 
 
 def _int(x: Any) -> int | None:
@@ -129,7 +113,7 @@ class FileImageDataModule(ImageDataModule):
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.entries: dict[str, list[ImageEntry]] = {}
         self._fingerprints: dict[str, str] = {}
-        self._planned: Plan | None = None
+        self._listing: FileListing | None = None
 
     def list_entries(self, problems: Problems) -> dict[str, list[ImageEntry]]:
         """Entries per split (``train`` required): structural errors (no rows, missing columns)
@@ -185,10 +169,10 @@ class FileImageDataModule(ImageDataModule):
             hold_out_val(listed, index, self.val_fraction, self.split_seed, self.describe())
         return {s: listed[s] for s in SPLIT_ORDER if listed.get(s)}
 
-    def _plan(self) -> Plan:
+    def _list_files(self) -> FileListing:
         """List and check the entries, fix one decode order and the cache key (once)."""
-        if self._planned is not None:
-            return self._planned
+        if self._listing is not None:
+            return self._listing
         self._digits_ready()
         t0 = time.perf_counter()
         problems = Problems()
@@ -202,14 +186,33 @@ class FileImageDataModule(ImageDataModule):
         order = list(position)
         stats = stat_files(order, where, problems, self.missing_hint)
         index = {c: i for i, c in enumerate(self.class_names)}
-        plan = Plan(order, position, where, stats, index, problems, t0)
-        self.loading_used = resolve_loading(self, order, stats)
+        listing = FileListing(order, position, where, stats, index, problems, t0)
+        settings, budget = self._settings(), self.memory_budget_mb
+        self.loading_used = resolve_loading(self.loading, budget, order, stats, **settings)
         if self.loading_used == "stream":
-            plan.streamed = stream_splits(self, plan)
+            listing.streamed = self._stream_splits(listing)
         elif self.cache_dir and not problems:
-            plan.cache = DecodedCache(self.cache_dir, cache_key(self._settings(), order, stats))
-        self._planned = plan
-        return plan
+            listing.cache = DecodedCache(self.cache_dir, cache_key(settings, order, stats))
+        self._listing = listing
+        return listing
+
+    def _stream_splits(self, listing: FileListing) -> Splits:
+        """data.loading=stream: the per-sample splits; keeps their shape, fingerprints, mean/std."""
+        found = stream_splits(listing, self.entries, self.stream_options, **self._settings(),
+                              threads=self.num_workers, seed=self.split_seed,
+                              measure=self._mean is None, source=self.describe())  # fmt: skip
+        self.decode_errors.context = self.describe()
+        self.stream_info = found.info
+        for s in found.splits:
+            self.set_fingerprint(s, found.about, listing.stats)
+        if found.mean_std is not None:
+            self._mean, self._std = found.mean_std
+        return found.splits
+
+    def _decode(self, listing: FileListing, cache: DecodedCache | None) -> Tensor | None:
+        """``decode_listing`` with this source's settings."""
+        return decode_listing(listing, cache, **self._settings(), threads=self.num_workers,
+                              source=self.describe())  # fmt: skip
 
     def _settings(self) -> dict[str, Any]:
         size, factor = self.target_image_size, self.resize_factor
@@ -228,72 +231,76 @@ class FileImageDataModule(ImageDataModule):
         """Local rank 0 decodes into the on-disk cache: a node decodes and holds the pixels once."""
         if self.splits is not None:
             return
-        plan = self._plan()
-        if plan.cache is not None and not plan.problems:
-            self._ensure_cached(plan)
+        listing = self._list_files()
+        if listing.cache is not None and not listing.problems:
+            self._ensure_cached(listing)
 
-    def _ensure_cached(self, plan: Plan) -> Tensor | None:
+    def _ensure_cached(self, listing: FileListing) -> Tensor | None:
         """Whoever takes the cache's lock first decodes; returns the tensor if this process did."""
-        assert plan.cache is not None
-        with plan.cache.lock():
-            if plan.cache.load() is None:
-                return decode_source(self, plan, plan.cache)
+        assert listing.cache is not None
+        with listing.cache.lock():
+            if listing.cache.load() is None:
+                return self._decode(listing, listing.cache)
         return None
 
-    def _images(self, plan: Plan) -> Tensor | None:
+    def _images(self, listing: FileListing) -> Tensor | None:
         """The decoded tensor: the memory-mapped cache (decoded first if needed) or memory."""
-        if plan.cache is not None and not plan.problems:
-            images = self._cached_images(plan, plan.cache)
-            if images is not None or plan.problems:
+        if listing.cache is not None and not listing.problems:
+            images = self._cached_images(listing, listing.cache)
+            if images is not None or listing.problems:
                 return images
-        elif not plan.problems and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        elif not listing.problems and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             log.info(
                 "data.cache_dir=null: every DDP rank decodes the images itself (set data.cache_dir to decode once per node)"
             )
-        return decode_source(self, plan, None)
+        return self._decode(listing, None)
 
-    def _cached_images(self, plan: Plan, cache: DecodedCache) -> Tensor | None:
-        decoded = self._ensure_cached(plan)
-        images = None if plan.problems else cache.load()
+    def _cached_images(self, listing: FileListing, cache: DecodedCache) -> Tensor | None:
+        decoded = self._ensure_cached(listing)
+        images = None if listing.problems else cache.load()
         if images is None:  # problems to report, or the cache could not be written
             return decoded
         msg = "decode cache: loaded %d decoded images %s from %s in %.1f s, %s (memory-mapped; delete the file to force a fresh decode)"
-        dt, shape = time.perf_counter() - plan.t0, tuple(images.shape[1:])
-        log.info(msg, len(plan.order), shape, cache.data, dt, rank_name())
+        dt, shape = time.perf_counter() - listing.t0, tuple(images.shape[1:])
+        log.info(msg, len(listing.order), shape, cache.data, dt, rank_name())
         return images  # the same read-only mapping on every rank
 
     def load_splits(self) -> Splits:
-        plan = self._plan()
-        if plan.streamed is not None:
-            return plan.streamed
-        images = self._images(plan)
-        plan.problems.raise_if_any(self.describe())
+        listing = self._list_files()
+        if listing.streamed is not None:
+            return listing.streamed
+        images = self._images(listing)
+        listing.problems.raise_if_any(self.describe())
         assert images is not None
         splits = Splits()
         for s, entries in self.entries.items():
-            idx = [plan.position[e.path] for e in entries]
+            idx = [listing.position[e.path] for e in entries]
             if idx == list(range(idx[0], idx[0] + len(idx))):
                 x = images[idx[0] : idx[0] + len(idx)]  # a view: no copy of the pixels
             else:
                 x = images[torch.tensor(idx)]
             y = torch.tensor(
-                [-1 if e.label is None else plan.class_index[e.label] for e in entries]
+                [-1 if e.label is None else listing.class_index[e.label] for e in entries]
             )
             splits[s] = TensorImageDataset(x, y)
-            self.set_fingerprint(s, self._settings(), plan.stats)
+            self.set_fingerprint(s, self._settings(), listing.stats)
         if self._mean is None:
             self._mean, self._std = measure_mean_std(splits["train"].images)
             log_mean_std(self._mean, self._std, "the training images")
         names = ", ".join(self.class_names[:10]) + (", ..." if len(self.class_names) > 10 else "")
-        n, dt = len(self.class_names), time.perf_counter() - plan.t0
+        n, dt = len(self.class_names), time.perf_counter() - listing.t0
         log.info("%s: %d classes (%s), set-up %.1f s", self.describe(), n, names, dt)
         return splits
 
     def image_names(self, split: str, n: int) -> list[str]:
-        return entry_names(self, split)
+        return entry_names(self.entries[split], getattr(self, "root", "/"))
 
     def hash_splits(self) -> dict[str, Hashes]:
-        return hash_streamed(self) if self.loading_used == "stream" else super().hash_splits()
+        if self.loading_used != "stream":
+            return super().hash_splits()
+        assert self.splits is not None
+        channels, root = int(self.stream_info["channels"]), getattr(self, "root", "/")
+        return hash_streamed(self.entries, self.splits, channels, self.num_workers, root)
 
     def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
         self.setup()

@@ -64,12 +64,6 @@ def use_run_data(cfg: DictConfig) -> tuple[Any, str]:
     return found[0], f"data config: {found[1]} (data=<source> chooses another)"
 
 
-def data_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved ``data`` config as plain types, for the datamodule's checkpoint hparams."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    return data if isinstance(data, dict) else {}
-
-
 def data_hint(ckpt_path: str) -> str:
     """What to pass when the given ``data=`` does not fit a checkpoint: its run's own choice."""
     hydra_yaml = Path(ckpt_path).parent.parent / ".hydra" / "hydra.yaml"

@@ -19,7 +19,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig
 
-from imgcls.builder import Built
+from imgcls.builder import RunParts
 from imgcls.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _probe_trainer(cfg: DictConfig, root: str) -> Any:
     )
 
 
-def find_lr(cfg: DictConfig, built: Built) -> float:
+def find_lr(cfg: DictConfig, built: RunParts) -> float:
     """Run the range test; returns the suggested lr (applied to the model with ``tune.apply``)."""
     tune = cfg.tune
     if tune.get("mode", "lr") != "lr":

@@ -7,7 +7,7 @@ import logging
 import lightning as L
 from omegaconf import DictConfig
 
-from imgcls.builder import Built, build
+from imgcls.builder import RunParts, build
 from imgcls.data.base_datamodule import NO_TEST_SPLIT
 from imgcls.engine.checkpoints.fit_guard import check_before_build, guarded_fit, prepare_checkpoint
 from imgcls.runs.history import watch_run
@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _fit_and_test(
-    cfg: DictConfig, built: Built, ckpt_path: str | None, has_test: bool
+    cfg: DictConfig, built: RunParts, ckpt_path: str | None, has_test: bool
 ) -> dict[str, float]:
     trainer = built.trainer
     assert built.model is not None

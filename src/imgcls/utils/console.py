@@ -23,12 +23,11 @@ _INFO_LOGGERS = (
     "lightning.fabric.utilities.seed",
 )
 # Lightning's info lines a user cannot act on: advertising (litlogger/litmodels), the summary
-# callback we configured, our own ReplanSchedulerOnResume, the checkpoint test reloads (the run
-# logs which), devices that do not exist, the seed (the header has it), the end of max_epochs
+# callback we configured, the checkpoint test reloads (the run logs which), devices that do not
+# exist, the seed (the header has it), the end of max_epochs
 _DROPPED = (
     "💡 Tip",
     "Trainer already configured with model summary callbacks",
-    "The following callbacks returned in `LightningModule.configure_callbacks` will override",
     "Restoring states from the checkpoint path",
     "Loaded model weights from the checkpoint",
     "GPU available: False",

@@ -11,12 +11,12 @@ import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from imgcls.builder import Built
 from imgcls.data.spec import DataSpec
 from imgcls.engine import boundary
 from imgcls.engine.checkpoints.atomic_io import (
@@ -40,6 +40,9 @@ from imgcls.engine.checkpoints.resume import (
 )
 from imgcls.errors import CheckpointError, TrainingError
 from imgcls.utils.console import command_line_overrides
+
+if TYPE_CHECKING:  # the engine is handed the run's parts; it never builds them
+    from imgcls.builder import RunParts
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ def check_before_build(cfg: DictConfig) -> None:
         validate_checkpoint(found.checkpoint, found.path)
 
 
-def checkpoint_dir(cfg: DictConfig, built: Built) -> Path:
+def checkpoint_dir(cfg: DictConfig, built: RunParts) -> Path:
     """The ``LastCheckpoint``/``ModelCheckpoint`` dir, where resume looks."""
     for cls in (LastCheckpoint, ModelCheckpoint):
         for cb in built.callbacks:
@@ -81,7 +84,7 @@ def _resume_command(cfg: DictConfig) -> str:
     return "python src/train.py " + " ".join(shlex.quote(a) for a in args)
 
 
-def _verified(path: Path, built: Built) -> ResumePoint:
+def _verified(path: Path, built: RunParts) -> ResumePoint:
     point = ResumePoint(path, read_safe_checkpoint(path))
     assert built.model is not None
     target = f"the model configured for this run (net={built.model.hparams['net'].get('_target_')})"
@@ -98,7 +101,7 @@ def _verified(path: Path, built: Built) -> ResumePoint:
     return point
 
 
-def prepare_checkpoint(cfg: DictConfig, built: Built) -> str | None:
+def prepare_checkpoint(cfg: DictConfig, built: RunParts) -> str | None:
     """Set up checkpointing; return the ``ckpt_path`` for ``fit`` (``None``: a fresh start) or,
     with ``train=false``, the verified one to test. ``ConfigError``: too little free disk;
     ``CheckpointError``: the checkpoint is missing/unreadable/does not fit."""
@@ -147,7 +150,7 @@ def _last_good(ckpt_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def guarded_fit(cfg: DictConfig, built: Built) -> Iterator[None]:
+def guarded_fit(cfg: DictConfig, built: RunParts) -> Iterator[None]:
     """One clear message for each way a fit stops on purpose. A resumed run that had already
     finished fits nothing: it is validated once so it reports the metrics a full run does."""
     trainer = built.trainer

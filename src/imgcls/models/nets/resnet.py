@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-class FrozenResNet(BackboneHead):
+class ResNetMLP(BackboneHead):
     """``backbone`` (torchvision ResNet minus ``fc``) -> ``head`` (MLP).
 
     ``in_channels`` 1 is repeated to RGB; any image size works (global average pooling). For
@@ -69,6 +69,9 @@ class FrozenResNet(BackboneHead):
         nhwc = w.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         return self.backbone(x.contiguous(memory_format=fmt))
+
+
+FrozenResNet = ResNetMLP  # checkpoints written before the rename name it
 
 
 def _load_backbone(resnet: nn.Module, pretrained: Weights, arch: str) -> None:

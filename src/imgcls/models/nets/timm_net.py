@@ -125,7 +125,7 @@ def timm_weights(name: str, weights: str | os.PathLike | None) -> Weights | None
 
 
 class TimmNet(BackboneHead):
-    """``backbone`` (a timm model without its classifier) -> ``head`` (MLP), as ``FrozenResNet``.
+    """``backbone`` (a timm model without its classifier) -> ``head`` (MLP), as ``ResNetMLP``.
 
     ``name``: e.g. ``resnet18``, ``convnext_atto``, ``resnet18.a1_in1k``; ``image_size`` sizes
     fixed-size models (ViTs); ``weights``: ``DEFAULT`` | a pretrained tag | a file | ``None``."""

@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import imgcls  # noqa: F401  (registers ${project_root:})
 from imgcls.utils.config import project_root
@@ -47,6 +47,99 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config(name, list(overrides or []), out or tmp_path)
 
     return make
+
+
+# -- tiny runs -----------------------------------------------------------------------------------
+# What `quiet` switches off, by callback key of the callbacks group in use: the console's progress
+# bar and layer summary (set to null), and the diagnostics (confusion matrix, report.html: slow).
+QUIET_CALLBACKS = ("rich_progress_bar", "model_summary")
+
+
+def _group_keys(group: str, option: str) -> set[str]:
+    """Top-level keys of ``configs/<group>/<option>.yaml``, with those of the options it includes."""
+    conf = OmegaConf.load(CONFIGS / group / f"{option}.yaml")
+    keys = {str(k) for k in conf if k != "defaults"}
+    for entry in conf.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":
+            keys |= _group_keys(group, entry)
+    return keys
+
+
+def _default_option(config: str, group: str) -> str | None:
+    """The option ``configs/<config>.yaml`` picks for ``group`` in its defaults list."""
+    for entry in OmegaConf.load(CONFIGS / f"{config}.yaml").get("defaults") or []:
+        if not isinstance(entry, str) and group in entry:
+            return entry[group]
+    return None
+
+
+def tiny(
+    *more: str,
+    epochs: int | None = 1,
+    train_batches: int | None = 2,
+    val_batches: int | None = 1,
+    test_batches: int | None = 1,
+    quiet: bool = True,
+    diagnostics: bool = False,
+    logger: str | None = "none",
+    callbacks: str | None = None,
+    accelerator: str | None = None,
+    task: str = "train",
+    prefix: str = "+",
+) -> list[str]:
+    """Overrides for a tiny run; the one definition of "tiny" and "quiet" for the whole suite.
+
+    ``tiny()`` is a 1-epoch run of 2 training, 1 validation and 1 test batch with no logger,
+    quiet. Every limit is a parameter; ``None`` leaves the config's own value (e.g. all batches,
+    for a test asserting an accuracy floor, or epochs given by each test). ``more`` are further
+    overrides, appended last (so they win over the ones built here)::
+
+        tiny("model=lenet", "data.val_size=200", train_batches=5, logger="csv")
+
+    - ``epochs``: ``trainer.max_epochs``; ``*_batches``: ``<prefix>trainer.limit_*_batches``
+      (``prefix="++"`` where a config may already set them, e.g. for the docs' commands).
+    - ``quiet``: no progress bar, no model summary, no ``print_config`` (config_tree.log), no
+      diagnostics callback unless ``diagnostics=True`` (a test reading report.html or checking
+      the callback under DDP/sweeps keeps it).
+    - ``logger``: ``logger=<logger>`` (``"csv"`` for a test reading CSV metrics); ``None`` keeps
+      the config's default (TensorBoard).
+    - ``callbacks``: ``callbacks=<group>`` (e.g. ``"none"``, ``"default_ema"``); quiet nulls only
+      the callbacks that group has. ``None`` keeps the task's default group.
+    - ``accelerator``: ``trainer.accelerator=<accelerator>`` (``"cpu"`` for exact comparisons).
+    - ``task``: the config (``"train"``, ``"eval"``); an eval run only tests, so only
+      ``test_batches`` of the limits applies to it.
+    """
+    fits = task == "train"
+    out = [f"callbacks={callbacks}"] if callbacks is not None else []
+    if fits and epochs is not None:
+        out.append(f"trainer.max_epochs={epochs}")
+    limits = {"train": train_batches, "val": val_batches} if fits else {}
+    limits["test"] = test_batches
+    out += [
+        f"{prefix}trainer.limit_{split}_batches={n}" for split, n in limits.items() if n is not None
+    ]
+    if accelerator is not None:
+        out.append(f"trainer.accelerator={accelerator}")
+    if logger is not None:
+        out.append(f"logger={logger}")
+    if quiet:
+        out += [
+            f"{prefix}trainer.enable_progress_bar=false",
+            f"{prefix}trainer.enable_model_summary=false",
+        ]
+        group = callbacks if callbacks is not None else _default_option(task, "callbacks")
+        present = _group_keys("callbacks", group) if group else set()
+        out += [f"callbacks.{key}=null" for key in QUIET_CALLBACKS if key in present]
+        if not diagnostics and "diagnostics" in present:
+            out.append("~callbacks.diagnostics")
+        out.append("extras.print_config=false")
+    return [*out, *more]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> Callable[..., list[str]]:
+    """:func:`tiny` as a fixture: ``make_cfg("train", tiny_overrides("model=mlp", epochs=2))``."""
+    return tiny
 
 
 def run_entry(

@@ -111,6 +111,24 @@ def test_no_import_cycles_in_src() -> None:
     assert cycles(graph) == []
 
 
+def test_layers_are_crossed_only_downwards() -> None:
+    """Entry points -> tasks -> builder -> models/data -> engine/utils: the engine never imports
+    the surface that uses it (tasks, the builder, the LightningModule), and only tasks import
+    the builder; nothing but entry points and tasks imports a task."""
+    surface = ("imgcls.tasks", "imgcls.builder", "imgcls.models.classifier", "imgcls.callbacks")
+    crossings = []
+    for module, imported in import_graph().items():
+        for target in imported:
+            if module.startswith("imgcls.engine") and target.startswith(surface):
+                crossings.append(f"{module} -> {target}")
+            task_or_entry = module.startswith("imgcls.tasks") or "." not in module
+            if target.startswith("imgcls.tasks") and not task_or_entry:
+                crossings.append(f"{module} -> {target}")
+            if target == "imgcls.builder" and not task_or_entry:
+                crossings.append(f"{module} -> {target}")
+    assert sorted(crossings) == []
+
+
 ENGINE_ONLY_WHEN_ASKED = (
     "imgcls.engine.sweeps",
     "imgcls.engine.streaming",

@@ -12,16 +12,10 @@ import torch
 from imgcls.data.base_datamodule import ImageDataModule, Splits
 from imgcls.data.tensor_dataset import TensorImageDataset
 from imgcls.tasks.evaluate import evaluate
-from tests.conftest import ROOT, run_entry
+from tests.conftest import ROOT, run_entry, tiny
 
-TINY = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=5",
-    "+trainer.enable_progress_bar=false",
-    "callbacks.rich_progress_bar=null",
-    "logger=csv",
-    "extras.print_config=false",
-]
+# 5 training steps; the diagnostics callback stays (its metrics are synced across ranks too)
+TINY = tiny(train_batches=5, val_batches=None, test_batches=None, logger="csv", diagnostics=True)
 
 
 class SevenImages(ImageDataModule):
@@ -86,9 +80,7 @@ def test_multirun_with_ddp_runs_each_job_once_in_its_own_dir(tmp_path: Path) -> 
         "-m",
         "trainer=ddp_sim",
         "model.scheduler.max_lr=0.01,0.02",
-        *TINY,
-        "+trainer.limit_val_batches=2",
-        "+trainer.limit_test_batches=2",
+        *tiny(train_batches=5, val_batches=2, test_batches=2, logger="csv", diagnostics=True),
         "data.val_size=301",
         f"paths.log_dir={tmp_path}",
         timeout=900,  # a rank waiting for a peer that never comes would hang here

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_digits
+from tests.conftest import make_digits, tiny
 from tests.process_tools import (
     finish,
     nothing_left_behind,
@@ -22,21 +22,8 @@ from tests.process_tools import (
     start_entry,
 )
 
-QUIET = [
-    "+trainer.enable_progress_bar=false",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "logger=csv",
-    "extras.print_config=false",
-]
-TINY = [
-    "trainer=ddp_sim",
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=5",
-    "+trainer.limit_val_batches=2",
-    "+trainer.limit_test_batches=1",
-    *QUIET,
-]
+# the diagnostics callback stays: its metrics are synced across ranks too
+TINY = tiny("trainer=ddp_sim", train_batches=5, val_batches=2, logger="csv", diagnostics=True)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -165,14 +152,15 @@ def test_ddp_feature_cache_without_then_with_the_file(digits: Path, tmp_path: Pa
 def test_sigterm_to_a_ddp_fit_saves_one_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [
-        "trainer=ddp_sim",
-        "trainer.max_epochs=2",
-        "+trainer.limit_train_batches=20",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
-        "data.val_size=500",
-        "callbacks.last_checkpoint.every_n_train_steps=5",
-        *QUIET,
+        *tiny(
+            "trainer=ddp_sim",
+            "data.val_size=500",
+            "callbacks.last_checkpoint.every_n_train_steps=5",
+            epochs=2,
+            train_batches=20,
+            logger="csv",
+            diagnostics=True,
+        ),
         f"hydra.run.dir={run}",
     ]
     slow = ["+callbacks.slow._target_=tests.fault_helpers.SlowSteps", "+callbacks.slow.seconds=0.3"]

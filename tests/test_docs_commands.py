@@ -28,6 +28,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from tests.conftest import tiny
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # README's fault-tolerance section moves to docs/safety.md; until then it is checked there
@@ -46,12 +48,9 @@ PLACEHOLDERS = {
 # non-python commands the docs may quote; each is checked by its function, never run
 ALLOWED = {"make", "pip", "source", "tensorboard", "mlflow", "wandb", "eval", "pytest"}
 HYDRA_FLAGS = {"-m", "--multirun", "--help", "--info"}
-TINY = [
-    "trainer.max_epochs=1",
-    "++trainer.limit_train_batches=2",
-    "++trainer.limit_val_batches=1",
-    "++trainer.limit_test_batches=1",
-]
+# limits only (++: a quoted command may set them); the commands' own loggers and callbacks stay
+TINY = tiny(prefix="++", quiet=False, logger=None)
+TINY_EVAL = tiny(task="eval", prefix="++", quiet=False, logger=None)
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ def doc_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 def with_tiny_limits(kind: str, args: list[str]) -> list[str]:
     """``args`` with tiny limits in place of the command's own epochs/batches/trials."""
-    extra = {"src/train.py": TINY, "src/eval.py": ["++trainer.limit_test_batches=1"]}.get(kind, [])
+    extra = {"src/train.py": TINY, "src/eval.py": TINY_EVAL}.get(kind, [])
     if kind == "src/train.py" and any(a.startswith("hparams_search=") for a in args):
         extra = [*extra, "hydra.sweeper.n_trials=2"]
     if kind == "script" and args[0] == "scripts/benchmark.py":

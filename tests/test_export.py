@@ -156,7 +156,7 @@ def test_export_resnet18_parity(
     metrics = export(cfg)
     assert metrics["export/max_abs_diff"] <= 1e-4 and metrics["export/top1_agreement"] == 1.0
     meta = json.loads(next(tmp_path.glob("model.*.json")).read_text())
-    assert meta["net"] == "imgcls.models.nets.resnet.FrozenResNet"
+    assert meta["net"] == "imgcls.models.nets.resnet.ResNetMLP"
     assert meta["parity"]["passed"] and meta["parity"]["images"] == 16
 
 

@@ -25,20 +25,23 @@ from imgcls.engine.checkpoints.resume import find_resume_checkpoint
 from imgcls.errors import CheckpointError, ConfigError, TrainingError
 from imgcls.models.load import load_classifier
 from imgcls.tasks.train import train
-from tests.conftest import ROOT, compose_config, run_entry
+from tests.conftest import ROOT, compose_config, run_entry, tiny
 
 EPOCHS, STEPS_PER_EPOCH, EVERY = 3, 20, 5
-BASE = [
-    f"trainer.max_epochs={EPOCHS}",
-    f"+trainer.limit_train_batches={STEPS_PER_EPOCH}",
+# every validation and test image (test/acc is compared across runs), TensorBoard (its curves
+# are read back) and the diagnostics callback as in a real run
+BASE = tiny(
     "trainer.log_every_n_steps=5",
-    "trainer.accelerator=cpu",
     "data.val_size=1000",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "+trainer.enable_progress_bar=false",
     f"callbacks.last_checkpoint.every_n_train_steps={EVERY}",
-]
+    epochs=EPOCHS,
+    train_batches=STEPS_PER_EPOCH,
+    val_batches=None,
+    test_batches=None,
+    logger=None,
+    diagnostics=True,
+    accelerator="cpu",
+)
 LOGGED_STEPS = list(range(4, EPOCHS * STEPS_PER_EPOCH, 5))  # trainer.log_every_n_steps=5
 HELPERS_ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 

@@ -16,7 +16,7 @@ from imgcls.data.csv_datamodule import CSVDataModule
 from imgcls.data.folder_datamodule import FolderDataModule
 from imgcls.data.splits import stratified_folds
 from imgcls.errors import ConfigError, DataError
-from tests.conftest import MNIST_DATA, run_entry
+from tests.conftest import MNIST_DATA, run_entry, tiny
 
 K = 5
 
@@ -114,19 +114,15 @@ def test_class_smaller_than_folds_names_the_key(digits: Path) -> None:
         _csv_dm(digits, num_folds=50, fold=0).setup()
 
 
-SWEEP_FAST = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
-    "callbacks.rich_progress_bar=null",
-    "logger=csv",
-    "extras.print_config=false",
+# every fold: 2 training steps, 1 validation batch, no test; jobs keep the diagnostics callback
+SWEEP_FAST = tiny(
     "test=false",
     "data.cache_dir=null",
     "data.batch_size=32",
-]
+    test_batches=None,
+    logger="csv",
+    diagnostics=True,
+)
 
 
 def test_five_fold_sweep_summary_has_mean_and_std(digits: Path, tmp_path: Path) -> None:

@@ -7,16 +7,12 @@ import logging
 
 from imgcls.builder import build_datamodule, build_model, count_parameters
 
-TINY = [
-    "model=resnet18",
-    "data._target_=tests._tiny_mnist.TinyMNIST",
-    "logger=none",
-    "callbacks=none",
-]
+RESNET_ON_TINY_MNIST = ("model=resnet18", "data._target_=tests._tiny_mnist.TinyMNIST")
 
 
-def test_weights_null_trains_the_whole_resnet(make_cfg, caplog) -> None:
-    cfg = make_cfg("train", [*TINY, "model.weights=null"])
+def test_weights_null_trains_the_whole_resnet(make_cfg, tiny_overrides, caplog) -> None:
+    overrides = tiny_overrides(*RESNET_ON_TINY_MNIST, "model.weights=null", callbacks="none")
+    cfg = make_cfg("train", overrides)
     with caplog.at_level(logging.INFO):
         model = build_model(cfg, build_datamodule(cfg))
     trainable, total = count_parameters(model)
@@ -25,8 +21,12 @@ def test_weights_null_trains_the_whole_resnet(make_cfg, caplog) -> None:
     assert "model.weights=null: the whole net trains from scratch" in caplog.text
 
 
-def test_frozen_random_backbone_only_when_asked_and_announced(make_cfg, caplog) -> None:
-    cfg = make_cfg("train", [*TINY, "model.weights=null", "model.net.freeze=true"])
+def test_frozen_random_backbone_only_when_asked_and_announced(
+    make_cfg, tiny_overrides, caplog
+) -> None:
+    frozen = ("model.weights=null", "model.net.freeze=true")
+    overrides = tiny_overrides(*RESNET_ON_TINY_MNIST, *frozen, callbacks="none")
+    cfg = make_cfg("train", overrides)
     with caplog.at_level(logging.WARNING):
         model = build_model(cfg, build_datamodule(cfg))
     trainable, total = count_parameters(model)

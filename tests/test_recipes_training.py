@@ -27,26 +27,22 @@ from imgcls.models.load import load_classifier
 from imgcls.models.schedules import build_scheduler
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.train import train
-from tests.conftest import CONFIGS, compose_config
+from tests.conftest import CONFIGS, compose_config, tiny
 
-QUIET = [
-    "trainer.accelerator=cpu",
-    "logger=csv",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "~callbacks.diagnostics",
-    "+trainer.enable_progress_bar=false",
-]
-RUN = [
+# 20 steps per epoch (epochs: each test's), all 500 validation images, 2 test batches
+RUN = tiny(
     "model=lenet",
     "model/scheduler=warmup_cosine",
-    "callbacks=default_ema",
     "callbacks.ema.decay=0.9",
-    "+trainer.limit_train_batches=20",
-    "+trainer.limit_test_batches=2",
     "data.val_size=500",
-    *QUIET,
-]
+    epochs=None,
+    train_batches=20,
+    val_batches=None,
+    test_batches=2,
+    logger="csv",
+    callbacks="default_ema",
+    accelerator="cpu",
+)
 
 
 def _warmup_cosine() -> dict:
@@ -226,5 +222,15 @@ def test_eval_with_tta_records_it_and_scores_otherwise(run: Path, tmp_path: Path
 
 @pytest.mark.slow
 def test_mnist_modern_recipe_reaches_99_percent(tmp_path: Path) -> None:
-    metrics = train(compose_config("train", ["experiment=mnist_modern", *QUIET], tmp_path))
+    # the recipe as it ships: its own epochs, every batch
+    full = tiny(
+        "experiment=mnist_modern",
+        epochs=None,
+        train_batches=None,
+        val_batches=None,
+        test_batches=None,
+        logger="csv",
+        accelerator="cpu",
+    )
+    metrics = train(compose_config("train", full, tmp_path))
     assert metrics["test/acc"] >= 0.99

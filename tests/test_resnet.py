@@ -21,35 +21,40 @@ from imgcls.builder import build, build_datamodule, build_model
 from imgcls.engine.feature_cache import FeatureCache
 from imgcls.errors import WeightsError, find_user_error
 from imgcls.models.classifier import ImageClassifier
-from imgcls.models.nets.resnet import FrozenResNet
+from imgcls.models.nets.resnet import ResNetMLP
 from imgcls.tasks.evaluate import evaluate
 from tests.conftest import run_entry
 
-TINY = [
+RESNET_ON_TINY_MNIST = (
     "model=resnet18",
     # frozen even with model.weights=null (random init would otherwise train the whole net)
     "model.net.freeze=true",
     "data._target_=tests._tiny_mnist.TinyMNIST",
     "data.batch_size=32",
     "data.eval_batch_size=64",
-    "logger=none",
-    "callbacks=none",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
     "+trainer.num_sanity_val_steps=0",
     "+trainer.enable_checkpointing=false",
-    "trainer.max_epochs=2",
-]
+)
 IMAGENET_GRAY = (sum((0.485, 0.456, 0.406)) / 3, sum((0.229, 0.224, 0.225)) / 3)
 RESNET18_FILE = "resnet18-f37072fd.pth"
 
 
 @pytest.fixture
-def tiny(make_cfg, tmp_path):
-    """``tiny("model.weights=null", ...)``: a config for ResNet-18 on the tiny digits."""
+def tiny(make_cfg, tiny_overrides, tmp_path):
+    """``tiny("model.weights=null", ...)``: a config for ResNet-18 on the tiny digits (2 epochs
+    of every batch)."""
+    base = tiny_overrides(
+        *RESNET_ON_TINY_MNIST,
+        f"model.cache_dir={tmp_path}/features",
+        epochs=2,
+        train_batches=None,
+        val_batches=None,
+        test_batches=None,
+        callbacks="none",
+    )
 
     def make(*overrides: str):
-        return make_cfg("train", [*TINY, f"model.cache_dir={tmp_path}/features", *overrides])
+        return make_cfg("train", [*base, *overrides])
 
     return make
 
@@ -119,7 +124,7 @@ def fit_counting(cfg) -> tuple[object, BackboneCalls, FeatureCache | None]:
 def test_default_weights_load_from_torch_home_without_network(torch_home):
     saved = save_weights(torch_home / "hub" / "checkpoints" / RESNET18_FILE)
     for name in ("DEFAULT", "IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1"):
-        net = FrozenResNet(1, 10, (28, 28), arch="resnet18", weights=name, hidden=[16])
+        net = ResNetMLP(1, 10, (28, 28), arch="resnet18", weights=name, hidden=[16])
         own = net.backbone.state_dict()
         assert set(own) == {k for k in saved if not k.startswith("fc.")}
         assert all(torch.equal(own[k], saved[k]) for k in own), name
@@ -151,25 +156,23 @@ def test_missing_weights_stop_at_once_with_one_line(tmp_path):
 
 def test_local_pth_weights_and_a_file_that_does_not_fit(tmp_path, torch_home):
     saved = save_weights(tmp_path / "mine.pth")
-    net = FrozenResNet(
-        3, 5, (32, 32), arch="resnet18", weights=str(tmp_path / "mine.pth"), hidden=[]
-    )
+    net = ResNetMLP(3, 5, (32, 32), arch="resnet18", weights=str(tmp_path / "mine.pth"), hidden=[])
     assert torch.equal(net.backbone.conv1.weight, saved["conv1.weight"])
 
     save_weights(tmp_path / "r34.pth", arch="resnet34")
     with pytest.raises(
         WeightsError, match=r"weights file .*r34\.pth does not fit resnet18: unexpected layer1\.2\."
     ):
-        FrozenResNet(3, 5, (32, 32), arch="resnet18", weights=str(tmp_path / "r34.pth"))
+        ResNetMLP(3, 5, (32, 32), arch="resnet18", weights=str(tmp_path / "r34.pth"))
     with pytest.raises(
         WeightsError, match=r"weights file .*absent\.pth not found; .*model\.weights=null"
     ):
-        FrozenResNet(3, 5, (32, 32), arch="resnet18", weights=str(tmp_path / "absent.pth"))
+        ResNetMLP(3, 5, (32, 32), arch="resnet18", weights=str(tmp_path / "absent.pth"))
     with pytest.raises(
         WeightsError,
         match=r"'IMAGENET1K_V9' is not a weights name of resnet18 \(DEFAULT, IMAGENET1K_V1\)",
     ):
-        FrozenResNet(3, 5, (32, 32), arch="resnet18", weights="IMAGENET1K_V9")
+        ResNetMLP(3, 5, (32, 32), arch="resnet18", weights="IMAGENET1K_V9")
 
 
 def test_pretrained_run_normalizes_like_the_weights_and_its_checkpoint_needs_no_weights_file(

@@ -17,19 +17,19 @@ import torch
 from imgcls.engine.checkpoints.resume import find_resume_checkpoint
 from imgcls.errors import CheckpointError
 from imgcls.tasks.train import train
-from tests.conftest import compose_config, run_entry
+from tests.conftest import compose_config, run_entry, tiny
 
-SMALL = [
-    "+trainer.limit_train_batches=20",
-    "trainer.accelerator=cpu",
+# 20 steps per epoch (epochs: each test's), all 1000 validation images, no test
+SMALL = tiny(
     "data.val_size=1000",
     "test=false",
-    "logger=csv",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "~callbacks.diagnostics",
-    "+trainer.enable_progress_bar=false",
-]
+    epochs=None,
+    train_batches=20,
+    val_batches=None,
+    test_batches=None,
+    logger="csv",
+    accelerator="cpu",
+)
 NOT_SET = "`weights_only` was not set"
 
 
@@ -103,7 +103,6 @@ def test_a_different_scheduler_is_refused_in_one_line(two_epoch_run: Path, tmp_p
         *SMALL,
         f"ckpt_path={last}",
         f"paths.log_dir={tmp_path}",
-        "extras.print_config=false",
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -147,9 +146,13 @@ def test_compiled_checkpoint_loads_evaluates_and_resumes_uncompiled(tmp_path: Pa
     from imgcls.models.classifier import ImageClassifier
 
     run = tmp_path / "run"
-    tiny = ["model=mlp"]
     first = run_entry(
-        "train", *tiny, "trainer.max_epochs=1", "model.compile=true", *SMALL, f"hydra.run.dir={run}"
+        "train",
+        "model=mlp",
+        "trainer.max_epochs=1",
+        "model.compile=true",
+        *SMALL,
+        f"hydra.run.dir={run}",
     )
     assert first.returncode == 0, first.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
@@ -165,7 +168,7 @@ def test_compiled_checkpoint_loads_evaluates_and_resumes_uncompiled(tmp_path: Pa
     assert "test/acc" in ev.stdout + ev.stderr
 
     resumed = run_entry(
-        "train", *tiny, "trainer.max_epochs=2", "model.compile=false", *SMALL, f"resume={run}"
+        "train", "model=mlp", "trainer.max_epochs=2", "model.compile=false", *SMALL, f"resume={run}"
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _epochs_done(run) == 2

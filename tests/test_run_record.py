@@ -22,16 +22,14 @@ from imgcls.runs.record import CORE, DIFF_FILE, git_state
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.train import train
 from tests._tiny_mnist import TinyMNIST
-from tests.conftest import MNIST_DATA, ROOT, compose_config
+from tests.conftest import MNIST_DATA, ROOT, compose_config, tiny
 
-FAST = [
-    "trainer.max_epochs=2",
-    "+trainer.limit_train_batches=5",
-    "+trainer.limit_val_batches=2",
-    "+trainer.limit_test_batches=2",
-    "+trainer.num_sanity_val_steps=0",
-    "data.eval_batch_size=100",
-]
+# the default logger and the diagnostics callback stay: report.html is made of their output
+SHARED = ("+trainer.num_sanity_val_steps=0", "data.eval_batch_size=100")
+FAST = tiny(
+    *SHARED, epochs=2, train_batches=5, val_batches=2, test_batches=2, logger=None, diagnostics=True
+)
+FAST_EVAL = tiny(*SHARED, task="eval", test_batches=2, logger=None, diagnostics=True)
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -147,7 +145,7 @@ def test_run_record_fields_are_filled_and_true(run_dir: Path) -> None:
 def _eval_lines(out: Path, ckpt: Path, overrides: list[str], caplog) -> list[str]:
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        evaluate(compose_config("eval", [f"ckpt_path={ckpt}", *overrides, *FAST[3:]], out))
+        evaluate(compose_config("eval", [f"ckpt_path={ckpt}", *overrides, *FAST_EVAL], out))
     return [r.getMessage() for r in caplog.records if "fingerprint" in r.getMessage()]
 
 

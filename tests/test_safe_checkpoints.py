@@ -27,22 +27,10 @@ from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.export import export
 from imgcls.tasks.predict import predict
 from imgcls.tasks.train import train
-from tests.conftest import compose_config, run_entry
+from tests.conftest import compose_config, run_entry, tiny
 
-TINY = [
-    "model=lenet",
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "trainer.accelerator=cpu",
-    "data.val_size=200",
-    "test=false",
-    "logger=none",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "~callbacks.diagnostics",
-    "+trainer.enable_progress_bar=false",
-]
+# 1 epoch of 2 training steps and 1 validation batch, no test (test_trust_boundary, test_new_net)
+TINY = tiny("model=lenet", "data.val_size=200", "test=false", test_batches=None, accelerator="cpu")
 PRECIOUS = "precious data\n"
 
 

@@ -18,16 +18,11 @@ from imgcls.data.spec import DataSpec
 from imgcls.errors import DataError
 from imgcls.tasks.predict_inputs import ImageFiles, list_inputs
 from imgcls.tasks.train import train
-from tests.conftest import compose_config, make_digits, run_entry
+from tests.conftest import compose_config, make_digits, run_entry, tiny
 
-FAST = [
-    "logger=none",
-    "callbacks=none",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
-    "test=false",
-    "data.cache_dir=null",
-]
+# every batch of the small set (epochs: each test's), no callbacks, no test
+EVERY_BATCH = {"epochs": None, "train_batches": None, "val_batches": None, "test_batches": None}
+FAST = tiny("test=false", "data.cache_dir=null", **EVERY_BATCH, callbacks="none")
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +50,7 @@ def test_stream_path_learns_and_records_its_eval_transform(digits: Path, tmp_pat
             "data.stream.scale=[0.7,1.0]",
             "model=lenet",
             "trainer.max_epochs=3",
-            "callbacks=model_checkpoint",
-            *[o for o in FAST if o != "callbacks=none"],
+            *tiny("test=false", "data.cache_dir=null", **EVERY_BATCH, callbacks="model_checkpoint"),
         ],
         tmp_path,
     )

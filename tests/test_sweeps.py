@@ -11,19 +11,10 @@ from omegaconf import OmegaConf
 
 from imgcls.tasks.run import run_task
 from imgcls.tasks.train import train
-from tests.conftest import ROOT, run_entry
+from tests.conftest import ROOT, run_entry, tiny
 
-TINY = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
-    "+trainer.enable_progress_bar=false",
-    "data.val_size=200",
-    "callbacks.rich_progress_bar=null",
-    "logger=csv",
-    "extras.print_config=false",
-]
+# every job: 3 training steps; jobs keep the diagnostics callback
+TINY = tiny("data.val_size=200", train_batches=3, logger="csv", diagnostics=True)
 # submitit workers import the package by name: make them import this checkout
 ENV = {"PYTHONPATH": str(ROOT / "src")}
 
@@ -252,9 +243,7 @@ def test_optuna_prunes_a_lagging_trial_in_process(tmp_path: Path) -> None:
         "~hydra.sweeper.pruner.n_startup_trials",
         "+hydra.sweeper.pruner.lower=0.5",
         "hydra.sweeper.pruner.n_warmup_steps=0",
-        *[o for o in TINY if "max_epochs" not in o and "limit_train" not in o],
-        "trainer.max_epochs=2",
-        "+trainer.limit_train_batches=30",
+        *tiny("data.val_size=200", epochs=2, train_batches=30, logger="csv", diagnostics=True),
         f"paths.log_dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

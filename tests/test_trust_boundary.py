@@ -20,10 +20,11 @@ from PIL import Image
 from imgcls.errors import UserError
 from imgcls.tasks.evaluate import evaluate
 from imgcls.tasks.train import train
-from tests.conftest import compose_config, run_entry
+from tests.conftest import compose_config, run_entry, tiny
 from tests.test_safe_checkpoints import TINY  # the same two-step LeNet run
 
-QUICK_EVAL = ["logger=none", "~callbacks.diagnostics", "data.test_size=100"]
+QUIET_EVAL = tiny(task="eval", test_batches=None)  # no data.* override
+QUICK_EVAL = [*QUIET_EVAL, "data.test_size=100"]
 PRECIOUS = "precious data\n"
 
 
@@ -148,7 +149,7 @@ def _shared_run(tiny_run: Path, tmp_path: Path, victim: Path) -> Path:
 def test_a_shared_run_dirs_config_builds_nothing(entry, tiny_run, tmp_path, victim) -> None:
     ckpt = _shared_run(tiny_run, tmp_path, victim)
     # no data.* override: it would reach the old code's payload as a keyword and stop it
-    extra = QUICK_EVAL[:2] if entry == "eval" else ["format=torchscript", "parity_images=8"]
+    extra = QUIET_EVAL if entry == "eval" else ["format=torchscript", "parity_images=8"]
     proc = run_entry(entry, f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path / 'logs'}", *extra)
     assert victim.read_text() == PRECIOUS
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -202,7 +203,7 @@ def test_a_stored_cache_dir_is_not_where_eval_writes(craft, tmp_path: Path) -> N
     _tiny_folder(tmp_path / "images")
     elsewhere = tmp_path / "elsewhere"
     ckpt = craft(_folder_data(tmp_path / "images", cache_dir=str(elsewhere / "cache")))
-    overrides = [f"ckpt_path={ckpt}", "logger=none", "~callbacks.diagnostics"]
+    overrides = [f"ckpt_path={ckpt}", *QUIET_EVAL]
     cfg = compose_config("eval", [*overrides, f"paths.cache_dir={tmp_path / 'mine'}"], tmp_path)
     metrics = evaluate(cfg)
     assert "test/acc" in metrics
@@ -214,7 +215,7 @@ def test_a_stored_digits_dir_never_builds_a_data_set(craft, tmp_path: Path) -> N
     elsewhere = tmp_path / "elsewhere"
     change = _folder_data(elsewhere / "digits_folder", digits_dir=str(elsewhere), cache_dir=None)
     ckpt = craft(change)
-    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *QUICK_EVAL[:2]], tmp_path / "eval")
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *QUIET_EVAL], tmp_path / "eval")
     with pytest.raises(UserError):
         evaluate(cfg)
     assert not elsewhere.exists()
@@ -234,7 +235,7 @@ def test_a_stored_opt_in_never_reads_outside_the_data_root(craft, tmp_path: Path
     Image.new("L", (28, 28), 7).save(outside)
     (tmp_path / "images" / "test" / "0" / "link.png").symlink_to(outside)
     ckpt = craft(_folder_data(tmp_path / "images", cache_dir=None, allow_outside_root=True))
-    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *QUICK_EVAL[:2]], tmp_path / "eval")
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *QUIET_EVAL], tmp_path / "eval")
     with pytest.raises(UserError, match="outside the data root"):
         evaluate(cfg)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -159,6 +160,24 @@ def run_entry(
         timeout=timeout,
         env=full_env,
     )
+
+
+def copy_project(project: Path) -> Path:
+    """A copy of ``src/`` and ``configs/`` at ``project``, as a user's fresh clone to edit."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(ROOT / "src", project / "src", ignore=ignore)
+    shutil.copytree(ROOT / "configs", project / "configs")
+    return project
+
+
+def run_in_project(project: Path, script: str, *overrides: str) -> subprocess.CompletedProcess:
+    """``python src/<script>.py`` of the copy at ``project``; it must succeed without a traceback."""
+    env = {**os.environ, "PYTHONPATH": str(project / "src"), "PROJECT_ROOT": str(project)}
+    cmd = [sys.executable, str(project / "src" / f"{script}.py"), *overrides]
+    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc
 
 
 def make_digits(

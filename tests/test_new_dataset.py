@@ -4,10 +4,7 @@ and in a copy of the project the new layout trains, evaluates, predicts, exports
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ import torch
 
 from imgcls.data.file_list import FileListDataModule
 from imgcls.errors import DataError
-from tests.conftest import MNIST_DATA, ROOT, make_digits
+from tests.conftest import MNIST_DATA, copy_project, make_digits, run_in_project
 
 # the README's worked example, reading "<path> <label>" lines from <root>/<split>.txt
 LAYOUT = '''"""<root>/<split>.txt lines: '<image path> <label>' (a layout of one test's own)."""
@@ -137,25 +134,13 @@ def test_a_subclass_without_list_files_says_what_to_implement(digits: Path) -> N
         FileListDataModule(root=str(digits), cache_dir=None).setup()
 
 
-def _run(project: Path, script: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(project / "src"), "PROJECT_ROOT": str(project)}
-    cmd = [sys.executable, str(project / "src" / f"{script}.py"), *overrides]
-    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    return proc
-
-
 @pytest.mark.slow
 def test_a_new_layout_trains_evaluates_predicts_exports_and_resumes(
     digits: Path, tmp_path: Path
 ) -> None:
     """One module in the project's ``src/`` (outside ``imgcls``: the trust boundary takes the
     project's own classes) and one YAML; nothing else edited."""
-    project = tmp_path / "project"
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    shutil.copytree(ROOT / "src", project / "src", ignore=ignore)
-    shutil.copytree(ROOT / "configs", project / "configs")
+    project = copy_project(tmp_path / "project")
     (project / "data").mkdir()
     (project / "data" / "MNIST").symlink_to(MNIST_DATA / "MNIST")
     _write_listing(digits, project / "data" / "pairs")
@@ -165,20 +150,22 @@ def test_a_new_layout_trains_evaluates_predicts_exports_and_resumes(
     quiet = ["logger=none", "~callbacks.diagnostics", "extras.print_config=false"]
     fit = ["data=pairs", "model=lenet", "trainer.max_epochs=1", f"paths.log_dir={logs}"]
     fit += ["data.test_fraction=0.2"]  # no listed test split: hold one out
-    trained = _run(project, "train", *fit, *quiet[1:])
+    trained = run_in_project(project, "train", *fit, *quiet[1:])
     assert "val/acc" in trained.stdout
     run = next(logs.glob("train/runs/*"))
     ckpt = run / "checkpoints" / "last.ckpt"
     stored = torch.load(ckpt, weights_only=True)["datamodule_hyper_parameters"]
     assert stored["_target_"] == "pairs_data.PairsDataModule"
     common = [f"ckpt_path={ckpt}", f"paths.log_dir={logs}", *quiet[2:]]
-    evaluated = _run(project, "eval", *common, *quiet[:2])
+    evaluated = run_in_project(project, "eval", *common, *quiet[:2])
     assert "test/acc" in evaluated.stdout
     image = next((digits / "valid").glob("*/*.png"))
-    _run(project, "predict", *common, f"input={image}")
+    run_in_project(project, "predict", *common, f"input={image}")
     assert len(list(logs.glob("predict/runs/*/predictions.csv"))) == 1
-    exported = _run(project, "export", *common, "format=torchscript", "parity_images=8")
+    exported = run_in_project(project, "export", *common, "format=torchscript", "parity_images=8")
     assert "parity OK" in exported.stdout
-    resumed = _run(project, "train", *fit, *quiet[1:], "trainer.max_epochs=2", f"resume={run}")
+    resumed = run_in_project(
+        project, "train", *fit, *quiet[1:], "trainer.max_epochs=2", f"resume={run}"
+    )
     assert "resuming from" in resumed.stdout + resumed.stderr
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1

@@ -5,10 +5,6 @@ trains, and its checkpoint evaluates, predicts, exports and resumes (in a copy o
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,7 @@ from imgcls.engine.boundary import UnsafeCheckpointError, allow_from_config
 from imgcls.errors import ConfigError
 from imgcls.models.load import load_classifier
 from imgcls.tasks.train import train
-from tests.conftest import MNIST_DATA, ROOT, compose_config
+from tests.conftest import MNIST_DATA, compose_config, copy_project, run_in_project
 from tests.test_trust_boundary import TINY
 
 NET = '''"""A user's net: a file here is all it takes (the trust boundary allows nets defined here)."""
@@ -64,42 +60,30 @@ optimizer:
 QUIET = ["logger=none", "~callbacks.diagnostics", "extras.print_config=false"]
 
 
-def _run(project: Path, script: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(project / "src"), "PROJECT_ROOT": str(project)}
-    cmd = [sys.executable, str(project / "src" / f"{script}.py"), *overrides]
-    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    return proc
-
-
 @pytest.mark.slow
 def test_a_new_net_file_trains_evaluates_predicts_exports_and_resumes(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    shutil.copytree(ROOT / "src", project / "src", ignore=ignore)
-    shutil.copytree(ROOT / "configs", project / "configs")
+    project = copy_project(tmp_path / "project")
     (project / "data").symlink_to(MNIST_DATA)
     (project / "src/imgcls/models/nets/tiny_net.py").write_text(NET)
     (project / "configs/model/tiny_net.yaml").write_text(YAML)
     logs = tmp_path / "logs"
     fit = [*TINY, "model=tiny_net", *QUIET[2:], f"paths.log_dir={logs}"]
-    _run(project, "train", *fit)
+    run_in_project(project, "train", *fit)
     run = next(logs.glob("train/runs/*"))
     ckpt = run / "checkpoints" / "last.ckpt"
     common = [f"ckpt_path={ckpt}", f"paths.log_dir={logs}", *QUIET[2:]]
-    evaluated = _run(project, "eval", *common, *QUIET[:2], "data.test_size=200")
+    evaluated = run_in_project(project, "eval", *common, *QUIET[:2], "data.test_size=200")
     assert "test/acc" in evaluated.stdout
     image = tmp_path / "digit.png"
     torch.manual_seed(0)
     from PIL import Image
 
     Image.new("L", (28, 28), 128).save(image)
-    _run(project, "predict", *common, f"input={image}")
+    run_in_project(project, "predict", *common, f"input={image}")
     assert len(list(logs.glob("predict/runs/*/predictions.csv"))) == 1
-    exported = _run(project, "export", *common, "format=torchscript", "parity_images=8")
+    exported = run_in_project(project, "export", *common, "format=torchscript", "parity_images=8")
     assert "parity OK" in exported.stdout
-    resumed = _run(project, "train", *fit, "trainer.max_epochs=2", f"resume={run}")
+    resumed = run_in_project(project, "train", *fit, "trainer.max_epochs=2", f"resume={run}")
     assert "resuming from" in resumed.stdout + resumed.stderr
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
 

@@ -118,7 +118,8 @@ class FileImageDataModule(ImageDataModule):
     def list_entries(self, problems: Problems) -> dict[str, list[ImageEntry]]:
         """Entries per split (``train`` required): structural errors (no rows, missing columns)
         raise ``DataError``; per-entry ones go to ``problems`` and the entry is left out."""
-        raise NotImplementedError
+        msg = "subclass imgcls.data.file_list.FileListDataModule and implement list_files()"
+        raise NotImplementedError(f"{type(self).__name__}: {msg} (README, 'Add a dataset')")
 
     def describe(self) -> str:
         return self.source_name

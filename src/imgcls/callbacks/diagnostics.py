@@ -189,7 +189,8 @@ class ClassificationDiagnostics(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args: Any) -> None:
         self._collect(pl_module, outputs, batch)
 
-    on_test_batch_end = on_validation_batch_end
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, *args: Any) -> None:
+        self._collect(pl_module, outputs, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, "val")

@@ -113,7 +113,7 @@ class ImageDataModule(L.LightningDataModule):
             if saved is not None:
                 save_report(saved, report, opts)
         if not report.names:  # a saved report: names of the same images
-            splits = self.splits or {}
+            splits: Mapping[str, Any] = self.splits or {}
             report.names = {s: self.image_names(s, len(splits[s])) for s in report.counts["images"]}
         report.seconds = time.perf_counter() - t0  # hashing included
         self.check_report = report
@@ -140,7 +140,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def example_image(self, split: str, index: int) -> Tensor:
         """uint8 ``(C, H, W)`` of one checked image, for the report's pictures."""
-        images = getattr((self.splits or {}).get(split), "images", None)
+        splits: Mapping[str, Any] = self.splits or {}
+        images = getattr(splits.get(split), "images", None)
         if images is not None:
             return images[index]
         side = int(self.split_hashes[split].thumb.shape[1] ** 0.5)

@@ -69,12 +69,12 @@ class CSVDataModule(FileImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.root = root = Path(root)
-        self.train_csv, self.image_dir = root / train_csv, root / image_dir
-        self.val_csv = root / val_csv if val_csv else None
-        self.val_image_dir = root / val_image_dir if val_image_dir else self.image_dir
-        self.test_csv = root / test_csv if test_csv else None
-        self.test_image_dir = root / test_image_dir if test_image_dir else self.image_dir
+        self.root = base = Path(root)
+        self.train_csv, self.image_dir = base / train_csv, base / image_dir
+        self.val_csv = base / val_csv if val_csv else None
+        self.val_image_dir = base / val_image_dir if val_image_dir else self.image_dir
+        self.test_csv = base / test_csv if test_csv else None
+        self.test_image_dir = base / test_image_dir if test_image_dir else self.image_dir
         cols = {"image_column": image_column, "label_column": label_column, "extension": extension}
         self.columns = {k: v or None for k, v in cols.items()}
         self._index = DirectoryIndex()

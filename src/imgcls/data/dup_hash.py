@@ -185,5 +185,6 @@ def hash_files(
     with ThreadPoolExecutor(max(1, threads)) as pool:
         decoded = list(pool.map(decode_small, paths))
     ok = [i for i, x in enumerate(decoded) if x is not None]
-    images = torch.stack([decoded[i] for i in ok]) if ok else torch.empty(0, channels, side, side)
+    kept = [x for x in decoded if x is not None]
+    images = torch.stack(kept) if kept else torch.empty(0, channels, side, side)
     return hash_images(images.to(torch.uint8), threads=threads), ok

@@ -107,11 +107,12 @@ def center_box(resize: int | Sequence[int], crop: Sequence[int], native_wh: Sequ
     """torchvision's ``Resize(resize)`` then ``CenterCrop(crop)`` as the box they keep, in the
     file's own pixels (an int ``resize`` is the shorter side; rounding as torchvision's)."""
     w, h = native_wh
-    if isinstance(resize, (list, tuple)):
+    if isinstance(resize, list | tuple):
         rh, rw = int(resize[0]), int(resize[1])
     else:
         short, long = (w, h) if w <= h else (h, w)
-        rs, rl = int(resize), int(int(resize) * long / short)
+        rs = int(resize)  # type: ignore[arg-type]
+        rl = int(rs * long / short)
         rw, rh = (rs, rl) if w <= h else (rl, rs)
     ch, cw = int(crop[0]), int(crop[1])
     if ch > rh or cw > rw:
@@ -156,8 +157,8 @@ def decode_image(
             out = img.convert(mode) if img.mode != mode else img
             if box is not None or out.size != (w, h):
                 f = (out.width / native[0], out.height / native[1]) * 2
-                scaled = tuple(v * k for v, k in zip(box or full, f, strict=True))
-                out = out.resize((w, h), RESAMPLE[resample], box=scaled)
+                x0, y0, x1, y1 = (v * k for v, k in zip(box or full, f, strict=True))
+                out = out.resize((w, h), RESAMPLE[resample], box=(x0, y0, x1, y1))
             arr = np.array(out, dtype=np.uint8)  # writable: torch.from_numpy needs it
     except _DECODE_ERRORS as e:
         raise DataError(f"cannot decode image {p}: {e}") from None

@@ -73,7 +73,8 @@ def calibrate_checkpoint(
     finally:
         trainer.callbacks.remove(collector)  # type: ignore[attr-defined]
     # the loaded checkpoint may hold an earlier temperature: fit on the raw logits
-    raw = torch.cat(collector.logits) * model.temperature.to(collector.logits[0].device)
+    temperature = model.get_buffer("temperature")
+    raw = torch.cat(collector.logits) * temperature.to(collector.logits[0].device)
     logits, targets = (
         _gather(trainer, raw).cpu(),
         _gather(trainer, torch.cat(collector.targets)).cpu(),
@@ -88,5 +89,5 @@ def calibrate_checkpoint(
         atomic_torch_save(ckpt, ckpt_path)
     trainer.strategy.barrier("calibrated")
     with torch.no_grad():
-        model.temperature.fill_(t)
+        temperature.fill_(t)
     return t

@@ -76,8 +76,9 @@ def find_lr(cfg: DictConfig, built: RunParts) -> float:
             "the learning-rate finder gave no suggestion (too few steps before the loss "
             "diverged or the data ran out); raise tune.num_training or lower tune.max_lr"
         )
+    assert finder is not None  # _suggest returned a rate
     out = Path(cfg.paths.output_dir) / "lr_find.png"
-    fig = finder.plot(suggest=True, show=False)
+    fig: Any = finder.plot(suggest=True, show=False)
     fig.axes[0].set_title(f"learning-rate range test: suggestion {lr:.3g}")
     fig.savefig(out, dpi=100)
     print(f"suggested learning rate: {lr:.6g} (loss vs lr: {out})")

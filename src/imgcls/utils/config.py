@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ def register_resolvers() -> None:
     """``${project_root:}`` locates the repo without sys.path hacks; ``${first_set:a,b}`` lets
     ``resume=<run dir>`` choose ``hydra.run.dir``; ``digits_size`` gives data=folder's
     bundled digits set its size; the rest serve the tracker configs."""
-    resolvers = {
+    resolvers: dict[str, Callable[..., Any]] = {
         "project_root": lambda: str(project_root()),
         "first_set": first_set,
         "path_name": lambda p: Path(str(p)).name,

@@ -58,7 +58,7 @@ def check_required(cfg: DictConfig) -> None:
     """``???`` values left unset: one error naming them, before anything starts."""
     # Hydra's own node holds sweep-only interpolations (hydra.job.num) that a single run leaves
     # unresolvable; it has no ??? of ours
-    ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    ours = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
     missing = sorted(OmegaConf.missing_keys(ours))
     if missing:
         needed = " ".join(f"{key}=<value>" for key in missing)

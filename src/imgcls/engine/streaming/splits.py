@@ -149,14 +149,14 @@ def stream_splits(
     train_tf = train_decoder(options, size, channels)
     info = {"channels": channels, "image_size": size, "eval_transform": eval_desc}
 
-    splits = Splits()
+    splits = Splits()  # of StreamImageDatasets: they serve the same batches
     for s, split_entries in entries.items():
         label = [-1 if e.label is None else listing.class_index[e.label] for e in split_entries]
         items = [StreamItem(e.path, y, e.where) for e, y in zip(split_entries, label, strict=True)]
-        splits[s] = StreamImageDataset(items, train_tf if s == "train" else eval_tf)
+        splits[s] = StreamImageDataset(items, train_tf if s == "train" else eval_tf)  # type: ignore[assignment]
     mean_std = None
     if measure:
-        train = splits["train"]
+        train: Any = splits["train"]
         sample = options.mean_std_sample
         mean_std = measure_stream_mean_std(train, eval_tf, sample, seed, threads, source)
     native, dt = len({hw for hw, _ in probed.values()}), time.perf_counter() - listing.t0

@@ -58,8 +58,8 @@ def run_task(
         check_required(cfg)
         return _optimized_value(cfg, task(cfg))
     except Exception as exc:
+        record_for_job_process(exc)  # names the user error behind it, if any
         e = find_user_error(exc)
-        record_for_job_process(e or exc)
         if e is None:
             raise
         if in_multirun():
@@ -101,7 +101,8 @@ def in_multirun() -> bool:
 
 def record_for_job_process(exc: BaseException) -> None:
     """In a sweep's DDP job run as its own process (``imgcls.engine.sweeps.job_process``): keep
-    the first error for the sweep to report. A single run imports nothing of the sweeps."""
+    the first error (the user error behind ``exc`` when there is one) for the sweep to report.
+    A single run imports nothing of the sweeps."""
     if os.environ.get("IMGCLS_JOB_ERROR_FILE"):  # job_process.ERROR_FILE_ENV
         from imgcls.engine.sweeps.job_process import record_job_error
 

@@ -99,6 +99,26 @@ def test_without_a_val_split_a_fraction_of_each_class_is_held_out(digits: Path) 
     assert abs(len(dm.splits["val"]) - n // 4) <= len(dm.class_names)
 
 
+def test_the_base_brings_streaming_folds_and_leakage_checks(digits: Path) -> None:
+    """What the README says a listing gets from the file-source base, on a listing's own data."""
+    train, val = _pairs(digits, "train"), _pairs(digits, "valid")
+    streamed = _dm(digits, {"train": train, "val": val}, loading="stream", num_workers=0)
+    streamed.setup()
+    assert streamed.loading_used == "stream" and streamed.splits is not None
+    x, y, _ = streamed.splits["train"][0]
+    assert tuple(x.shape) == (1, 28, 28) and int(y) == streamed.class_names.index(train[0][1])
+    folds = [_dm(digits, {"train": train}, num_folds=3, fold=f) for f in range(3)]
+    held_out = []
+    for dm in folds:
+        dm.setup()
+        assert dm.splits is not None
+        held_out.append(len(dm.splits["val"]))
+    assert sum(held_out) == len(train)  # every image is held out by exactly one fold
+    leaked = {"train": train, "val": [*val, train[0]]}  # a training image listed again for val
+    with pytest.raises(DataError, match="data leakage"):
+        _dm(digits, leaked, checks={"leakage": "error"}).setup()
+
+
 def test_every_bad_item_is_named_in_one_error(digits: Path, tmp_path: Path) -> None:
     outside = tmp_path / "secret.png"
     shutil.copy(digits / _pairs(digits, "train")[0][0], outside)

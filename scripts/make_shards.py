@@ -39,7 +39,7 @@ log = logging.getLogger("make_shards")
 def _verify(dm: FileImageDataModule, threads: int) -> None:
     """Decode every listed file in full; one ``DataError`` names each unreadable one."""
     problems = Problems()
-    items = [it for ds in dm.splits.values() for it in ds.items]  # type: ignore[union-attr]
+    items = [e for entries in dm.entries.values() for e in entries]
 
     def check(it) -> str | None:
         try:
@@ -81,11 +81,8 @@ def convert(
     for split, ds in dm.splits.items():
         if split == "predict":  # unlabeled: predict.py reads the files themselves
             continue
-        names = [e.name for e in dm.entries[split]]
-        items = [
-            (str(it.path), it.label, i, name)
-            for i, (it, name) in enumerate(zip(ds.items, names, strict=True))  # type: ignore[attr-defined]
-        ]
+        labels = ds.targets.tolist()  # the stream path keeps the val split decoded: list entries
+        items = [(str(e.path), labels[i], i, e.name) for i, e in enumerate(dm.entries[split])]
         # Listings are sorted by class; LitData shuffles chunks and items within a window,
         # so the shards are written in one seeded random order (``index`` keeps the listing's).
         random.Random(seed).shuffle(items)

@@ -76,11 +76,12 @@ def test_stream_path_learns_and_records_its_eval_transform(digits: Path, tmp_pat
     )
     dm.setup()
     val = dm.splits["val"]
+    assert val.images.shape[1:] == (3, 28, 28)  # the eval transform is fixed: decoded once
     inputs = list_inputs(str(digits / "valid"))
     files = ImageFiles(inputs.items[:8], spec)
     images, _, errors = files.__getitems__(list(range(8)))
     assert errors == [""] * 8
-    by_path = {str(it.path): i for i, it in enumerate(val.items)}
+    by_path = {str(e.path): i for i, e in enumerate(dm.entries["val"])}
     for slot, item in enumerate(inputs.items[:8]):
         expected = val[by_path[str(item.path)]][0]
         assert torch.equal(images[slot], expected), item.path

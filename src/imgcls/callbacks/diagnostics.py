@@ -241,7 +241,7 @@ class ClassificationDiagnostics(L.Callback):
         if errors:
             captions = [f"true {names[t]}\npred {names[p]} ({c:.0%})" for _, t, p, c in errors]
             images = torch.stack([e[0] for e in errors])
-            grid = png_tensor(png_bytes(image_grid(images, captions, self.grid_columns)))
+            grid = image_grid(images, captions, self.grid_columns)
             exp.add_image(f"{stage}/misclassified", grid, step)
         self._pool = {}
         exp.add_image(

@@ -165,26 +165,3 @@ def near_pairs(a: Hashes, b: Hashes, max_bits: int, max_diff: float) -> Tensor:
         ok[ok.clone()] = thumbnail_diff(a.thumb[i], b.thumb[j], sa, sb) <= max_diff
         keep.append(ok)
     return pairs[torch.cat(keep)]
-
-
-def hash_files(
-    paths: list, channels: int, threads: int = 2, side: int = 64
-) -> tuple[Hashes, list[int]]:
-    """The stream path's one small decode per file (JPEGs at a reduced DCT scale): hashes of
-    the ``side`` x ``side`` decode (``exact``: the same pixels at that size) and the positions
-    of the files that decoded (the others are left to the loaders' error handling)."""
-    from imgcls.data.images import decode_image
-    from imgcls.errors import DataError
-
-    def decode_small(p: object) -> Tensor | None:
-        try:
-            return torch.from_numpy(decode_image(p, channels, (side, side))).permute(2, 0, 1)  # type: ignore[arg-type]
-        except DataError:
-            return None
-
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        decoded = list(pool.map(decode_small, paths))
-    ok = [i for i, x in enumerate(decoded) if x is not None]
-    kept = [x for x in decoded if x is not None]
-    images = torch.stack(kept) if kept else torch.empty(0, channels, side, side)
-    return hash_images(images.to(torch.uint8), threads=threads), ok

@@ -34,13 +34,15 @@ from imgcls.data.images import check_size_options
 from imgcls.data.splits import check_folds, fold_split, hold_out_test, hold_out_val
 from imgcls.data.stats import log_mean_std, measure_mean_std
 from imgcls.data.tensor_dataset import TensorImageDataset
-from imgcls.engine.streaming.loader import DecodeErrors, StreamOptions, check_loading, stream_loader
-from imgcls.engine.streaming.splits import (
-    entry_names,
-    hash_streamed,
-    resolve_loading,
-    stream_splits,
+from imgcls.engine.streaming.loader import (
+    DecodeErrors,
+    StreamImageDataset,
+    StreamOptions,
+    check_loading,
+    stream_loader,
 )
+from imgcls.engine.streaming.setup_decode import SetupDecode, relative_names
+from imgcls.engine.streaming.splits import resolve_loading, stream_splits
 from imgcls.errors import ConfigError, DataError
 from imgcls.utils.ranks import local_rank
 
@@ -103,6 +105,7 @@ class FileImageDataModule(ImageDataModule):
         self.decode_errors = DecodeErrors(on_decode_error, self.source_name)
         self.loading_used: str | None = None  # "memory" or "stream" once set up
         self.stream_info: dict[str, Any] = {}
+        self.setup_decode = SetupDecode()  # the stream path's set-up decode (hashes for checks)
         self.channels = _int(channels)
         self.target_image_size = (
             None if image_size is None else (int(image_size[0]), int(image_size[1]))
@@ -201,8 +204,13 @@ class FileImageDataModule(ImageDataModule):
         """data.loading=stream: the per-sample splits; keeps their shape, fingerprints, mean/std."""
         found = stream_splits(listing, self.entries, self.stream_options, **self._settings(),
                               threads=self.num_workers, seed=self.split_seed,
-                              measure=self._mean is None, source=self.describe())  # fmt: skip
+                              measure=self._mean is None, source=self.describe(),
+                              hash_splits=self.check_options.leakage != "off",
+                              memory_budget_mb=self.memory_budget_mb)  # fmt: skip
         self.decode_errors.context = self.describe()
+        if self.decode_errors.mode == "stop":  # skip: the val split streams, counting them
+            self.decode_errors.handle(found.decoded.val_errors)
+        self.setup_decode = found.decoded
         self.stream_info = found.info
         for s in found.splits:
             self.set_fingerprint(s, found.about, listing.stats)
@@ -294,19 +302,18 @@ class FileImageDataModule(ImageDataModule):
         return splits
 
     def image_names(self, split: str, n: int) -> list[str]:
-        return entry_names(self.entries[split], getattr(self, "root", "/"))
+        return relative_names([e.path for e in self.entries[split]], getattr(self, "root", "/"))
 
     def hash_splits(self) -> dict[str, Hashes]:
         if self.loading_used != "stream":
             return super().hash_splits()
         assert self.splits is not None
-        channels, root = int(self.stream_info["channels"]), getattr(self, "root", "/")
-        return hash_streamed(self.entries, self.splits, channels, self.num_workers, root)
+        return self.setup_decode.split_hashes(self.entries, self.splits, getattr(self, "root", "/"))
 
     def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
         self.setup()
-        if self.loading_used == "stream" and name not in self._served:
-            dataset = self._split(name)
+        dataset = self._split(name) if name not in self._served else None
+        if isinstance(dataset, StreamImageDataset):
             return stream_loader(
                 dataset,
                 self.batch_size if train else self.eval_batch_size,

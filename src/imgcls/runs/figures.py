@@ -1,6 +1,7 @@
 """Every figure of the package, drawn with matplotlib's Agg canvas (no pyplot, no global backend
 state, no display): confusion matrices (TensorBoard and report.html), training curves, the sweep
-comparison. matplotlib is imported inside the functions, so a run imports it only when it draws."""
+comparison; image grids are pasted with PIL. matplotlib is imported inside the functions, so a
+run imports it only when it draws."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -77,19 +79,30 @@ def to_display_uint8(images: Tensor, mean: Sequence[float], std: Sequence[float]
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
 
 
-def image_grid(images: Tensor, captions: Sequence[str], columns: int = 8, tile: float = 1.2):
-    """uint8 ``(N, 3, H, W)`` images in a grid, a caption (up to two lines) under each."""
-    n = len(images)
+def image_grid(
+    images: Tensor, captions: Sequence[str], columns: int = 8, tile: int = 120
+) -> Tensor:
+    """uint8 ``(N, 3, H, W)`` images as a uint8 ``(3, H, W)`` grid, each scaled into a ``tile``
+    px square with its caption (up to two lines) under it. PIL, not matplotlib subplots: 32
+    tiles take ~10 ms where subplots took 0.75 s at the end of every validation epoch."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    n, pad, line = len(images), 6, 13
     columns = max(1, min(columns, n))
     rows = max(1, -(-n // columns))
-    fig = new_figure(columns * tile, rows * (tile + 0.45))
+    cell_w, cell_h = tile + pad, tile + 2 * line + pad
+    canvas = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=11)
     for idx in range(n):
-        ax = fig.add_subplot(rows, columns, idx + 1)
-        ax.imshow(images[idx].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_xlabel(str(captions[idx]), fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig
+        y0, x0 = (pad + k * c for k, c in zip(divmod(idx, columns), (cell_h, cell_w), strict=True))
+        img = Image.fromarray(images[idx].permute(1, 2, 0).contiguous().numpy())
+        f = tile / max(img.size)
+        size = (max(1, round(img.width * f)), max(1, round(img.height * f)))
+        how = Image.Resampling.NEAREST if f >= 1 else Image.Resampling.BILINEAR
+        canvas.paste(img.resize(size, how), (x0 + (tile - size[0]) // 2, y0 + tile - size[1]))
+        text = "\n".join(ln[: tile // 6] for ln in str(captions[idx]).splitlines()[:2])
+        draw.multiline_text((x0 + tile // 2, y0 + tile + 2), text, "black", font, "ma", 1, "center")
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
 
 
 def curves_figure(history: Sequence[Mapping[str, float]]) -> Any:

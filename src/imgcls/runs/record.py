@@ -6,6 +6,7 @@ wall time, peak memory and where training stopped. Rank zero writes it, atomical
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -94,12 +95,18 @@ def package_versions(modules: Any = None) -> dict[str, str | None]:
     """The stack's versions, plus each optional library in ``modules`` (default: imported)."""
     loaded = sys.modules if modules is None else modules
     found = {d: _version(d) for d in CORE}
-    owners = metadata.packages_distributions()
     for mod in EXTRAS:
         if mod in loaded:
-            for dist in owners.get(mod, [mod]):
-                found[dist] = _version(dist)
+            # most share their module's name; the others (PIL -> pillow) need the whole map
+            dists = [mod] if _version(mod) else _owners().get(mod, [mod])
+            found.update((d, _version(d)) for d in dists)
     return found
+
+
+@functools.cache
+def _owners() -> Mapping[str, list[str]]:
+    """Module -> distributions: reads every installed package's metadata (0.2 s), once."""
+    return metadata.packages_distributions()
 
 
 def _cpu_name() -> str:

@@ -119,7 +119,7 @@ def report(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) ->
 
 def _pairs_picture(dm: Any, report: Any) -> torch.Tensor | None:
     """The example pairs side by side (two columns), captioned with kind and name."""
-    from imgcls.runs.figures import image_grid, png_bytes, png_tensor
+    from imgcls.runs.figures import image_grid
 
     tiles, captions = [], []
     for p in report.pairs:
@@ -129,7 +129,7 @@ def _pairs_picture(dm: Any, report: Any) -> torch.Tensor | None:
             captions.append(f"{p.kind.replace('_', ' ')}\n{report.name(ref)}")
     if not tiles or len({t.shape for t in tiles}) > 1:
         return None
-    return png_tensor(png_bytes(image_grid(torch.stack(tiles), captions, columns=2, tile=1.6)))
+    return image_grid(torch.stack(tiles), captions, columns=2, tile=160)
 
 
 def report_data_checks(cfg: DictConfig, dm: Any, loggers: list) -> dict[str, Any]:

@@ -2,16 +2,15 @@
 
 ``resolve_loading`` settles ``data.loading=auto`` from the decoded size of the listed files;
 ``stream_splits`` runs the fast pre-pass (each file exists and has an image header, read by PIL
-without decoding) and builds one ``StreamImageDataset`` per split. Listing checks (traversal,
+without decoding), builds one ``StreamImageDataset`` per split, then decodes each file the
+set-up needs once (``setup_decode``). Listing checks (traversal,
 empty labels, unknown classes) ran before, as for memory. The helpers take the settings they
 need and return what they find: the datamodule keeps the results in its own fields."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,11 @@ from typing import Any
 import torch
 
 from imgcls.data.base_datamodule import Splits
-from imgcls.data.checks import SPLITS
-from imgcls.data.dup_hash import Hashes, hash_files
 from imgcls.data.file_checks import FileListing, ImageEntry, channels_of, first_size, probe_files
 from imgcls.data.images import target_size
 from imgcls.data.stats import log_mean_std, measure_mean_std
+from imgcls.data.tensor_dataset import TensorImageDataset
 from imgcls.engine.streaming.loader import (
-    SampleDecoder,
     StreamImageDataset,
     StreamItem,
     StreamOptions,
@@ -33,6 +30,7 @@ from imgcls.engine.streaming.loader import (
     eval_transform_dict,
     train_decoder,
 )
+from imgcls.engine.streaming.setup_decode import SetupDecode, decode_once
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -80,39 +78,16 @@ def resolve_loading(
     return choice
 
 
-def measure_stream_mean_std(
-    train: StreamImageDataset,
-    eval_tf: SampleDecoder,
-    sample_size: int,
-    seed: int,
-    threads: int,
-    source: str,
-) -> MeanStd:
-    """Mean/std on a seeded sample of training images through the eval transform (in threads)."""
-    n = min(len(train), max(1, sample_size))
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(train), generator=g)[:n].tolist()
-    sample = StreamImageDataset([train.items[i] for i in idx], eval_tf)
-    with ThreadPoolExecutor(max(1, threads)) as pool:  # PIL releases the GIL
-        images = [
-            x for x, _, _ in pool.map(sample.__getitem__, range(len(sample))) if x is not None
-        ]
-    if not images:
-        raise DataError(f"{source}: no training image could be decoded to measure mean/std")
-    mean, std = measure_mean_std(torch.stack(images))
-    log_mean_std(mean, std, f"{len(images)} training images")
-    return mean, std
-
-
 @dataclass
 class StreamSetup:
     """What the stream pre-pass found: the per-sample datasets of every split, the input
-    ``info`` (``channels``, ``image_size``, ``eval_transform``) and the measured mean/std
-    (``None`` when it was given)."""
+    ``info`` (``channels``, ``image_size``, ``eval_transform``), the measured mean/std
+    (``None`` when it was given) and what the one set-up decode found (hashes, val errors)."""
 
     splits: Splits
     info: dict[str, Any]
     mean_std: MeanStd | None
+    decoded: SetupDecode
 
     @property
     def about(self) -> dict[str, Any]:
@@ -132,10 +107,14 @@ def stream_splits(
     threads: int,
     seed: int,
     measure: bool,
+    hash_splits: bool,
     source: str,
+    memory_budget_mb: float,
 ) -> StreamSetup:
-    """Pre-pass the files and build the per-sample datasets of every split; with ``measure``,
-    mean/std on a ``seed``-ed sample of the training split."""
+    """Pre-pass the files and build the per-sample datasets of every split; then one decode
+    per file (``decode_once``) hashes them for the checks (``hash_splits``), measures mean/std
+    on a ``seed``-ed training sample (``measure``) and keeps the val split in memory when it
+    fits ``memory_budget_mb``."""
     order = listing.order
     present = [p for p in order if p in listing.stats]
     probed = probe_files(present, listing.where, listing.problems, threads)
@@ -154,45 +133,30 @@ def stream_splits(
         label = [-1 if e.label is None else listing.class_index[e.label] for e in split_entries]
         items = [StreamItem(e.path, y, e.where) for e, y in zip(split_entries, label, strict=True)]
         splits[s] = StreamImageDataset(items, train_tf if s == "train" else eval_tf)  # type: ignore[assignment]
+    whole = eval_tf  # the whole image at the model size, as the memory path decodes it
+    if options.eval_resize is not None:
+        whole = eval_decoder({**eval_desc, "resize": list(size), "crop": list(size)}, channels)
+    train: Any = splits["train"]
+    sample: list[Path] = []
+    if measure:
+        g = torch.Generator().manual_seed(seed)
+        n = min(len(train), max(1, options.mean_std_sample))
+        sample = [train.items[i].path for i in torch.randperm(len(train), generator=g)[:n].tolist()]
+    val_bytes = len(entries.get("val", [])) * channels * size[0] * size[1]
+    decoded = decode_once(entries, whole, eval_tf, hash_splits=hash_splits, sample=sample,
+                          val_bytes=val_bytes, val_budget=memory_budget_mb * MB,
+                          threads=threads)  # fmt: skip
+    if decoded.val is not None:
+        splits["val"] = TensorImageDataset(decoded.val, splits["val"].targets)
     mean_std = None
     if measure:
-        train: Any = splits["train"]
-        sample = options.mean_std_sample
-        mean_std = measure_stream_mean_std(train, eval_tf, sample, seed, threads, source)
+        if not decoded.sample:
+            raise DataError(f"{source}: no training image could be decoded to measure mean/std")
+        mean_std = measure_mean_std(torch.stack(decoded.sample))
+        log_mean_std(*mean_std, f"{len(decoded.sample)} training images")
     native, dt = len({hw for hw, _ in probed.values()}), time.perf_counter() - listing.t0
-    msg = "%s: streaming %d files (%d native sizes, headers checked in %.1f s); %d classes; "
+    msg = "%s: streaming %d files (%d native sizes, set-up %.1f s); %d classes; "
     args = (source, len(order), native, dt, len(listing.class_index))
     opts = (options.train_crop, eval_desc, threads)
     log.info(msg + "train %s, eval %s; %d loader workers", *args, *opts)
-    return StreamSetup(splits, info, mean_std)
-
-
-def entry_names(entries: list[ImageEntry], root: str | os.PathLike = "/") -> list[str]:
-    """The checked images' names: their paths relative to the data ``root``."""
-    root = os.path.join(os.path.abspath(root), "")
-    paths = (os.path.abspath(e.path) for e in entries)
-    return [p[len(root) :] if p.startswith(root) else p for p in paths]
-
-
-def hash_streamed(
-    entries: dict[str, list[ImageEntry]],
-    splits: Splits,
-    channels: int,
-    threads: int,
-    root: str | os.PathLike = "/",
-) -> dict[str, Hashes]:
-    """Hashes of every listed file from one small decode each (each file once)."""
-    names = [s for s in SPLITS if s in splits]
-    paths = list(dict.fromkeys(e.path for s in names for e in entries[s]))
-    hashes, ok = hash_files(paths, channels, max(1, threads))
-    row = {paths[i]: r for r, i in enumerate(ok)}
-    out = {}
-    for s in names:
-        split_names = entry_names(entries[s], root)
-        keep = [i for i, e in enumerate(entries[s]) if e.path in row]
-        idx = torch.tensor([row[entries[s][i].path] for i in keep], dtype=torch.long)
-        out[s] = Hashes(
-            hashes.exact[idx], hashes.phash[idx], hashes.thumb[idx],
-            [split_names[i] for i in keep], splits[s].targets[keep],
-        )  # fmt: skip
-    return out
+    return StreamSetup(splits, info, mean_std, decoded)

@@ -143,3 +143,39 @@ def test_png_keeps_the_full_decode(photo, resizes) -> None:
     with Image.open(photo[1]) as img:
         expected = np.asarray(img.convert("RGB").resize((300, 200), Image.BILINEAR))
     assert np.array_equal(decode_image(photo[1], 3, (200, 300)), expected)
+
+
+def test_a_batch_decodes_in_threads_as_one_sample_after_another(tmp_path: Path) -> None:
+    """``__getitems__`` (threads) draws the crop boxes in index order: the samples are those
+    ``__getitem__`` gives one after another under the same seed; with flips too, a seeded batch
+    repeats itself; a broken file in the batch is named."""
+    from imgcls.engine.streaming.loader import StreamImageDataset, StreamItem
+
+    items = []
+    for i in range(6):
+        path = tmp_path / f"{i}.jpg"
+        make_photo(640 + 32 * i, 480, label=i % 2, seed=i).save(path, quality=90)
+        items.append(StreamItem(path, i % 2, f"row {i}"))
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    items.insert(3, StreamItem(tmp_path / "bad.jpg", 0, "row bad"))
+
+    def seeded(ds: StreamImageDataset, batched: bool) -> list:
+        torch.manual_seed(7)
+        return ds.__getitems__(list(range(len(ds)))) if batched else [ds[i] for i in range(len(ds))]
+
+    def same(a: list, b: list) -> bool:
+        return all(
+            (x is None and bx is None or torch.equal(x, bx)) and (y, e) == (by, be)
+            for (x, y, e), (bx, by, be) in zip(a, b, strict=True)
+        )
+
+    crops = StreamImageDataset(items, train_decoder(StreamOptions("random_resized_crop"), OUT, 3))
+    batch = seeded(crops, batched=True)
+    assert crops._pool is not None  # the batch went through the thread pool
+    assert same(batch, seeded(crops, batched=False))
+    assert batch[3][0] is None and "bad.jpg" in batch[3][2] and "row bad" in batch[3][2]
+    opts = StreamOptions("random_resized_crop", hflip=0.5, auto_augment="trivial")
+    augmented = StreamImageDataset(items, train_decoder(opts, OUT, 3))
+    first = seeded(augmented, batched=True)
+    assert same(first, seeded(augmented, batched=True))
+    assert not same(first, seeded(crops, batched=True))

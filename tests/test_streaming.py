@@ -15,6 +15,7 @@ import torch
 
 from imgcls.data.folder_datamodule import FolderDataModule
 from imgcls.data.spec import DataSpec
+from imgcls.engine.streaming.loader import StreamImageDataset, StreamItem, eval_decoder
 from imgcls.errors import DataError
 from imgcls.tasks.predict_inputs import ImageFiles, list_inputs
 from imgcls.tasks.train import train
@@ -177,3 +178,42 @@ def test_decode_error_mid_epoch_is_skipped_and_counted(
     ]
     # seen once per epoch: the 1st epoch skips it once (the file is in the train split)
     assert len(skipped) == 1 and str(bad) in skipped[0] and "(1 so far)" in skipped[0], skipped
+
+
+def test_the_val_split_is_decoded_once_when_it_fits_the_budget(digits: Path) -> None:
+    """Within data.memory_budget_mb the val split is held decoded (what the stream decode gives,
+    bit for bit); over it, the val split streams like the others."""
+    kept = FolderDataModule(root=str(digits), image_size=[28, 28], loading="stream", num_workers=0)
+    kept.setup()
+    val = kept.splits["val"]
+    streamed = StreamImageDataset(
+        [StreamItem(e.path, 0, e.where) for e in kept.entries["val"]],
+        eval_decoder(kept.stream_info["eval_transform"], 3),
+    )
+    assert torch.equal(val.images[5], streamed[5][0]) and torch.equal(
+        val.images[-1], streamed[-1][0]
+    )
+    budget = 0.5 * len(val) * 3 * 28 * 28 / 2**20  # half of what the val split needs
+    small = FolderDataModule(
+        root=str(digits), image_size=[28, 28], loading="stream", memory_budget_mb=budget,
+        num_workers=0,
+    )  # fmt: skip
+    small.setup()
+    assert isinstance(small.splits["val"], StreamImageDataset)
+    assert torch.equal(small.splits["val"].targets, val.targets)
+
+
+def test_a_val_file_that_fails_at_set_up_stops_before_training(
+    digits: Path, tmp_path: Path
+) -> None:
+    root = _copy(digits, tmp_path / "d")
+    bad = sorted((root / "valid" / "4").glob("*.png"))[0]
+    bad.write_bytes(bad.read_bytes()[:60])  # the header reads, the pixels do not
+    dm = FolderDataModule(root=str(root), image_size=[28, 28], loading="stream", num_workers=0)
+    with pytest.raises(DataError, match=rf"cannot decode image .*{bad.name}.*on_decode_error=skip"):
+        dm.setup()
+    skip = FolderDataModule(
+        root=str(root), image_size=[28, 28], loading="stream", on_decode_error="skip", num_workers=0
+    )
+    skip.setup()  # the val split streams: the bad file is skipped (and counted) per epoch
+    assert isinstance(skip.splits["val"], StreamImageDataset)

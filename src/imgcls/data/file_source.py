@@ -34,13 +34,7 @@ from imgcls.data.images import check_size_options
 from imgcls.data.splits import check_folds, fold_split, hold_out_test, hold_out_val
 from imgcls.data.stats import log_mean_std, measure_mean_std
 from imgcls.data.tensor_dataset import TensorImageDataset
-from imgcls.engine.streaming.loader import (
-    DecodeErrors,
-    StreamImageDataset,
-    StreamOptions,
-    check_loading,
-    stream_loader,
-)
+from imgcls.engine.streaming.loader import DecodeErrors, StreamOptions, check_loading, stream_loader
 from imgcls.engine.streaming.setup_decode import SetupDecode, relative_names
 from imgcls.engine.streaming.splits import resolve_loading, stream_splits
 from imgcls.errors import ConfigError, DataError
@@ -312,8 +306,8 @@ class FileImageDataModule(ImageDataModule):
 
     def _loader(self, name: str, train: bool = False, num_workers: int | None = None) -> DataLoader:
         self.setup()
-        dataset = self._split(name) if name not in self._served else None
-        if isinstance(dataset, StreamImageDataset):
+        dataset = self._split(name) if name not in self._served else None  # val may be decoded
+        if self.loading_used == "stream" and not isinstance(dataset, TensorImageDataset | None):
             return stream_loader(
                 dataset,
                 self.batch_size if train else self.eval_batch_size,

@@ -96,6 +96,13 @@ class StreamSetup:
         return {"loading": "stream", "channels": channels, "eval_transform": eval_transform}
 
 
+def _drawn(train: StreamImageDataset, n: int, seed: int) -> list[Path]:
+    """``n`` training files drawn with ``seed``: the mean/std sample."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(train), generator=g)[: min(len(train), max(1, n))]
+    return [train.items[i].path for i in idx.tolist()]
+
+
 def stream_splits(
     listing: FileListing,
     entries: dict[str, list[ImageEntry]],
@@ -137,11 +144,7 @@ def stream_splits(
     if options.eval_resize is not None:
         whole = eval_decoder({**eval_desc, "resize": list(size), "crop": list(size)}, channels)
     train: Any = splits["train"]
-    sample: list[Path] = []
-    if measure:
-        g = torch.Generator().manual_seed(seed)
-        n = min(len(train), max(1, options.mean_std_sample))
-        sample = [train.items[i].path for i in torch.randperm(len(train), generator=g)[:n].tolist()]
+    sample = _drawn(train, options.mean_std_sample, seed) if measure else []
     val_bytes = len(entries.get("val", [])) * channels * size[0] * size[1]
     decoded = decode_once(entries, whole, eval_tf, hash_splits=hash_splits, sample=sample,
                           val_bytes=val_bytes, val_budget=memory_budget_mb * MB,

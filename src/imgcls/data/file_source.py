@@ -35,7 +35,7 @@ from imgcls.data.splits import check_folds, fold_split, hold_out_test, hold_out_
 from imgcls.data.stats import log_mean_std, measure_mean_std
 from imgcls.data.tensor_dataset import TensorImageDataset
 from imgcls.engine.streaming.loader import DecodeErrors, StreamOptions, check_loading, stream_loader
-from imgcls.engine.streaming.setup_decode import SetupDecode, relative_names
+from imgcls.engine.streaming.setup_decode import SetupDecode, entry_names
 from imgcls.engine.streaming.splits import resolve_loading, stream_splits
 from imgcls.errors import ConfigError, DataError
 from imgcls.utils.ranks import local_rank
@@ -296,7 +296,7 @@ class FileImageDataModule(ImageDataModule):
         return splits
 
     def image_names(self, split: str, n: int) -> list[str]:
-        return relative_names([e.path for e in self.entries[split]], getattr(self, "root", "/"))
+        return entry_names(self.entries[split], getattr(self, "root", "/"))
 
     def hash_splits(self) -> dict[str, Hashes]:
         if self.loading_used != "stream":

@@ -84,7 +84,7 @@ def image_grid(
 ) -> Tensor:
     """uint8 ``(N, 3, H, W)`` images as a uint8 ``(3, H, W)`` grid, each scaled into a ``tile``
     px square with its caption (up to two lines) under it. PIL, not matplotlib subplots: 32
-    tiles take ~10 ms where subplots took 0.75 s at the end of every validation epoch."""
+    tiles take ~40 ms where subplots took 0.75 s at the end of every validation epoch."""
     from PIL import Image, ImageDraw, ImageFont
 
     n, pad, line = len(images), 6, 13
@@ -94,7 +94,8 @@ def image_grid(
     canvas = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), "white")
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=11)
     for idx in range(n):
-        y0, x0 = (pad + k * c for k, c in zip(divmod(idx, columns), (cell_h, cell_w), strict=True))
+        row, col = divmod(idx, columns)
+        x0, y0 = pad + col * cell_w, pad + row * cell_h
         img = Image.fromarray(images[idx].permute(1, 2, 0).contiguous().numpy())
         f = tile / max(img.size)
         size = (max(1, round(img.width * f)), max(1, round(img.height * f)))

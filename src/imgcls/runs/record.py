@@ -98,8 +98,10 @@ def package_versions(modules: Any = None) -> dict[str, str | None]:
     for mod in EXTRAS:
         if mod in loaded:
             # most share their module's name; the others (PIL -> pillow) need the whole map
-            dists = [mod] if _version(mod) else _owners().get(mod, [mod])
-            found.update((d, _version(d)) for d in dists)
+            if (version := _version(mod)) is not None:
+                found[mod] = version
+            else:
+                found.update((d, _version(d)) for d in _owners().get(mod, [mod]))
     return found
 
 

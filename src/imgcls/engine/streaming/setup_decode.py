@@ -36,7 +36,7 @@ class SetupDecode:
     sampled training images, the val split's images (or ``None``) and its files that failed."""
 
     rows: dict[Path, int] = field(default_factory=dict)
-    hashes: list[Hashes] = field(default_factory=list)
+    hashes: Hashes = field(default_factory=lambda: _joined([]))
     sample: list[Tensor] = field(default_factory=list)
     val: Tensor | None = None
     val_errors: list[str] = field(default_factory=list)
@@ -45,14 +45,11 @@ class SetupDecode:
         self, entries: Mapping[str, list[ImageEntry]], splits: Splits, root: str | os.PathLike
     ) -> dict[str, Hashes]:
         """Per checked split, the hashes of its decoded files, named relative to ``root``."""
-        parts = self.hashes or [_empty()]
-        cat = [torch.cat([getattr(p, k) for p in parts]) for k in ("exact", "phash", "thumb")]
-        h = Hashes(cat[0], cat[1], cat[2])
-        out = {}
+        h, out = self.hashes, {}
         for s in (s for s in SPLITS if s in splits):
             keep = [i for i, e in enumerate(entries[s]) if e.path in self.rows]
             idx = torch.tensor([self.rows[entries[s][i].path] for i in keep], dtype=torch.long)
-            names = relative_names([e.path for e in entries[s]], root)
+            names = entry_names(entries[s], root)
             out[s] = Hashes(
                 h.exact[idx], h.phash[idx], h.thumb[idx],
                 [names[i] for i in keep], splits[s].targets[keep],
@@ -93,6 +90,7 @@ def decode_once(
             return None
 
     kept: dict[Path, Tensor] = {}
+    parts: list[Hashes] = []
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="decode") as pool:
         for start in range(0, len(files), CHUNK):
             chunk = files[start : start + CHUNK]
@@ -103,13 +101,14 @@ def decode_once(
                 base = len(found.rows)
                 found.rows.update((p, base + i) for i, (p, _) in enumerate(to_hash))
                 stacked = torch.stack([x for _, x in to_hash])
-                found.hashes.append(hash_images(stacked, threads=threads))
+                parts.append(hash_images(stacked, threads=threads))
             found.sample += [x for p, x in good if p in in_sample]
             kept.update((p, x) for p, x in good if p in keep_val)
         if not same and keep_val:  # eval_resize crops: the val split's own decode
             paths = list(keep_val)
             crops = pool.map(lambda p: one(p, eval_decode), paths)
             kept.update((p, x) for p, x in zip(paths, crops, strict=True) if x is not None)
+    found.hashes = _joined(parts)
     if val:
         found.val_errors = [f"{errors[e.path]} ({e.where})" for e in val if e.path in errors]
         if not found.val_errors:
@@ -117,13 +116,17 @@ def decode_once(
     return found
 
 
-def _empty() -> Hashes:
-    empty = torch.empty(0, dtype=torch.int64)
-    return Hashes(empty, empty, torch.empty(0, SIDE * SIDE, dtype=torch.uint8))
+def _joined(parts: list[Hashes]) -> Hashes:
+    """The chunks' hashes as one (rows in decode order)."""
+    if not parts:
+        empty = torch.empty(0, dtype=torch.int64)
+        return Hashes(empty, empty, torch.empty(0, SIDE * SIDE, dtype=torch.uint8))
+    cat = [torch.cat([getattr(p, k) for p in parts]) for k in ("exact", "phash", "thumb")]
+    return Hashes(cat[0], cat[1], cat[2])
 
 
-def relative_names(paths: Sequence[os.PathLike | str], root: str | os.PathLike = "/") -> list[str]:
+def entry_names(entries: Sequence[ImageEntry], root: str | os.PathLike = "/") -> list[str]:
     """The checked images' names: their paths relative to the data ``root``."""
     base = os.path.join(os.path.abspath(root), "")
-    full = (os.path.abspath(p) for p in paths)
+    full = (os.path.abspath(e.path) for e in entries)
     return [p[len(base) :] if p.startswith(base) else p for p in full]
